@@ -1,0 +1,1 @@
+"""The cxmesh command line."""

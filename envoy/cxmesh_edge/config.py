@@ -1,0 +1,351 @@
+"""Generates the Envoy configuration of the edge.
+
+One listener serves REST (grpc_json_transcoder, from the protos' google.api.http
+annotations), gRPC for every service on the same port, server reflection, `/healthz`
+(200 only while every upstream passes its gRPC health check), JWT validation of bearer
+tokens, CORS, access logs and a local rate limit. Unknown paths get a clean 404.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import descriptor_pb2
+
+ADMIN_PORT_DEFAULT = 9901
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One service and the addresses of its replicas."""
+
+    name: str
+    packages: tuple[str, ...]
+    endpoints: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    descriptor_set: Path
+    upstreams: tuple[Upstream, ...]
+    jwks_file: Path
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    admin_port: int = ADMIN_PORT_DEFAULT
+    jwt_issuer: str = "cxmesh-dev"
+    jwt_audience: str = "cxmesh"
+    # Token bucket of the local rate limit, per Envoy instance.
+    rate_limit_per_second: int = 20000
+    cors_allowed_origins: tuple[str, ...] = ("*",)
+    access_log: bool = True
+    # The upstream serving reflection and the grpc.health.v1 of the edge itself.
+    reflection_upstream: str = "iam"
+    health_check_interval_seconds: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def service_names(descriptor_set: Path) -> list[str]:
+    """Every cxmesh service in the descriptor set: the transcoder must know all of them."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    return sorted(
+        f"{file.package}.{service.name}"
+        for file in files.file
+        if file.package.startswith("cxmesh.")
+        for service in file.service
+    )
+
+
+def _typed(type_name: str, **config: Any) -> dict[str, Any]:
+    return {"@type": f"type.googleapis.com/{type_name}", **config}
+
+
+def _grpc_route(prefix: str, cluster: str) -> dict[str, Any]:
+    return {
+        "match": {"prefix": prefix},
+        "route": {
+            "cluster": cluster,
+            # Streams (imports, exports, watches) may run long; gRPC deadlines still apply.
+            "timeout": "0s",
+            "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+        },
+    }
+
+
+def _cluster(upstream: Upstream, config: EdgeConfig) -> dict[str, Any]:
+    interval = f"{config.health_check_interval_seconds}s"
+    return {
+        "name": upstream.name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                explicit_http_config={"http2_protocol_options": {}},
+            )
+        },
+        "load_assignment": {
+            "cluster_name": upstream.name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": host, "port_value": port}}
+                            }
+                        }
+                        for host, port in upstream.endpoints
+                    ]
+                }
+            ],
+        },
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": interval,
+                "no_traffic_interval": interval,
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "grpc_health_check": {},
+            }
+        ],
+    }
+
+
+def _access_log() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": _typed(
+                "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                log_format={
+                    "json_format": {
+                        "time": "%START_TIME%",
+                        "method": "%REQ(:METHOD)%",
+                        # The path without its query: queries may carry personal data.
+                        "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                        "upstream_path": "%REQ_WITHOUT_QUERY(:PATH)%",
+                        "status": "%RESPONSE_CODE%",
+                        "grpc_status": "%GRPC_STATUS%",
+                        "duration_ms": "%DURATION%",
+                        "upstream": "%UPSTREAM_CLUSTER%",
+                        "trace_id": "%REQ(TRACEPARENT)%",
+                        "request_id": "%REQ(X-REQUEST-ID)%",
+                    },
+                    "formatters": [
+                        {
+                            "name": "envoy.formatter.req_without_query",
+                            "typed_config": _typed(
+                                "envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery"
+                            ),
+                        }
+                    ],
+                },
+            ),
+        }
+    ]
+
+
+def _http_filters(config: EdgeConfig) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "envoy.filters.http.health_check",
+            "typed_config": _typed(
+                "envoy.extensions.filters.http.health_check.v3.HealthCheck",
+                pass_through_mode=False,
+                headers=[{"name": ":path", "string_match": {"exact": "/healthz"}}],
+                cluster_min_healthy_percentages={
+                    upstream.name: {"value": 0.001} for upstream in config.upstreams
+                },
+            ),
+        },
+        {
+            "name": "envoy.filters.http.cors",
+            "typed_config": _typed("envoy.extensions.filters.http.cors.v3.Cors"),
+        },
+        {
+            "name": "envoy.filters.http.local_ratelimit",
+            "typed_config": _typed(
+                "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                stat_prefix="edge_rate_limit",
+                token_bucket={
+                    "max_tokens": config.rate_limit_per_second,
+                    "tokens_per_fill": config.rate_limit_per_second,
+                    "fill_interval": "1s",
+                },
+                filter_enabled={"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+                filter_enforced={"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+            ),
+        },
+        {
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": _typed(
+                "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                providers={
+                    "cxmesh": {
+                        "issuer": config.jwt_issuer,
+                        "audiences": [config.jwt_audience],
+                        "local_jwks": {"filename": str(config.jwks_file)},
+                        # The services validate the token again: a service reached
+                        # directly is protected exactly as through the edge.
+                        "forward": True,
+                    }
+                },
+                rules=[
+                    {
+                        "match": {"prefix": "/"},
+                        # A bad token is refused here; a missing one is left to the service,
+                        # which knows whether the RPC takes an API key or is public.
+                        "requires": {
+                            "requires_any": {
+                                "requirements": [{"provider_name": "cxmesh"}, {"allow_missing": {}}]
+                            }
+                        },
+                    }
+                ],
+            ),
+        },
+        {
+            "name": "envoy.filters.http.grpc_json_transcoder",
+            "typed_config": _typed(
+                "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+                proto_descriptor=str(config.descriptor_set),
+                services=service_names(config.descriptor_set),
+                convert_grpc_status=True,
+                print_options={
+                    "add_whitespace": False,
+                    "always_print_primitive_fields": False,
+                    "always_print_enums_as_ints": False,
+                    "preserve_proto_field_names": False,
+                },
+                request_validation_options={
+                    # Unknown REST paths get a 404 here rather than reaching a backend.
+                    "reject_unknown_method": True,
+                    # GES clients send cache-busters such as `_=`; they are ignored.
+                    "reject_unknown_query_parameters": False,
+                },
+                ignore_unknown_query_parameters=True,
+            ),
+        },
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
+        },
+    ]
+
+
+def render(config: EdgeConfig) -> dict[str, Any]:
+    routes = [
+        _grpc_route(f"/{package}.", upstream.name)
+        for upstream in config.upstreams
+        for package in upstream.packages
+    ]
+    routes += [
+        _grpc_route("/grpc.reflection.", config.reflection_upstream),
+        _grpc_route("/grpc.health.v1.Health/", config.reflection_upstream),
+        # CORS preflights of REST paths: the cors filter acts only on routes with a route
+        # entry, and answers them itself; they never reach the cluster.
+        {
+            "match": {
+                "prefix": "/",
+                "headers": [{"name": ":method", "string_match": {"exact": "OPTIONS"}}],
+            },
+            "route": {"cluster": config.reflection_upstream},
+        },
+        # Everything else: a clean 404 (REST paths are re-routed by the transcoder first).
+        {
+            "match": {"prefix": "/"},
+            "direct_response": {
+                "status": 404,
+                "body": {"inline_string": '{"code":5,"message":"not found"}'},
+            },
+        },
+    ]
+    connection_manager = _typed(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        stat_prefix="edge",
+        codec_type="AUTO",
+        generate_request_id=True,
+        # jwt_authn answers 403 for a token of another audience; a token that is not for us
+        # is a failed authentication (401). jwt_authn is the only source of local 403s here.
+        local_reply_config={
+            "mappers": [
+                {
+                    "filter": {
+                        "status_code_filter": {
+                            "comparison": {
+                                "op": "EQ",
+                                "value": {"default_value": 403, "runtime_key": "edge.jwt_403"},
+                            }
+                        }
+                    },
+                    "status_code": 401,
+                }
+            ]
+        },
+        access_log=_access_log() if config.access_log else [],
+        route_config={
+            "name": "edge",
+            "virtual_hosts": [
+                {
+                    "name": "cxmesh",
+                    "domains": ["*"],
+                    "routes": routes,
+                    "typed_per_filter_config": {
+                        "envoy.filters.http.cors": _typed(
+                            "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+                            allow_origin_string_match=[
+                                {"safe_regex": {"regex": ".*"}}
+                                if origin == "*"
+                                else {"exact": origin}
+                                for origin in config.cors_allowed_origins
+                            ],
+                            allow_methods="GET, POST, PATCH, DELETE, OPTIONS",
+                            allow_headers="authorization, content-type, accept, x-api-key, x-request-id, traceparent, grpc-timeout, x-grpc-web",
+                            expose_headers="grpc-status, grpc-message, x-request-id",
+                            max_age="600",
+                        )
+                    },
+                }
+            ],
+        },
+        http_filters=_http_filters(config),
+    )
+    return {
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": config.admin_port}}
+        },
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "edge",
+                    "address": {
+                        "socket_address": {
+                            "address": config.listen_host,
+                            "port_value": config.listen_port,
+                        }
+                    },
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": connection_manager,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [_cluster(upstream, config) for upstream in config.upstreams],
+        },
+    }
+
+
+def write(config: EdgeConfig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(render(config), indent=1))
+    return path

@@ -1,0 +1,1 @@
+"""cxmesh servers: the shared runtime and one package per service."""

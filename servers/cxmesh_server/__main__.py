@@ -1,0 +1,20 @@
+"""`python -m cxmesh_server`: runs the service named by CXMESH_SERVICE."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from cxmesh_server.runtime.server import serve
+from cxmesh_server.services import PROCESSES
+
+
+def main() -> None:
+    name = os.environ.get("CXMESH_SERVICE", "")
+    if name not in PROCESSES:
+        sys.exit(f"CXMESH_SERVICE must be one of {sorted(PROCESSES)}, not {name!r}")
+    serve(PROCESSES[name])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Diagnostics: the echo RPC that baselines the mesh (cxmesh.diagnostics.v1)."""

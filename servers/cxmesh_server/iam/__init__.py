@@ -1,0 +1,1 @@
+"""IAM: tenants and API keys (cxmesh.iam.v1)."""

@@ -1,0 +1,25 @@
+"""Conversions between proto well-known types and Python values."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    result = Timestamp()
+    result.FromDatetime(value)
+    return result
+
+
+def resource_id(name: str, collection: str, field: str) -> str:
+    """The id in `<collection>/<id>`; anything else is an invalid argument."""
+    from cxmesh_server.runtime.errors import FieldViolation, InvalidArgument
+
+    prefix = collection + "/"
+    if not name.startswith(prefix) or "/" in name[len(prefix) :] or len(name) == len(prefix):
+        raise InvalidArgument([FieldViolation(field, f"must be {collection}/{{id}}")])
+    return name[len(prefix) :]

@@ -1,0 +1,210 @@
+"""The one server interceptor: trace context, authentication, tenant context, metrics and
+error mapping around every RPC, for all four RPC shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from cxmesh_server.runtime import metrics, tracing
+from cxmesh_server.runtime.auth import Authenticator, MethodRule, method_rule
+from cxmesh_server.runtime.context import GrpcContext, reset_principal, set_principal
+from cxmesh_server.runtime.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+
+def _rpc_type(handler: Handler) -> str:
+    if handler.request_streaming and handler.response_streaming:
+        return "bidi_stream"
+    if handler.request_streaming:
+        return "client_stream"
+    if handler.response_streaming:
+        return "server_stream"
+    return "unary"
+
+
+class _Call:
+    """Per-method state computed once: the auth rule and pre-bound metric children."""
+
+    def __init__(self, full_method: str, rpc_type: str) -> None:
+        service, _, method = full_method.lstrip("/").partition("/")
+        self.full_method = full_method
+        self.rule: MethodRule = method_rule(full_method)
+        self.labels = (rpc_type, service, method)
+        self.started = metrics.SERVER_STARTED.labels(*self.labels)
+        self.seconds = metrics.SERVER_HANDLING_SECONDS.labels(*self.labels)
+        self._handled: dict[str, Any] = {}
+
+    def handled(self, code: grpc.StatusCode) -> None:
+        child = self._handled.get(code.name)
+        if child is None:
+            child = metrics.SERVER_HANDLED.labels(*self.labels, code.name)
+            self._handled[code.name] = child
+        child.inc()
+
+
+class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+        self._calls: dict[str, _Call] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None  # unknown method: gRPC answers UNIMPLEMENTED
+        full_method: str = handler_call_details.method  # type: ignore[attr-defined]
+        call = self._calls.get(full_method)
+        if call is None:
+            call = _Call(full_method, _rpc_type(handler))
+            self._calls[full_method] = call
+        return self._wrap(handler, call)
+
+    def _wrap(self, handler: Handler, call: _Call) -> Handler:
+        if handler.response_streaming:
+            behavior = handler.stream_stream or handler.unary_stream
+            wrapped_stream = self._streaming(behavior, call)
+            factory = (
+                grpc.stream_stream_rpc_method_handler
+                if handler.request_streaming
+                else grpc.unary_stream_rpc_method_handler
+            )
+            return factory(
+                wrapped_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        behavior = handler.stream_unary or handler.unary_unary
+        wrapped_unary = self._unary(behavior, call)
+        factory = (
+            grpc.stream_unary_rpc_method_handler
+            if handler.request_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        return factory(
+            wrapped_unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _unary(self, behavior: Any, call: _Call) -> Any:
+        async def run(request: Any, context: GrpcContext) -> Any:
+            async with _Scope(self._authenticator, call, context) as scope:
+                await scope.authenticate()
+                return await scope.guard(behavior(request, context))
+
+        return run
+
+    def _streaming(self, behavior: Any, call: _Call) -> Any:
+        async def run(request: Any, context: GrpcContext) -> AsyncIterator[Any]:
+            async with _Scope(self._authenticator, call, context) as scope:
+                await scope.authenticate()
+                result = behavior(request, context)
+                if inspect.isasyncgen(result):
+                    iterator = result.__aiter__()
+                    while True:
+                        try:
+                            item = await scope.guard(iterator.__anext__())
+                        except StopAsyncIteration:
+                            break
+                        yield item
+                else:
+                    await scope.guard(result)
+
+        return run
+
+
+class _Scope:
+    """One RPC's lifetime: span, principal, metrics; maps errors to rich statuses."""
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        call: _Call,
+        context: GrpcContext,
+    ) -> None:
+        self._authenticator = authenticator
+        self._call = call
+        self._context = context
+        self._code = grpc.StatusCode.OK
+
+    async def __aenter__(self) -> _Scope:
+        self._start = time.perf_counter()
+        self._call.started.inc()
+        metadata = {
+            k: v for k, v in self._context.invocation_metadata() or () if isinstance(v, str)
+        }
+        self._otel_token = otel_context.attach(tracing.extract_context(metadata))
+        self._span = tracing.tracer().start_span(
+            self._call.full_method.lstrip("/"), kind=trace.SpanKind.SERVER
+        )
+        self._span_token = otel_context.attach(trace.set_span_in_context(self._span))
+        self._principal_token = set_principal(None)
+        self._metadata = metadata
+        return self
+
+    async def authenticate(self) -> None:
+        try:
+            principal = await self._authenticator.authenticate(self._call.rule, self._metadata)
+        except DomainError as error:
+            await self._abort(error)
+        set_principal(principal)
+
+    async def guard(self, awaitable: Awaitable[Any]) -> Any:
+        try:
+            return await awaitable
+        except DomainError as error:
+            await self._abort(error)
+        except (StopAsyncIteration, asyncio.CancelledError):
+            raise
+        except Exception as error:
+            if _is_abort(error):
+                self._code = _context_code(self._context)
+                raise
+            log.exception("unhandled error in %s", self._call.full_method)
+            self._code = grpc.StatusCode.INTERNAL
+            await self._context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    async def _abort(self, error: DomainError) -> None:
+        self._code = error.code
+        status = error.to_status()
+        await self._context.abort(status.code, status.details, status.trailing_metadata)
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is asyncio.CancelledError:
+            self._code = grpc.StatusCode.CANCELLED
+        elif exc is not None and self._code is grpc.StatusCode.OK:
+            self._code = _context_code(self._context)
+        self._call.handled(self._code)
+        self._call.seconds.observe(time.perf_counter() - self._start)
+        if self._code is not grpc.StatusCode.OK:
+            self._span.set_status(trace.Status(trace.StatusCode.ERROR, self._code.name))
+        self._span.end()
+        reset_principal(self._principal_token)
+        otel_context.detach(self._span_token)
+        otel_context.detach(self._otel_token)
+
+
+def _is_abort(error: BaseException) -> bool:
+    return type(error).__name__ == "AbortError"
+
+
+def _context_code(context: GrpcContext) -> grpc.StatusCode:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return grpc.StatusCode.UNKNOWN

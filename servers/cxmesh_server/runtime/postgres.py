@@ -1,0 +1,41 @@
+"""The asyncpg pool and tenant-scoped transactions.
+
+Tenant isolation is enforced by Postgres itself: every tenant table has a row-level
+security policy on `cxmesh.tenant`, forced for the table owner too, and service
+connections run as the non-superuser role `cxmesh_app` (superusers would bypass RLS).
+A query outside `tenant_transaction` sees no tenant rows at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# A pooled connection, as tenant_transaction hands it out.
+Db: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+
+APP_ROLE = "cxmesh_app"
+
+
+async def create_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        # A startup parameter, so it survives the RESET ALL of connection reuse.
+        server_settings={"role": APP_ROLE, "application_name": "cxmesh"},
+    )
+    assert pool is not None
+    return pool
+
+
+@asynccontextmanager
+async def tenant_transaction(pool: asyncpg.Pool, tenant: str) -> AsyncIterator[Db]:
+    """A transaction in which only `tenant`'s rows are visible and writable."""
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute("SELECT set_config('cxmesh.tenant', $1, true)", tenant)
+        yield connection

@@ -1,0 +1,180 @@
+"""Builds and runs one service process from its settings.
+
+Every process serves grpc.health.v1 and server reflection listing every cxmesh service
+(so one edge address is enough for grpcurl-style tools), behind the runtime interceptor.
+On SIGTERM: health goes NOT_SERVING, new calls are refused, in-flight calls get the grace
+period to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from redis.asyncio import Redis
+
+from cxmesh_server.runtime import api
+from cxmesh_server.runtime.auth import Authenticator, JwtVerifier
+from cxmesh_server.runtime.interceptor import RuntimeInterceptor
+from cxmesh_server.runtime.logging import configure_logging
+from cxmesh_server.runtime.metrics import serve_metrics
+from cxmesh_server.runtime.postgres import create_pool
+from cxmesh_server.runtime.redis import create_redis
+from cxmesh_server.runtime.settings import AuthSettings, ServiceSettings
+from cxmesh_server.runtime.tracing import configure_tracing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resources:
+    """What handlers may use; built once per process by `serve`, swapped in tests."""
+
+    settings: ServiceSettings
+    postgres: asyncpg.Pool | None = None
+    redis: Redis | None = None
+
+    def require_postgres(self) -> asyncpg.Pool:
+        if self.postgres is None:
+            raise RuntimeError(f"{self.settings.service} needs CXMESH_POSTGRES_DSN")
+        return self.postgres
+
+    def require_redis(self) -> Redis:
+        if self.redis is None:
+            raise RuntimeError(f"{self.settings.service} needs CXMESH_REDIS_URL")
+        return self.redis
+
+    async def close(self) -> None:
+        if self.postgres is not None:
+            await self.postgres.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+# Adds a servicer to a server: (add_XServicer_to_server, servicer instance).
+Registration = tuple[Callable[[Any, grpc.aio.Server], None], Any]
+Builder = Callable[[Resources], Awaitable[Sequence[Registration]]]
+
+
+@dataclass(frozen=True)
+class ServiceProcess:
+    """How to start one service: its gRPC services and what it needs."""
+
+    name: str
+    build: Builder | None = None
+    # (schema, migrations folder) applied before the server starts.
+    migrations: Sequence[tuple[str, Any]] = field(default_factory=tuple)
+    # Called once after the server starts (mirror rebuilds, background loops).
+    on_start: Callable[[Resources], Awaitable[None]] | None = None
+
+
+async def _open_resources(settings: ServiceSettings, process: ServiceProcess) -> Resources:
+    resources = Resources(settings=settings)
+    # Only services that own a schema talk to Postgres (their migrations create the role).
+    if settings.postgres_dsn and process.migrations:
+        resources.postgres = await create_pool(
+            settings.postgres_dsn, max_size=settings.postgres_pool_max
+        )
+    if settings.redis_url:
+        resources.redis = create_redis(settings.redis_url)
+    return resources
+
+
+async def run_server(settings: ServiceSettings, process: ServiceProcess) -> None:
+    """Serves until SIGTERM/SIGINT, then shuts down gracefully."""
+    from cxmesh_server.runtime.migrations import migrate
+
+    if settings.postgres_dsn:
+        for schema, folder in process.migrations:
+            applied = await migrate(settings.postgres_dsn, schema, folder)
+            if applied:
+                log.info("applied migrations", extra={"schema": schema, "migrations": applied})
+    resources = await _open_resources(settings, process)
+    auth_settings = AuthSettings()
+    verifier = (
+        JwtVerifier(auth_settings) if auth_settings.jwks_file or auth_settings.jwks_url else None
+    )
+    server = grpc.aio.server(
+        interceptors=[RuntimeInterceptor(Authenticator(verifier, resources.redis))],
+        options=[
+            # Only worker processes share a port; a single process must fail on a taken port.
+            ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    registrations = await process.build(resources) if process.build else []
+    for add, servicer in registrations:
+        add(servicer, server)
+    reflection.enable_server_reflection(
+        [*api.all_service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    if server.add_insecure_port(address) == 0:
+        raise RuntimeError(f"cannot listen on {address}")
+    await server.start()
+    if process.on_start is not None:
+        await process.on_start(resources)
+    for name in ["", *api.service_names_of(process.name)]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving", extra={"address": address, "pid": os.getpid()})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.shutdown_grace_seconds)
+    await resources.close()
+    log.info("stopped")
+
+
+def _worker_main(process: ServiceProcess) -> None:
+    settings = ServiceSettings(metrics_port=0)
+    configure_logging(settings.service, settings.log_level)
+    configure_tracing(settings.service, settings.otlp_endpoint)
+    asyncio.run(run_server(settings, process))
+
+
+def serve(process: ServiceProcess) -> None:
+    """Entry point of a service process: one server, or N workers on one port."""
+    settings = ServiceSettings()
+    configure_logging(settings.service, settings.log_level)
+    if settings.workers == 1:
+        configure_tracing(settings.service, settings.otlp_endpoint)
+        if settings.metrics_port:
+            serve_metrics(settings.metrics_port)
+        asyncio.run(run_server(settings, process))
+        return
+    # Workers share the gRPC port (SO_REUSEPORT: the kernel spreads connections) and write
+    # their metrics to a shared folder that this parent serves summed.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="cxmesh-metrics-"))
+    spawn = multiprocessing.get_context("spawn")
+    workers = [spawn.Process(target=_worker_main, args=(process,)) for _ in range(settings.workers)]
+    for worker in workers:
+        worker.start()
+    if settings.metrics_port:
+        serve_metrics(settings.metrics_port)
+
+    def forward(signum: int, _frame: object) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for worker in workers:
+        worker.join()
