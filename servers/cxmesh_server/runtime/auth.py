@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -76,9 +77,15 @@ class JwtVerifier:
     """Validates bearer tokens against a JWKS from a file or a URL."""
 
     ALGORITHMS = ("RS256", "ES256")
+    # Verified tokens are remembered until they expire (at most this long): a dialer sends
+    # the same token thousands of times a second, and a signature check costs more than
+    # the RPC it guards.
+    CACHE_SECONDS = 60.0
+    CACHE_ENTRIES = 10_000
 
     def __init__(self, settings: AuthSettings) -> None:
         self._settings = settings
+        self._verified: dict[str, tuple[float, Principal]] = {}
         self._keys: dict[str, Any] = {}
         self._client: jwt.PyJWKClient | None = None
         if settings.jwks_file is not None:
@@ -96,6 +103,17 @@ class JwtVerifier:
         return self._keys[kid]
 
     def verify(self, token: str) -> Principal:
+        now = time.time()
+        cached = self._verified.get(token)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        principal, expires = self._verify(token)
+        if len(self._verified) >= self.CACHE_ENTRIES:
+            self._verified.clear()
+        self._verified[token] = (min(expires, now + self.CACHE_SECONDS), principal)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             claims = jwt.decode(
                 token,
@@ -116,9 +134,10 @@ class JwtVerifier:
             raise Unauthenticated("token has no tenant claim", reason="INVALID_TOKEN")
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise Unauthenticated("token roles must be a list of strings", reason="INVALID_TOKEN")
-        return Principal(
+        principal = Principal(
             tenant=tenant, subject=str(claims["sub"]), roles=frozenset(roles), credential="jwt"
         )
+        return principal, float(claims["exp"])
 
 
 class Authenticator:

@@ -57,7 +57,8 @@ class _Call:
 class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, authenticator: Authenticator) -> None:
         self._authenticator = authenticator
-        self._calls: dict[str, _Call] = {}
+        # The wrapped handler of each method, built on its first call.
+        self._wrapped: dict[str, Handler] = {}
 
     async def intercept_service(
         self,
@@ -68,11 +69,11 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return None  # unknown method: gRPC answers UNIMPLEMENTED
         full_method: str = handler_call_details.method  # type: ignore[attr-defined]
-        call = self._calls.get(full_method)
-        if call is None:
-            call = _Call(full_method, _rpc_type(handler))
-            self._calls[full_method] = call
-        return self._wrap(handler, call)
+        wrapped = self._wrapped.get(full_method)
+        if wrapped is None:
+            wrapped = self._wrap(handler, _Call(full_method, _rpc_type(handler)))
+            self._wrapped[full_method] = wrapped
+        return wrapped
 
     def _wrap(self, handler: Handler, call: _Call) -> Handler:
         if handler.response_streaming:
@@ -148,11 +149,18 @@ class _Scope:
         metadata = {
             k: v for k, v in self._context.invocation_metadata() or () if isinstance(v, str)
         }
-        self._otel_token = otel_context.attach(tracing.extract_context(metadata))
-        self._span = tracing.tracer().start_span(
-            self._call.full_method.lstrip("/"), kind=trace.SpanKind.SERVER
-        )
-        self._span_token = otel_context.attach(trace.set_span_in_context(self._span))
+        self._otel_token: object | None = None
+        self._span: trace.Span | None = None
+        self._span_token: object | None = None
+        # Incoming trace context is always carried (logs, onward calls); spans are only
+        # made when they are exported, so an untraced call pays nothing for tracing.
+        if tracing.exporting() or tracing.TRACE_HEADER in metadata:
+            self._otel_token = otel_context.attach(tracing.extract_context(metadata))
+            if tracing.exporting():
+                self._span = tracing.tracer().start_span(
+                    self._call.full_method.lstrip("/"), kind=trace.SpanKind.SERVER
+                )
+                self._span_token = otel_context.attach(trace.set_span_in_context(self._span))
         self._principal_token = set_principal(None)
         self._metadata = metadata
         return self
@@ -191,12 +199,14 @@ class _Scope:
             self._code = _context_code(self._context)
         self._call.handled(self._code)
         self._call.seconds.observe(time.perf_counter() - self._start)
-        if self._code is not grpc.StatusCode.OK:
-            self._span.set_status(trace.Status(trace.StatusCode.ERROR, self._code.name))
-        self._span.end()
         reset_principal(self._principal_token)
-        otel_context.detach(self._span_token)
-        otel_context.detach(self._otel_token)
+        if self._span is not None:
+            if self._code is not grpc.StatusCode.OK:
+                self._span.set_status(trace.Status(trace.StatusCode.ERROR, self._code.name))
+            self._span.end()
+            otel_context.detach(self._span_token)  # type: ignore[arg-type]
+        if self._otel_token is not None:
+            otel_context.detach(self._otel_token)  # type: ignore[arg-type]
 
 
 def _is_abort(error: BaseException) -> bool:

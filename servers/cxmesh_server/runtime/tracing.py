@@ -9,11 +9,19 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
 TRACER_NAME = "cxmesh"
+TRACE_HEADER = "traceparent"
+_exporting = False
+
+
+def exporting() -> bool:
+    """Whether spans are recorded and exported (an OTLP endpoint is configured)."""
+    return _exporting
 
 
 def configure_tracing(service: str, otlp_endpoint: str | None) -> None:
+    global _exporting
     if not otlp_endpoint:
-        return  # the API's no-op tracer still carries incoming trace ids to the logs
+        return  # incoming trace context is still carried to the logs and onward calls
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -22,6 +30,7 @@ def configure_tracing(service: str, otlp_endpoint: str | None) -> None:
     provider = TracerProvider(resource=Resource.create({"service.name": f"cxmesh-{service}"}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
     trace.set_tracer_provider(provider)
+    _exporting = True
 
 
 def extract_context(metadata: Mapping[str, str]) -> otel_context.Context:

@@ -1,0 +1,71 @@
+"""What the benchmarks run against: the same embedded stack as `make run`, on free ports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxmesh_server.runtime.devkeys import SigningKey, ensure_dev_key
+from cxmesh_server.stack.datastores import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    start_postgres,
+    start_redis,
+)
+from cxmesh_server.stack.mesh import Mesh, MeshOptions
+from cxmesh_server.stack.ports import free_port, is_listening
+
+
+@dataclass
+class Environment:
+    state: Path
+    postgres: EmbeddedPostgres
+    redis: EmbeddedRedis
+    key: SigningKey
+    mesh: Mesh
+    bare_echo_port: int
+
+    def token(self, tenant: str = "bench", roles: tuple[str, ...] = ("admin",)) -> str:
+        return self.key.mint(tenant=tenant, roles=list(roles))
+
+    def instance_port(self, service: str) -> int:
+        return next(i.port for i in self.mesh.instances if i.name == service)
+
+
+def start(stack: ExitStack, services: tuple[str, ...] = ("iam",)) -> Environment:
+    state = Path(tempfile.mkdtemp(prefix="cxmesh-bench-"))
+    postgres = start_postgres(state / "postgres", delete_on_stop=True)
+    stack.callback(postgres.stop)
+    redis = start_redis(state / "redis", persist=False)
+    stack.callback(redis.stop)
+    key, jwks = ensure_dev_key(state / "keys")
+    mesh = Mesh(
+        MeshOptions(
+            state_dir=state,
+            postgres_dsn=postgres.dsn,
+            redis_url=redis.url,
+            jwks_file=jwks,
+            edge_port=free_port(),
+            edge_admin_port=free_port(),
+            services=services,
+            # The edge's rate limit must not cap a benchmark.
+            rate_limit_per_second=1_000_000,
+            extra_env={"CXMESH_LOG_LEVEL": "WARNING"},
+        )
+    )
+    stack.callback(mesh.stop)
+    mesh.start(timeout=90)
+    bare_port = free_port()
+    bare = subprocess.Popen([sys.executable, "-m", "bench.bare_echo", str(bare_port)])
+    stack.callback(bare.terminate)
+    deadline = time.monotonic() + 30
+    while not is_listening("127.0.0.1", bare_port):
+        if bare.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the bare echo server did not start")
+        time.sleep(0.05)
+    return Environment(state, postgres, redis, key, mesh, bare_port)
