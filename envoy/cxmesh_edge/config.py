@@ -9,7 +9,7 @@ tokens, CORS, access logs and a local rate limit. Unknown paths get a clean 404.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ class EdgeConfig:
     # The upstream serving reflection and the grpc.health.v1 of the edge itself.
     reflection_upstream: str = "iam"
     health_check_interval_seconds: float = 1.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def service_names(descriptor_set: Path) -> list[str]:
@@ -157,8 +156,11 @@ def _http_filters(config: EdgeConfig) -> list[dict[str, Any]]:
                 "envoy.extensions.filters.http.health_check.v3.HealthCheck",
                 pass_through_mode=False,
                 headers=[{"name": ":path", "string_match": {"exact": "/healthz"}}],
+                # At least one healthy replica per upstream. Envoy compares the healthy count
+                # with total × percent / 100 rounded down, so the percent is 100 / replicas.
                 cluster_min_healthy_percentages={
-                    upstream.name: {"value": 0.001} for upstream in config.upstreams
+                    upstream.name: {"value": 100.0 / max(1, len(upstream.endpoints))}
+                    for upstream in config.upstreams
                 },
             ),
         },

