@@ -24,6 +24,15 @@ log = logging.getLogger(__name__)
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
+# (request streaming, response streaming) → how to build a handler of that shape.
+_HANDLER_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
 def _rpc_type(handler: Handler) -> str:
     if handler.request_streaming and handler.response_streaming:
         return "bidi_stream"
@@ -76,28 +85,16 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return wrapped
 
     def _wrap(self, handler: Handler, call: _Call) -> Handler:
-        if handler.response_streaming:
-            behavior = handler.stream_stream or handler.unary_stream
-            wrapped_stream = self._streaming(behavior, call)
-            factory = (
-                grpc.stream_stream_rpc_method_handler
-                if handler.request_streaming
-                else grpc.unary_stream_rpc_method_handler
-            )
-            return factory(
-                wrapped_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        behavior = handler.stream_unary or handler.unary_unary
-        wrapped_unary = self._unary(behavior, call)
-        factory = (
-            grpc.stream_unary_rpc_method_handler
-            if handler.request_streaming
-            else grpc.unary_unary_rpc_method_handler
+        behavior = (
+            handler.unary_unary
+            or handler.unary_stream
+            or handler.stream_unary
+            or handler.stream_stream
         )
-        return factory(
-            wrapped_unary,
+        wrap = self._streaming if handler.response_streaming else self._unary
+        factory = _HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
+        return factory(  # type: ignore[operator]
+            wrap(behavior, call),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
