@@ -7,9 +7,10 @@ their RPCs answer UNIMPLEMENTED.
 from __future__ import annotations
 
 from cxmesh_server.iam.bootstrap import PROCESS as IAM
+from cxmesh_server.lists.bootstrap import PROCESS as LISTS
 from cxmesh_server.runtime.api import PACKAGES_BY_PROCESS
 from cxmesh_server.runtime.server import ServiceProcess
 
 PROCESSES: dict[str, ServiceProcess] = {
     name: ServiceProcess(name=name) for name in PACKAGES_BY_PROCESS
-} | {"iam": IAM}
+} | {"iam": IAM, "lists": LISTS}

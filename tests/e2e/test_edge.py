@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 import httpx
+from cxmesh.campaigns.v1 import campaign_service_pb2, campaign_service_pb2_grpc
 from cxmesh.diagnostics.v1 import echo_service_pb2, echo_service_pb2_grpc
-from cxmesh.lists.v1 import contact_list_service_pb2, contact_list_service_pb2_grpc
 from cxmesh_edge.config import Upstream
 from cxmesh_server.runtime.api import all_service_names
 from cxmesh_server.runtime.devkeys import SigningKey
@@ -94,10 +94,10 @@ def test_services_of_later_issues_answer_unimplemented(
     edge_channel: grpc.Channel, key: SigningKey
 ) -> None:
     token = key.mint(tenant="acme", roles=["admin"])
-    stub = contact_list_service_pb2_grpc.ContactListServiceStub(edge_channel)
+    stub = campaign_service_pb2_grpc.CampaignServiceStub(edge_channel)
     try:
-        stub.ListContactLists(
-            contact_list_service_pb2.ListContactListsRequest(),
+        stub.ListCampaigns(
+            campaign_service_pb2.ListCampaignsRequest(),
             metadata=grpc_bearer(token),
             timeout=5,
         )

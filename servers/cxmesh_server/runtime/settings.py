@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from pydantic import Field
@@ -43,3 +44,7 @@ class ServiceSettings(BaseSettings):
     otlp_endpoint: str | None = None
     # Postgres pool size per worker.
     postgres_pool_max: int = 10
+    # Where uploaded files wait while they are imported.
+    spool_dir: Path = Path(tempfile.gettempdir()) / "cxmesh-spool"
+    # Processes that turn rows into records during imports; 0 = one per CPU.
+    import_workers: int = Field(default=0, ge=0, le=64)

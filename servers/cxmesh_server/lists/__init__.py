@@ -1,0 +1,1 @@
+"""Lists: contact lists, imports, specifications, suppression lists (cxmesh.lists.v1)."""

@@ -1,0 +1,115 @@
+"""Composition root of the lists process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from cxmesh.lists.v1 import (
+    contact_list_service_pb2_grpc,
+    import_service_pb2_grpc,
+    suppression_service_pb2_grpc,
+)
+
+from cxmesh_server.lists.import_handlers import ImportHandlers
+from cxmesh_server.lists.importer import Importer
+from cxmesh_server.lists.imports_store import ImportsStore
+from cxmesh_server.lists.list_handlers import ContactListHandlers
+from cxmesh_server.lists.store import ListsStore
+from cxmesh_server.lists.suppression_handlers import SuppressionHandlers
+from cxmesh_server.lists.suppression_store import SuppressionStore
+from cxmesh_server.mirrors.suppression import SuppressionMirror
+from cxmesh_server.runtime.server import Registration, Resources, ServiceProcess
+
+log = logging.getLogger(__name__)
+
+MIRROR_CHECK_SECONDS = 2.0
+SWEEP_SECONDS = 30.0
+_background: set[asyncio.Task[None]] = set()
+
+
+def _suppression(resources: Resources) -> SuppressionStore:
+    return SuppressionStore(
+        resources.require_postgres(), SuppressionMirror(resources.require_redis())
+    )
+
+
+async def build(resources: Resources) -> Sequence[Registration]:
+    pool = resources.require_postgres()
+    settings = resources.settings
+    workers = settings.import_workers or os.cpu_count() or 1
+    executor = ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+    )
+    lists = ListsStore(pool)
+    importer = Importer(pool, SuppressionMirror(resources.require_redis()), executor)
+    return [
+        (
+            contact_list_service_pb2_grpc.add_ContactListServiceServicer_to_server,
+            ContactListHandlers(lists),
+        ),
+        (
+            import_service_pb2_grpc.add_ImportServiceServicer_to_server,
+            ImportHandlers(lists, ImportsStore(pool), importer, Path(settings.spool_dir)),
+        ),
+        (
+            suppression_service_pb2_grpc.add_SuppressionServiceServicer_to_server,
+            SuppressionHandlers(_suppression(resources)),
+        ),
+    ]
+
+
+async def rebuild_all_mirrors(store: SuppressionStore) -> None:
+    tenants = await store.tenants_with_lists()
+    for tenant in tenants:
+        await store.rebuild_mirror(tenant)
+    await store.mirror.mark_loaded()
+    log.info("suppression mirror loaded", extra={"tenants": len(tenants)})
+
+
+async def _keep_mirror_loaded(store: SuppressionStore) -> None:
+    """Redis may be flushed or replaced: whenever the loaded marker is gone, rebuild."""
+    while True:
+        await asyncio.sleep(MIRROR_CHECK_SECONDS)
+        try:
+            if not await store.mirror.is_loaded():
+                log.warning("suppression mirror missing; rebuilding from Postgres")
+                await rebuild_all_mirrors(store)
+        except Exception:
+            log.exception("suppression mirror check failed; retrying")
+
+
+async def _sweep_interrupted_imports(imports: ImportsStore) -> None:
+    while True:
+        try:
+            failed = await imports.fail_interrupted()
+            if failed:
+                log.warning("failed interrupted imports", extra={"count": failed})
+        except Exception:
+            log.exception("import sweep failed; retrying")
+        await asyncio.sleep(SWEEP_SECONDS)
+
+
+async def on_start(resources: Resources) -> None:
+    store = _suppression(resources)
+    await rebuild_all_mirrors(store)
+    for loop in (
+        _keep_mirror_loaded(store),
+        _sweep_interrupted_imports(ImportsStore(resources.require_postgres())),
+    ):
+        task = asyncio.create_task(loop)
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+PROCESS = ServiceProcess(
+    name="lists",
+    build=build,
+    migrations=[("lists", Path(__file__).parent / "migrations")],
+    on_start=on_start,
+)

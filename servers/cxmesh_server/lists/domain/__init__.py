@@ -1,0 +1,1 @@
+"""List rules without I/O: normalisation, time zones, records, file formats, suppression."""

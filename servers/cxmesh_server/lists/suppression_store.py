@@ -1,0 +1,283 @@
+"""Suppression lists and entries: Postgres first, then the Redis mirror, before returning."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from cxmesh_server.lists.domain.suppression import KIND_OF_TYPE, TYPE_OF_KIND, expire_ms
+from cxmesh_server.lists.store import new_id
+from cxmesh_server.mirrors.suppression import Entry, SuppressionMirror, channel_mask
+from cxmesh_server.runtime.errors import NotFound
+from cxmesh_server.runtime.postgres import Db, tenant_transaction
+
+
+@dataclass(frozen=True, slots=True)
+class SuppressionListRow:
+    list_id: str
+    display_name: str
+    campaigns: list[str]
+    source: int
+    entry_count: int
+    create_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRow:
+    kind: str
+    target: str
+    channels: list[int]
+    expire_time: datetime | None
+    emergency: bool
+    reason: str
+    create_time: datetime | None = None
+
+
+def _channels(mask: int) -> list[int]:
+    return [bit for bit in range(1, 16) if mask & (1 << bit)]
+
+
+def _entry(row: asyncpg.Record) -> EntryRow:
+    return EntryRow(
+        kind=KIND_OF_TYPE[row["target_type"]],
+        target=row["target"],
+        channels=_channels(row["channels_mask"]),
+        expire_time=row["expire_time"],
+        emergency=row["emergency"],
+        reason=row["reason"],
+        create_time=row["create_time"],
+    )
+
+
+def mirror_entry(entry: EntryRow) -> Entry:
+    return Entry(
+        entry.kind, entry.target, channel_mask(entry.channels), expire_ms(entry.expire_time)
+    )
+
+
+class SuppressionStore:
+    def __init__(self, pool: asyncpg.Pool, mirror: SuppressionMirror) -> None:
+        self.pool = pool
+        self.mirror = mirror
+
+    async def create_list(
+        self, tenant: str, display_name: str, campaigns: Sequence[str], source: int, request_id: str
+    ) -> SuppressionListRow:
+        async with tenant_transaction(self.pool, tenant) as db:
+            if request_id:
+                existing = await db.fetchval(
+                    "SELECT list_id FROM lists.suppression_lists WHERE request_id = $1", request_id
+                )
+                if existing:
+                    return await self._get(db, existing)
+            list_id = new_id()
+            await db.execute(
+                """
+                INSERT INTO lists.suppression_lists (tenant_id, list_id, display_name, campaigns, source, request_id)
+                VALUES (current_setting('cxmesh.tenant'), $1, $2, $3, $4, NULLIF($5, ''))
+                """,
+                list_id,
+                display_name,
+                list(campaigns),
+                source,
+                request_id,
+            )
+            await self.mirror.put_list(tenant, list_id, campaigns)
+            return await self._get(db, list_id)
+
+    async def get_list(self, tenant: str, list_id: str) -> SuppressionListRow:
+        async with tenant_transaction(self.pool, tenant) as db:
+            return await self._get(db, list_id)
+
+    async def _get(self, db: Db, list_id: str) -> SuppressionListRow:
+        row = await db.fetchrow(
+            """
+            SELECT l.*, (SELECT count(*) FROM lists.suppression_entries e
+                         WHERE e.tenant_id = l.tenant_id AND e.list_id = l.list_id
+                           AND (e.expire_time IS NULL OR e.expire_time > now())) AS entry_count
+            FROM lists.suppression_lists l WHERE l.list_id = $1
+            """,
+            list_id,
+        )
+        if row is None:
+            raise NotFound(f"suppressionLists/{list_id} not found")
+        return SuppressionListRow(
+            list_id=row["list_id"],
+            display_name=row["display_name"],
+            campaigns=list(row["campaigns"]),
+            source=row["source"],
+            entry_count=row["entry_count"],
+            create_time=row["create_time"],
+        )
+
+    async def list_lists(self, tenant: str, after: str, limit: int) -> list[SuppressionListRow]:
+        async with tenant_transaction(self.pool, tenant) as db:
+            ids = await db.fetch(
+                """
+                SELECT list_id FROM lists.suppression_lists
+                WHERE (display_name || '/' || list_id) > $1
+                ORDER BY display_name || '/' || list_id LIMIT $2
+                """,
+                after,
+                limit,
+            )
+            return [await self._get(db, r["list_id"]) for r in ids]
+
+    async def delete_list(self, tenant: str, list_id: str) -> None:
+        async with tenant_transaction(self.pool, tenant) as db:
+            deleted = await db.execute(
+                "DELETE FROM lists.suppression_lists WHERE list_id = $1", list_id
+            )
+            if deleted == "DELETE 0":
+                raise NotFound(f"suppressionLists/{list_id} not found")
+            await self.mirror.drop_list(tenant, list_id)
+
+    async def upsert_entries(
+        self, tenant: str, list_id: str, entries: Sequence[EntryRow], *, emergency: bool = False
+    ) -> list[EntryRow]:
+        """Writes entries; the mirror is updated inside the transaction, so a failure of
+        either leaves both as they were (Redis writes are idempotent upserts)."""
+        # One statement may not upsert a row twice: the last entry for a target wins.
+        entries = list({(e.kind, e.target): e for e in entries}.values())
+        async with tenant_transaction(self.pool, tenant) as db:
+            await self._get(db, list_id)
+            rows = await db.fetch(
+                """
+                INSERT INTO lists.suppression_entries AS e
+                    (tenant_id, list_id, target_type, target, channels_mask, expire_time, emergency, reason)
+                SELECT current_setting('cxmesh.tenant'), $1, t, v, m, x, $7, r
+                FROM unnest($2::smallint[], $3::text[], $4::smallint[], $5::timestamptz[], $6::text[])
+                    AS u(t, v, m, x, r)
+                ON CONFLICT (tenant_id, list_id, target_type, target) DO UPDATE
+                SET channels_mask = excluded.channels_mask, expire_time = excluded.expire_time,
+                    emergency = e.emergency OR excluded.emergency, reason = excluded.reason
+                RETURNING *
+                """,
+                list_id,
+                [TYPE_OF_KIND[e.kind] for e in entries],
+                [e.target for e in entries],
+                [channel_mask(e.channels) for e in entries],
+                [e.expire_time for e in entries],
+                [e.reason for e in entries],
+                emergency,
+            )
+            stored = [_entry(r) for r in rows]
+            await self.mirror.put_entries(tenant, list_id, (mirror_entry(e) for e in stored))
+        by_target = {(e.kind, e.target): e for e in stored}
+        return [by_target[(e.kind, e.target)] for e in entries]
+
+    async def delete_entries(self, tenant: str, list_id: str, targets: dict[str, list[str]]) -> int:
+        async with tenant_transaction(self.pool, tenant) as db:
+            await self._get(db, list_id)
+            deleted = 0
+            for kind, values in targets.items():
+                if values:
+                    result = await db.execute(
+                        "DELETE FROM lists.suppression_entries WHERE list_id = $1 AND target_type = $2 AND target = ANY($3::text[])",
+                        list_id,
+                        TYPE_OF_KIND[kind],
+                        values,
+                    )
+                    deleted += int(result.split()[-1])
+            await self.mirror.remove_entries(tenant, list_id, targets)
+        return deleted
+
+    async def list_entries(
+        self, tenant: str, list_id: str, after: tuple[int, str], limit: int, show_expired: bool
+    ) -> list[EntryRow]:
+        async with tenant_transaction(self.pool, tenant) as db:
+            await self._get(db, list_id)
+            rows = await db.fetch(
+                """
+                SELECT * FROM lists.suppression_entries
+                WHERE list_id = $1 AND (target_type, target) > ($2, $3)
+                  AND ($4 OR expire_time IS NULL OR expire_time > now())
+                ORDER BY target_type, target LIMIT $5
+                """,
+                list_id,
+                after[0],
+                after[1],
+                show_expired,
+                limit,
+            )
+        return [_entry(r) for r in rows]
+
+    async def replace_all(
+        self, tenant: str, list_id: str, batches: AsyncIterable[list[EntryRow]]
+    ) -> int:
+        """A full load (a DNC full file): the list becomes exactly these entries, in Postgres
+        in one transaction and in Redis by swapping a staged copy in, so neither ever shows
+        a half-loaded list. Batches stream: memory stays bounded whatever the file size."""
+        staged: list[EntryRow] = []
+
+        async def mirrored() -> AsyncIterator[Entry]:
+            for entry in staged:
+                yield mirror_entry(entry)
+
+        count = 0
+        async with tenant_transaction(self.pool, tenant) as db:
+            await self._get(db, list_id)
+            await db.execute("DELETE FROM lists.suppression_entries WHERE list_id = $1", list_id)
+            staging = f"{list_id}.staging"
+            await self.mirror.drop_list(tenant, staging)
+            async for batch in batches:
+                await db.copy_records_to_table(
+                    "suppression_entries",
+                    schema_name="lists",
+                    columns=[
+                        "tenant_id",
+                        "list_id",
+                        "target_type",
+                        "target",
+                        "channels_mask",
+                        "expire_time",
+                        "reason",
+                    ],
+                    records=[
+                        (
+                            tenant,
+                            list_id,
+                            TYPE_OF_KIND[e.kind],
+                            e.target,
+                            channel_mask(e.channels),
+                            e.expire_time,
+                            e.reason,
+                        )
+                        for e in batch
+                    ],
+                )
+                staged[:] = batch
+                count += await self.mirror.put_entries(tenant, staging, mirrored())
+            await self.mirror.swap_in(tenant, staging, list_id)
+        return count
+
+    async def rebuild_mirror(self, tenant: str) -> int:
+        """Rebuilds the tenant's mirror from Postgres; not ready while it runs."""
+        await self.mirror.set_ready(tenant, False)
+        total = 0
+        async with tenant_transaction(self.pool, tenant) as db:
+            lists = await db.fetch("SELECT list_id, campaigns FROM lists.suppression_lists")
+            known = set(await self.mirror.lists(tenant))
+            for stale in known - {r["list_id"] for r in lists}:
+                await self.mirror.drop_list(tenant, stale)
+            for row in lists:
+                await self.mirror.put_list(tenant, row["list_id"], row["campaigns"])
+                entries = (
+                    mirror_entry(_entry(r))
+                    async for r in db.cursor(
+                        "SELECT * FROM lists.suppression_entries WHERE list_id = $1",
+                        row["list_id"],
+                        prefetch=10_000,
+                    )
+                )
+                total += await self.mirror.replace_list(tenant, row["list_id"], entries)
+        await self.mirror.set_ready(tenant, True)
+        return total
+
+    async def tenants_with_lists(self) -> list[str]:
+        async with self.pool.acquire() as db:
+            rows = await db.fetch("SELECT tenant_id FROM lists.suppression_tenants()")
+        return [r["tenant_id"] for r in rows]

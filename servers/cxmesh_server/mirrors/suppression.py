@@ -1,0 +1,188 @@
+"""The suppression mirror: the lists service writes it, compliance reads it per decision.
+
+Layout (tenant as a cluster hash tag, so one tenant's keys share a shard):
+- `cx:{t}:suppr:{list}:{kind}` hash, kind ∈ phone | email | client: target → "<channels
+  mask>:<expiry epoch ms, 0 = never>". Expiry is checked on read, so an entry stops
+  counting at its instant with no sweep.
+- `cx:{t}:suppr:index` hash: list id → JSON {"campaigns": [...]} (empty: tenant-wide).
+- `cx:{t}:suppr:ready`: "1" while the tenant's mirror is complete; absent during a rebuild.
+- `cx:suppr:loaded`: set once every tenant's mirror has been built since Redis started. A
+  reader that finds it missing must treat all data as unavailable (Redis was lost).
+A batch check is one pipeline: one HMGET per list and kind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+KINDS = ("phone", "email", "client")
+LOADED_KEY = "cx:suppr:loaded"
+_BATCH = 1000
+
+
+def list_key(tenant: str, list_id: str, kind: str) -> str:
+    return f"cx:{{{tenant}}}:suppr:{list_id}:{kind}"
+
+
+def index_key(tenant: str) -> str:
+    return f"cx:{{{tenant}}}:suppr:index"
+
+
+def ready_key(tenant: str) -> str:
+    return f"cx:{{{tenant}}}:suppr:ready"
+
+
+def channel_mask(channels: Iterable[int]) -> int:
+    """A bit per channel; 0 means every channel."""
+    mask = 0
+    for channel in channels:
+        mask |= 1 << channel
+    return mask
+
+
+def encode(mask: int, expire_ms: int | None) -> str:
+    return f"{mask}:{expire_ms or 0}"
+
+
+def is_active(value: str, now_ms: int, channel: int | None = None) -> bool:
+    mask_text, _, expire_text = value.partition(":")
+    expire = int(expire_text or 0)
+    if expire and expire <= now_ms:
+        return False
+    mask = int(mask_text or 0)
+    return channel is None or mask == 0 or bool(mask & (1 << channel))
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    kind: str
+    target: str
+    mask: int
+    expire_ms: int | None
+
+
+class SuppressionMirror:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def put_list(self, tenant: str, list_id: str, campaigns: Sequence[str]) -> None:
+        await self._redis.hset(
+            index_key(tenant), list_id, json.dumps({"campaigns": list(campaigns)})
+        )
+
+    async def drop_list(self, tenant: str, list_id: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(index_key(tenant), list_id)
+            pipe.delete(*(list_key(tenant, list_id, kind) for kind in KINDS))
+            await pipe.execute()
+
+    async def put_entries(
+        self, tenant: str, list_id: str, entries: Iterable[Entry] | AsyncIterable[Entry]
+    ) -> int:
+        count = 0
+        batch: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
+        async for entry in _each(entries):
+            batch[entry.kind][entry.target] = encode(entry.mask, entry.expire_ms)
+            count += 1
+            if sum(len(b) for b in batch.values()) >= _BATCH * 10:
+                await self._flush(tenant, list_id, batch)
+        await self._flush(tenant, list_id, batch)
+        return count
+
+    async def _flush(self, tenant: str, list_id: str, batch: dict[str, dict[str, str]]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for kind, fields in batch.items():
+                items = list(fields.items())
+                for start in range(0, len(items), _BATCH):
+                    pipe.hset(
+                        list_key(tenant, list_id, kind), mapping=dict(items[start : start + _BATCH])
+                    )
+                fields.clear()
+            await pipe.execute()
+
+    async def remove_entries(
+        self, tenant: str, list_id: str, targets: Mapping[str, Sequence[str]]
+    ) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for kind, values in targets.items():
+                if values:
+                    pipe.hdel(list_key(tenant, list_id, kind), *values)
+            await pipe.execute()
+
+    async def replace_list(
+        self, tenant: str, list_id: str, entries: Iterable[Entry] | AsyncIterable[Entry]
+    ) -> int:
+        """Builds the list under temporary keys and swaps them in at once, so readers never
+        see a half-loaded list."""
+        staging = f"{list_id}.staging"
+        await self._redis.delete(*(list_key(tenant, staging, kind) for kind in KINDS))
+        count = await self.put_entries(tenant, staging, entries)
+        await self.swap_in(tenant, staging, list_id)
+        return count
+
+    async def swap_in(self, tenant: str, staging: str, list_id: str) -> None:
+        """Replaces a list's keys by staged ones in one MULTI, so readers see the old list or
+        the new one, never a mix."""
+        exists = await self._redis.exists(*(list_key(tenant, staging, kind) for kind in KINDS))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for kind in KINDS:
+                pipe.delete(list_key(tenant, list_id, kind))
+            for kind in KINDS:
+                if exists:
+                    pipe.rename(list_key(tenant, staging, kind), list_key(tenant, list_id, kind))
+            # RENAME of a missing key fails inside MULTI without aborting the others.
+            await pipe.execute(raise_on_error=False)
+
+    async def set_ready(self, tenant: str, ready: bool) -> None:
+        if ready:
+            await self._redis.set(ready_key(tenant), "1")
+        else:
+            await self._redis.delete(ready_key(tenant))
+
+    async def mark_loaded(self) -> None:
+        await self._redis.set(LOADED_KEY, "1")
+
+    async def is_loaded(self) -> bool:
+        return bool(await self._redis.exists(LOADED_KEY))
+
+    async def lists(self, tenant: str) -> dict[str, list[str]]:
+        """Every suppression list of the tenant → the campaigns it is bound to."""
+        raw = await self._redis.hgetall(index_key(tenant))
+        return {str(k): json.loads(v)["campaigns"] for k, v in raw.items()}
+
+    async def matches(
+        self,
+        tenant: str,
+        list_ids: Sequence[str],
+        targets: Mapping[str, Sequence[str]],
+        now_ms: int,
+        channel: int | None = None,
+    ) -> dict[tuple[str, str], list[str]]:
+        """(kind, target) → the lists in which it is actively suppressed, in one round trip."""
+        plan: list[tuple[str, str, Sequence[str]]] = []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for list_id in list_ids:
+                for kind, values in targets.items():
+                    if values:
+                        pipe.hmget(list_key(tenant, list_id, kind), list(values))
+                        plan.append((list_id, kind, values))
+            replies = await pipe.execute()
+        found: dict[tuple[str, str], list[str]] = {}
+        for (list_id, kind, values), reply in zip(plan, replies, strict=True):
+            for target, value in zip(values, reply, strict=True):
+                if value is not None and is_active(value, now_ms, channel):
+                    found.setdefault((kind, target), []).append(list_id)
+        return found
+
+
+async def _each(entries: Iterable[Entry] | AsyncIterable[Entry]) -> AsyncIterator[Entry]:
+    if isinstance(entries, AsyncIterable):
+        async for entry in entries:
+            yield entry
+    else:
+        for entry in entries:
+            yield entry
