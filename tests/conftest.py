@@ -114,3 +114,13 @@ def new_tenant(mesh: Mesh, key: SigningKey):  # type: ignore[no-untyped-def]
         return tenant_id
 
     return create
+
+
+@pytest.fixture
+def lists(mesh: Mesh, key: SigningKey, new_tenant):  # type: ignore[no-untyped-def]
+    """A lists client for a fresh tenant (admin), through the edge."""
+    from tests.e2e.lists_helpers import Lists
+
+    tenant = new_tenant()
+    with grpc.insecure_channel(mesh.edge_target) as channel:
+        yield Lists(channel, key.mint(tenant=tenant, roles=["admin"]), tenant)

@@ -33,7 +33,7 @@ from cxmesh_server.lists.domain.records import (
     plan_from_mappings,
 )
 from cxmesh_server.mirrors.suppression import SuppressionMirror
-from cxmesh_server.runtime.postgres import Db, tenant_transaction
+from cxmesh_server.runtime.postgres import Db, copy_into, tenant_transaction
 
 log = logging.getLogger(__name__)
 
@@ -259,11 +259,12 @@ class Importer:
             fresh.append(record)
         if suppression_lists and fresh:
             await self._mark_suppressed(job.tenant, fresh, suppression_lists)
-        await db.copy_records_to_table(
+        await copy_into(
+            db,
+            "lists",
             "records",
-            schema_name="lists",
-            columns=RECORD_COLUMNS,
-            records=[
+            RECORD_COLUMNS,
+            [
                 (
                     job.tenant,
                     job.list_id,
@@ -289,11 +290,12 @@ class Importer:
             ],
         )
         if errors:
-            await db.copy_records_to_table(
+            await copy_into(
+                db,
+                "lists",
                 "import_errors",
-                schema_name="lists",
-                columns=ERROR_COLUMNS,
-                records=[
+                ERROR_COLUMNS,
+                [
                     (
                         job.tenant,
                         job.list_id,

@@ -8,9 +8,9 @@ A query outside `tenant_transaction` sees no tenant rows at all.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -39,3 +39,21 @@ async def tenant_transaction(pool: asyncpg.Pool, tenant: str) -> AsyncIterator[D
     async with pool.acquire() as connection, connection.transaction():
         await connection.execute("SELECT set_config('cxmesh.tenant', $1, true)", tenant)
         yield connection
+
+
+async def copy_into(
+    conn: Db, schema: str, table: str, columns: Sequence[str], records: Iterable[Sequence[Any]]
+) -> None:
+    """Bulk insert through COPY. Postgres refuses COPY FROM into tables under row-level
+    security, so rows go to a temporary staging table first and then into the table with an
+    INSERT, which the tenant policy checks. Call inside a transaction."""
+    stage = f"stage_{schema}_{table}"
+    column_list = ", ".join(columns)
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DROP AS "
+        f"SELECT {column_list} FROM {schema}.{table} WITH NO DATA"
+    )
+    await conn.copy_records_to_table(stage, columns=list(columns), records=records)
+    await conn.execute(
+        f"INSERT INTO {schema}.{table} ({column_list}) SELECT {column_list} FROM {stage}; TRUNCATE {stage}"
+    )

@@ -4,6 +4,7 @@ Windows-1252. Every reader yields (line number, values) and never loads the whol
 from __future__ import annotations
 
 import csv
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -87,9 +88,11 @@ def _xlsx_rows(path: Path) -> Iterator[Row]:
     from openpyxl import load_workbook
     from openpyxl.utils.exceptions import InvalidFileException
 
+    handle = path.open("rb")  # a file object: openpyxl would insist on an .xlsx file name
     try:
-        workbook = load_workbook(path, read_only=True, data_only=True)
-    except (InvalidFileException, KeyError, OSError, ValueError) as exc:
+        workbook = load_workbook(handle, read_only=True, data_only=True)
+    except (InvalidFileException, KeyError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        handle.close()
         raise FormatError(f"not an XLSX workbook: {exc}") from exc
     try:
         sheet = workbook.worksheets[0]
@@ -99,6 +102,7 @@ def _xlsx_rows(path: Path) -> Iterator[Row]:
                 yield number, values
     finally:
         workbook.close()
+        handle.close()
 
 
 def _cell_text(value: object) -> str:

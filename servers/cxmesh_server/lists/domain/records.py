@@ -273,7 +273,7 @@ def build_record(
         addresses.append(address)
         raws.append(raw[:64])
     if not addresses:
-        if devices or not errors:
+        if not devices:  # invalid devices already have their own errors
             errors.append(
                 RowError(
                     line, "", "", "NO_VALID_DEVICE", "the row has no valid phone number or email"
