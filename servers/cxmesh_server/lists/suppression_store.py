@@ -12,7 +12,7 @@ from cxmesh_server.lists.domain.suppression import KIND_OF_TYPE, TYPE_OF_KIND, e
 from cxmesh_server.lists.store import new_id
 from cxmesh_server.mirrors.suppression import Entry, SuppressionMirror, channel_mask
 from cxmesh_server.runtime.errors import NotFound
-from cxmesh_server.runtime.postgres import Db, tenant_transaction
+from cxmesh_server.runtime.postgres import Db, copy_into, tenant_transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,10 +224,11 @@ class SuppressionStore:
             staging = f"{list_id}.staging"
             await self.mirror.drop_list(tenant, staging)
             async for batch in batches:
-                await db.copy_records_to_table(
+                await copy_into(
+                    db,
+                    "lists",
                     "suppression_entries",
-                    schema_name="lists",
-                    columns=[
+                    [
                         "tenant_id",
                         "list_id",
                         "target_type",
@@ -236,7 +237,7 @@ class SuppressionStore:
                         "expire_time",
                         "reason",
                     ],
-                    records=[
+                    [
                         (
                             tenant,
                             list_id,

@@ -1,0 +1,303 @@
+"""Suppression lists: entries, expiry, emergency adds, the Redis mirror, DNC files, marking."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+import redis
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cxmesh.lists.v1 import import_pb2, suppression_pb2, suppression_service_pb2
+from cxmesh.types.v1 import channel_pb2
+from cxmesh_server.mirrors.suppression import LOADED_KEY, is_active, list_key
+from cxmesh_server.stack.datastores import EmbeddedRedis
+from tests.e2e.lists_helpers import Lists
+
+
+def _ts(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _add(
+    lists: Lists, list_name: str, *entries: suppression_pb2.SuppressionEntry
+) -> list[suppression_pb2.SuppressionEntry]:
+    return list(
+        lists.suppression.CreateSuppressionEntries(
+            suppression_service_pb2.CreateSuppressionEntriesRequest(
+                parent=list_name, entries=entries
+            ),
+            metadata=lists.md,
+            timeout=10,
+        ).entries
+    )
+
+
+def _mirror_value(
+    redis_server: EmbeddedRedis, tenant: str, list_name: str, kind: str, target: str
+) -> str | None:
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    try:
+        return client.hget(list_key(tenant, list_name.split("/")[1], kind), target)  # type: ignore[return-value]
+    finally:
+        client.close()
+
+
+def test_entries_are_normalised_stored_and_mirrored_before_the_call_returns(
+    lists: Lists, redis_server: EmbeddedRedis
+) -> None:
+    dnc = lists.new_suppression_list("do not call")
+    stored = _add(
+        lists,
+        dnc.name,
+        suppression_pb2.SuppressionEntry(
+            phone_number="(415) 555-0101", channels=[channel_pb2.CHANNEL_VOICE]
+        ),
+        suppression_pb2.SuppressionEntry(email="Ada@Example.com"),
+        suppression_pb2.SuppressionEntry(client_id="C-9"),
+    )
+    assert [e.phone_number or e.email or e.client_id for e in stored] == [
+        "+14155550101",
+        "ada@example.com",
+        "C-9",
+    ]
+    now_ms = int(time.time() * 1000)
+    phone = _mirror_value(redis_server, lists.tenant, dnc.name, "phone", "+14155550101")
+    assert phone is not None and is_active(phone, now_ms, channel_pb2.CHANNEL_VOICE)
+    assert not is_active(phone, now_ms, channel_pb2.CHANNEL_SMS)  # voice only
+    assert (
+        _mirror_value(redis_server, lists.tenant, dnc.name, "email", "ada@example.com") is not None
+    )
+    assert _mirror_value(redis_server, lists.tenant, dnc.name, "client", "C-9") is not None
+
+
+def test_invalid_entries_are_refused_with_every_field_violation(lists: Lists) -> None:
+    dnc = lists.new_suppression_list("strict")
+    with pytest.raises(grpc.RpcError) as caught:
+        _add(
+            lists,
+            dnc.name,
+            suppression_pb2.SuppressionEntry(phone_number="12"),
+            suppression_pb2.SuppressionEntry(email="nope"),
+        )
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    details = caught.value.details() or ""
+    assert "entries[0].phone_number" in details and "entries[1].email" in details
+
+
+def test_an_entry_stops_counting_at_its_expiry_without_a_sweep(
+    lists: Lists, redis_server: EmbeddedRedis
+) -> None:
+    dnc = lists.new_suppression_list("expiring")
+    expiry = datetime.now(UTC) + timedelta(seconds=1)
+    _add(
+        lists,
+        dnc.name,
+        suppression_pb2.SuppressionEntry(phone_number="+14155550102", expire_time=_ts(expiry)),
+    )
+    value = _mirror_value(redis_server, lists.tenant, dnc.name, "phone", "+14155550102")
+    assert value is not None
+    expiry_ms = int(expiry.timestamp() * 1000)
+    assert is_active(value, expiry_ms - 1)
+    assert not is_active(value, expiry_ms)  # at the instant exactly
+    listed = lists.suppression.ListSuppressionEntries(
+        suppression_service_pb2.ListSuppressionEntriesRequest(parent=dnc.name),
+        metadata=lists.md,
+        timeout=10,
+    ).entries
+    assert len(listed) == 1
+    time.sleep(1.2)
+    listed = lists.suppression.ListSuppressionEntries(
+        suppression_service_pb2.ListSuppressionEntriesRequest(parent=dnc.name),
+        metadata=lists.md,
+        timeout=10,
+    ).entries
+    assert len(listed) == 0
+
+
+def test_an_emergency_entry_is_in_the_mirror_when_the_call_returns(
+    lists: Lists, redis_server: EmbeddedRedis
+) -> None:
+    dnc = lists.new_suppression_list("emergency")
+    entry = lists.suppression.CreateEmergencySuppressionEntry(
+        suppression_service_pb2.CreateEmergencySuppressionEntryRequest(
+            parent=dnc.name,
+            entry=suppression_pb2.SuppressionEntry(
+                phone_number="+1 415 555 0103", reason="said stop"
+            ),
+        ),
+        metadata=lists.md,
+        timeout=10,
+    ).entry
+    assert entry.emergency
+    assert _mirror_value(redis_server, lists.tenant, dnc.name, "phone", "+14155550103") is not None
+
+
+def test_removing_entries_removes_them_from_the_mirror(
+    lists: Lists, redis_server: EmbeddedRedis
+) -> None:
+    dnc = lists.new_suppression_list("removal")
+    _add(lists, dnc.name, suppression_pb2.SuppressionEntry(phone_number="+14155550104"))
+    removed = lists.suppression.DeleteSuppressionEntries(
+        suppression_service_pb2.DeleteSuppressionEntriesRequest(
+            parent=dnc.name, phone_numbers=["(415) 555-0104"]
+        ),
+        metadata=lists.md,
+        timeout=10,
+    )
+    assert removed.deleted_count == 1
+    assert _mirror_value(redis_server, lists.tenant, dnc.name, "phone", "+14155550104") is None
+
+
+def test_the_mirror_is_rebuilt_from_postgres_after_redis_loses_it(
+    lists: Lists, redis_server: EmbeddedRedis
+) -> None:
+    dnc = lists.new_suppression_list("rebuilt")
+    _add(lists, dnc.name, suppression_pb2.SuppressionEntry(phone_number="+14155550105"))
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    try:
+        client.delete(list_key(lists.tenant, dnc.name.split("/")[1], "phone"), LOADED_KEY)
+        deadline = time.monotonic() + 15
+        while not client.exists(LOADED_KEY) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.exists(LOADED_KEY)
+    finally:
+        client.close()
+    assert _mirror_value(redis_server, lists.tenant, dnc.name, "phone", "+14155550105") is not None
+
+
+def test_rebuild_on_request_restores_a_tenants_mirror(
+    lists: Lists, redis_server: EmbeddedRedis
+) -> None:
+    dnc = lists.new_suppression_list("rebuild rpc")
+    _add(lists, dnc.name, suppression_pb2.SuppressionEntry(email="x@example.com"))
+    redis.Redis(port=redis_server.port).delete(
+        list_key(lists.tenant, dnc.name.split("/")[1], "email")
+    )
+    rebuilt = lists.suppression.RebuildSuppressionMirror(
+        suppression_service_pb2.RebuildSuppressionMirrorRequest(), metadata=lists.md, timeout=30
+    )
+    assert rebuilt.entry_count == 1
+    assert _mirror_value(redis_server, lists.tenant, dnc.name, "email", "x@example.com") is not None
+
+
+def _stream(
+    options: suppression_service_pb2.ImportDncFileOptions, data: bytes
+) -> Iterator[suppression_service_pb2.ImportDncFileRequest]:
+    yield suppression_service_pb2.ImportDncFileRequest(options=options)
+    for start in range(0, len(data), 1000):
+        yield suppression_service_pb2.ImportDncFileRequest(chunk=data[start : start + 1000])
+
+
+def _dnc(
+    lists: Lists, list_name: str, kind: int, data: bytes
+) -> suppression_service_pb2.ImportSuppressionEntriesResponse:
+    options = suppression_service_pb2.ImportDncFileOptions(
+        parent=list_name,
+        provider=suppression_pb2.SUPPRESSION_SOURCE_US_NATIONAL_DNC,
+        kind=kind,  # type: ignore[arg-type]
+    )
+    return lists.suppression.ImportDncFile(
+        _stream(options, data), metadata=lists.md, timeout=60
+    ).result
+
+
+def test_national_dnc_full_file_then_additions_and_deletions(
+    lists: Lists, redis_server: EmbeddedRedis
+) -> None:
+    dnc = lists.new_suppression_list("national dnc")
+    full = b"2015550101\n2015550102\n201-555-0103\nnot a number\n1234567890\n"
+    loaded = _dnc(lists, dnc.name, suppression_service_pb2.DNC_FILE_KIND_FULL, full)
+    assert (loaded.lines_read, loaded.entries_added, loaded.lines_rejected) == (5, 3, 2)
+    assert loaded.errors[0].startswith("line 4:")
+    # A second full file replaces the list.
+    replaced = _dnc(
+        lists, dnc.name, suppression_service_pb2.DNC_FILE_KIND_FULL, b"2015550101\n2015550104\n"
+    )
+    assert replaced.entries_added == 2
+
+    def phones() -> set[str]:
+        entries = lists.suppression.ListSuppressionEntries(
+            suppression_service_pb2.ListSuppressionEntriesRequest(parent=dnc.name),
+            metadata=lists.md,
+            timeout=10,
+        ).entries
+        return {e.phone_number for e in entries}
+
+    assert phones() == {"+12015550101", "+12015550104"}
+    assert _mirror_value(redis_server, lists.tenant, dnc.name, "phone", "+12015550102") is None
+    _dnc(lists, dnc.name, suppression_service_pb2.DNC_FILE_KIND_ADDITIONS, b"2015550105\n")
+    removed = _dnc(
+        lists, dnc.name, suppression_service_pb2.DNC_FILE_KIND_DELETIONS, b"2015550101\n"
+    )
+    assert removed.entries_removed == 1
+    assert phones() == {"+12015550104", "+12015550105"}
+    assert _mirror_value(redis_server, lists.tenant, dnc.name, "phone", "+12015550105") is not None
+    assert _mirror_value(redis_server, lists.tenant, dnc.name, "phone", "+12015550101") is None
+
+
+def test_imported_records_that_match_a_suppression_list_are_marked_not_dropped(
+    lists: Lists,
+) -> None:
+    dnc = lists.new_suppression_list("marking")
+    _add(
+        lists,
+        dnc.name,
+        suppression_pb2.SuppressionEntry(phone_number="+14155550201"),
+        suppression_pb2.SuppressionEntry(client_id="VIP"),
+        suppression_pb2.SuppressionEntry(
+            phone_number="+14155550203", expire_time=_ts(datetime.now(UTC) - timedelta(minutes=1))
+        ),
+    )
+    contact_list = lists.new_list("to mark")
+    done = lists.import_file(
+        contact_list.name,
+        b"client_id,phone\nA,(415) 555-0201\nVIP,(415) 555-0202\nB,(415) 555-0203\nC,(415) 555-0204\n",
+    )
+    assert done.state == import_pb2.IMPORT_STATE_SUCCEEDED, done.failure_reason
+    assert (done.progress.rows_accepted, done.progress.rows_suppressed) == (4, 2)
+    marked = {r.client_id: list(r.suppression_lists) for r in lists.records(contact_list.name)}
+    assert marked == {"A": [dnc.name], "VIP": [dnc.name], "B": [], "C": []}
+    assert {r.client_id for r in lists.records(contact_list.name, suppressed=True)} == {"A", "VIP"}
+
+
+def test_bulk_import_of_entries_from_a_file(lists: Lists) -> None:
+    dnc = lists.new_suppression_list("bulk")
+
+    def messages() -> Iterator[suppression_service_pb2.ImportSuppressionEntriesRequest]:
+        yield suppression_service_pb2.ImportSuppressionEntriesRequest(
+            options=suppression_service_pb2.ImportSuppressionEntriesOptions(
+                parent=dnc.name, target_type=suppression_service_pb2.SUPPRESSION_TARGET_TYPE_EMAIL
+            )
+        )
+        yield suppression_service_pb2.ImportSuppressionEntriesRequest(
+            chunk=b"a@example.com\nb@example.com,2099-01-01T00:00:00Z\nbroken\n"
+        )
+
+    result = lists.suppression.ImportSuppressionEntries(messages(), metadata=lists.md, timeout=30)
+    assert (result.lines_read, result.entries_added, result.lines_rejected) == (3, 2, 1)
+
+
+def test_deleting_a_suppression_list_drops_its_mirror(
+    lists: Lists, redis_server: EmbeddedRedis
+) -> None:
+    dnc = lists.new_suppression_list("short lived")
+    _add(lists, dnc.name, suppression_pb2.SuppressionEntry(phone_number="+14155550301"))
+    lists.suppression.DeleteSuppressionList(
+        suppression_service_pb2.DeleteSuppressionListRequest(name=dnc.name),
+        metadata=lists.md,
+        timeout=10,
+    )
+    assert _mirror_value(redis_server, lists.tenant, dnc.name, "phone", "+14155550301") is None
+    with pytest.raises(grpc.RpcError) as caught:
+        lists.suppression.GetSuppressionList(
+            suppression_service_pb2.GetSuppressionListRequest(name=dnc.name),
+            metadata=lists.md,
+            timeout=10,
+        )
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND
