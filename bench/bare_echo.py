@@ -6,6 +6,7 @@ import asyncio
 import sys
 
 import grpc
+
 from cxmesh.diagnostics.v1 import echo_service_pb2, echo_service_pb2_grpc
 
 

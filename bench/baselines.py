@@ -7,12 +7,12 @@ import time
 
 import asyncpg
 import redis.asyncio as aioredis
-from cxmesh.diagnostics.v1 import echo_service_pb2
 
 from bench.data import CONTACT_COLUMNS, contacts_csv
 from bench.environment import Environment
 from bench.harness import Figure, Run, percentile
 from bench.load import h2load_grpc, wrk_post
+from cxmesh.diagnostics.v1 import echo_service_pb2
 
 GROUP = "baseline"
 ECHO_PATH = "/cxmesh.diagnostics.v1.EchoService/Echo"

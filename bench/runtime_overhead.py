@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from cxmesh.diagnostics.v1 import echo_service_pb2
-
 from bench.baselines import ECHO_PATH, SECONDS
 from bench.environment import Environment
 from bench.harness import Figure, Run
 from bench.load import h2load_grpc
+from cxmesh.diagnostics.v1 import echo_service_pb2
 
 GROUP = "runtime"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+
 from cxmesh.iam.v1 import tenant_pb2, tenant_service_pb2, tenant_service_pb2_grpc
 from cxmesh_server.runtime.devkeys import SigningKey, ensure_dev_key
 from cxmesh_server.stack.datastores import (

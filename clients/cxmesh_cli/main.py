@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from cxmesh_server.runtime.devkeys import ensure_dev_key
 
 app = typer.Typer(help="cxmesh command line.", no_args_is_help=True)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
+
 from cxmesh.lists.v1 import (
     contact_list_pb2,
     contact_list_service_pb2,

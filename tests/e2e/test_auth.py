@@ -8,6 +8,7 @@ from collections.abc import Callable
 import grpc
 import httpx
 import pytest
+
 from cxmesh.diagnostics.v1 import echo_service_pb2, echo_service_pb2_grpc
 from cxmesh.iam.v1 import (
     api_key_pb2,
@@ -18,7 +19,6 @@ from cxmesh.iam.v1 import (
 )
 from cxmesh_server.runtime.devkeys import SigningKey, generate_key
 from cxmesh_server.stack.mesh import Mesh
-
 from tests.conftest import bearer, grpc_bearer
 
 

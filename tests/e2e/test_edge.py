@@ -9,6 +9,9 @@ from typing import Any
 
 import grpc
 import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from cxmesh.campaigns.v1 import campaign_service_pb2, campaign_service_pb2_grpc
 from cxmesh.diagnostics.v1 import echo_service_pb2, echo_service_pb2_grpc
 from cxmesh_edge.config import Upstream
@@ -16,9 +19,6 @@ from cxmesh_server.runtime.api import all_service_names
 from cxmesh_server.runtime.devkeys import SigningKey
 from cxmesh_server.stack.mesh import Mesh, launch_envoy
 from cxmesh_server.stack.ports import free_port
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from tests.conftest import bearer, grpc_bearer
 
 

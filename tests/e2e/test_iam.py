@@ -8,13 +8,13 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from typer.testing import CliRunner
+
 from cxmesh.iam.v1 import api_key_pb2, api_key_service_pb2, api_key_service_pb2_grpc
 from cxmesh_cli.main import app
 from cxmesh_server.runtime.auth import JwtVerifier
 from cxmesh_server.runtime.devkeys import SigningKey, ensure_dev_key
 from cxmesh_server.runtime.settings import AuthSettings
-from typer.testing import CliRunner
-
 from tests.conftest import bearer, grpc_bearer
 
 

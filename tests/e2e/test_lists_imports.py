@@ -7,10 +7,10 @@ import io
 import grpc
 import httpx
 import pytest
-from cxmesh.lists.v1 import import_pb2, import_service_pb2, record_pb2
-from cxmesh.types.v1 import device_pb2
 from openpyxl import Workbook
 
+from cxmesh.lists.v1 import import_pb2, import_service_pb2, record_pb2
+from cxmesh.types.v1 import device_pb2
 from tests.e2e.lists_helpers import Lists
 
 CSV = (

@@ -11,11 +11,11 @@ from datetime import timedelta
 import grpc
 import httpx
 import pytest
+from google.protobuf.duration_pb2 import Duration
+
 from cxmesh.diagnostics.v1 import echo_service_pb2, echo_service_pb2_grpc
 from cxmesh_server.runtime.devkeys import SigningKey
 from cxmesh_server.stack.mesh import Mesh, ServiceInstance, wait_serving
-from google.protobuf.duration_pb2 import Duration
-
 from tests.conftest import grpc_bearer
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
 from cxmesh_server.iam.bootstrap import PROCESS as IAM
 from cxmesh_server.runtime.migrations import migrate
 from cxmesh_server.stack.datastores import EmbeddedPostgres

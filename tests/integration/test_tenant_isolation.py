@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncpg
+
 from cxmesh_server.iam.bootstrap import PROCESS as IAM
 from cxmesh_server.runtime.migrations import migrate
 from cxmesh_server.runtime.postgres import create_pool, tenant_transaction

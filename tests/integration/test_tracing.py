@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+
 from cxmesh.diagnostics.v1 import echo_service_pb2, echo_service_pb2_grpc
 from cxmesh_server.runtime.auth import Authenticator, JwtVerifier
 from cxmesh_server.runtime.client import service_channel

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from cxmesh_server.runtime.redis import tenant_key
 
 

@@ -30,8 +30,9 @@ def test_unknown_roles_grant_nothing() -> None:
 
 
 def test_every_rpc_of_the_contracts_has_an_auth_rule() -> None:
-    from cxmesh_server.runtime.api import all_service_names
     from google.protobuf import descriptor_pool
+
+    from cxmesh_server.runtime.api import all_service_names
 
     pool = descriptor_pool.Default()
     for service_name in all_service_names():

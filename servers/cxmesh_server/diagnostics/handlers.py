@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from cxmesh.diagnostics.v1 import echo_service_pb2, echo_service_pb2_grpc
-
 from cxmesh_server.runtime.context import GrpcContext, current_tenant
 from cxmesh_server.runtime.errors import Validator
 

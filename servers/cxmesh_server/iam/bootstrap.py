@@ -8,7 +8,6 @@ from pathlib import Path
 
 from cxmesh.diagnostics.v1 import echo_service_pb2_grpc
 from cxmesh.iam.v1 import api_key_service_pb2_grpc, tenant_service_pb2_grpc
-
 from cxmesh_server.diagnostics.handlers import EchoHandlers
 from cxmesh_server.iam.handlers import ApiKeyHandlers, TenantHandlers
 from cxmesh_server.iam.store import IamStore

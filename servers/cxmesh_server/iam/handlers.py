@@ -12,7 +12,6 @@ from cxmesh.iam.v1 import (
     tenant_service_pb2,
     tenant_service_pb2_grpc,
 )
-
 from cxmesh_server.iam.domain import (
     DEFAULT_API_KEY_ROLES,
     PLATFORM_SCOPE,

@@ -15,7 +15,6 @@ from cxmesh.lists.v1 import (
     import_service_pb2_grpc,
     suppression_service_pb2_grpc,
 )
-
 from cxmesh_server.lists.import_handlers import ImportHandlers
 from cxmesh_server.lists.importer import Importer
 from cxmesh_server.lists.imports_store import ImportsStore

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+
 from cxmesh.lists.v1 import contact_list_pb2, contact_list_service_pb2, record_pb2, suppression_pb2
 from cxmesh.types.v1 import device_pb2
-
 from cxmesh_server.lists.store import ContactListRow
 from cxmesh_server.lists.suppression_store import EntryRow, SuppressionListRow
 from cxmesh_server.runtime.convert import timestamp

@@ -8,7 +8,6 @@ from typing import Protocol
 
 from cxmesh.lists.v1 import suppression_pb2
 from cxmesh.lists.v1 import suppression_service_pb2 as pb
-
 from cxmesh_server.lists.suppression_store import EntryRow, SuppressionStore
 
 BATCH = 20_000

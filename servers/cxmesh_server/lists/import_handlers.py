@@ -9,10 +9,10 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from cxmesh.lists.v1 import import_pb2, import_service_pb2_grpc
-from cxmesh.lists.v1 import import_service_pb2 as pb
 from google.api import httpbody_pb2
 
+from cxmesh.lists.v1 import import_pb2, import_service_pb2_grpc
+from cxmesh.lists.v1 import import_service_pb2 as pb
 from cxmesh_server.lists.domain import formats
 from cxmesh_server.lists.domain.records import ColumnPlan, RowSettings
 from cxmesh_server.lists.importer import Importer, ImportJob, plan_for_file

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+
 from cxmesh.lists.v1 import import_pb2
 from cxmesh.types.v1 import device_pb2
-
 from cxmesh_server.lists.domain import formats
 from cxmesh_server.lists.domain.records import (
     ColumnPlan,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import asyncpg
-from cxmesh.lists.v1 import import_pb2
 
+from cxmesh.lists.v1 import import_pb2
 from cxmesh_server.runtime.convert import timestamp
 from cxmesh_server.runtime.errors import FailedPrecondition, NotFound
 from cxmesh_server.runtime.postgres import tenant_transaction

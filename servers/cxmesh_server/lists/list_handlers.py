@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import phonenumbers
-from cxmesh.lists.v1 import contact_list_service_pb2 as pb
-from cxmesh.lists.v1 import contact_list_service_pb2_grpc
 from google.api import httpbody_pb2
 
+from cxmesh.lists.v1 import contact_list_service_pb2 as pb
+from cxmesh.lists.v1 import contact_list_service_pb2_grpc
 from cxmesh_server.lists.convert import CsvWriter, contact_list_message, filter_sql, record_message
 from cxmesh_server.lists.store import ListsStore, new_id
 from cxmesh_server.runtime import paging

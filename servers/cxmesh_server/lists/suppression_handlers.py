@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 
 from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2_grpc
 from cxmesh.lists.v1 import suppression_service_pb2 as pb
-
 from cxmesh_server.lists.convert import entry_message, suppression_list_message
 from cxmesh_server.lists.dnc import load_dnc_file
 from cxmesh_server.lists.domain.suppression import KIND_OF_TYPE, TargetError, normalize_target

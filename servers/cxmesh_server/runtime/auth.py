@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from cxmesh.types.v1 import auth_pb2
 from google.protobuf import descriptor_pool
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from cxmesh.types.v1 import auth_pb2
 from cxmesh_server.runtime.context import Principal
 from cxmesh_server.runtime.errors import PermissionDenied, Unauthenticated, Unavailable
 from cxmesh_server.runtime.roles import API_KEY_ROLES, grants

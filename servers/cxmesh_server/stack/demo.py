@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-from cxmesh.iam.v1 import tenant_pb2, tenant_service_pb2, tenant_service_pb2_grpc
 
+from cxmesh.iam.v1 import tenant_pb2, tenant_service_pb2, tenant_service_pb2_grpc
 from cxmesh_server.runtime.devkeys import SigningKey
 from cxmesh_server.stack.mesh import Mesh
 

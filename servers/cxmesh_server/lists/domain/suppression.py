@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cxmesh.lists.v1 import suppression_service_pb2 as service_pb2
-
 from cxmesh_server.lists.domain.phones import PhoneError, normalize_phone
 
 KIND_OF_TYPE = {

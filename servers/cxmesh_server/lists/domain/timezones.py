@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import zipcodes
+
 from cxmesh.lists.v1 import record_pb2
 
 Source = int  # a record_pb2.TimeZoneSource value
