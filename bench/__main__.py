@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from contextlib import ExitStack
 
-from bench import baselines, runtime_overhead
+from bench import baselines, lists_import, runtime_overhead
 from bench.environment import Environment, start
 from bench.harness import Run, require_tool, save
 
@@ -14,6 +14,7 @@ from bench.harness import Run, require_tool, save
 GROUPS: dict[str, Callable[[Run, Environment], None]] = {
     baselines.GROUP: lambda run, env: None,
     runtime_overhead.GROUP: runtime_overhead.measure,
+    lists_import.GROUP: lists_import.measure,
 }
 
 
@@ -26,7 +27,7 @@ def main() -> None:
         require_tool(tool)
     run = Run()
     with ExitStack() as stack:
-        env = start(stack)
+        env = start(stack, services=("iam", "lists"))
         print("baselines")
         baselines.measure(run, env)
         for name in selected:

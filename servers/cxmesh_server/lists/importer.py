@@ -25,8 +25,9 @@ from cxmesh.types.v1 import device_pb2
 from cxmesh_server.lists.domain import formats
 from cxmesh_server.lists.domain.records import (
     ColumnPlan,
+    ErrorTuple,
     Record,
-    RowError,
+    RecordTuple,
     RowSettings,
     build_records,
     plan_from_header,
@@ -38,6 +39,10 @@ from cxmesh_server.runtime.postgres import Db, copy_into, tenant_transaction
 log = logging.getLogger(__name__)
 
 EMAIL = device_pb2.DEVICE_TYPE_EMAIL
+# Positions in a record tuple (see Record).
+_FIELD = {name: n for n, name in enumerate(Record._fields)}
+DEDUPE_KEY, CLIENT_ID, LINE = _FIELD["dedupe_key"], _FIELD["client_id"], _FIELD["line"]
+DEVICE_TYPES, DEVICE_ADDRESSES = _FIELD["device_types"], _FIELD["device_addresses"]
 CHUNK_ROWS = 5_000
 PROGRESS_SECONDS = 0.25
 RECORD_COLUMNS = [
@@ -219,7 +224,7 @@ class Importer:
         rows = formats.read_rows(job.path, job.file_format)
         if job.skip_first_row:
             next(rows, None)
-        pending: list[asyncio.Future[tuple[list[Record], list[RowError]]]] = []
+        pending: list[asyncio.Future[tuple[list[RecordTuple], list[ErrorTuple]]]] = []
         in_flight = 4  # chunks being built at once: enough to keep every worker busy
         while True:
             chunk = await asyncio.to_thread(_take, rows, CHUNK_ROWS)
@@ -244,49 +249,30 @@ class Importer:
         self,
         db: Db,
         job: ImportJob,
-        records: list[Record],
-        errors: list[RowError],
+        records: list[RecordTuple],
+        errors: list[ErrorTuple],
         rejected: int,
         seen: set[str],
         suppression_lists: list[str],
     ) -> None:
         fresh = []
         for record in records:
-            if record.dedupe_key in seen:
+            if record[DEDUPE_KEY] in seen:
                 job.progress.rows_duplicate += 1
                 continue
-            seen.add(record.dedupe_key)
+            seen.add(record[DEDUPE_KEY])
             fresh.append(record)
+        marks: list[list[str]] = [[] for _ in fresh]
         if suppression_lists and fresh:
-            await self._mark_suppressed(job.tenant, fresh, suppression_lists)
+            marks = await self._suppression_marks(job.tenant, fresh, suppression_lists)
         await copy_into(
             db,
             "lists",
             "records",
             RECORD_COLUMNS,
             [
-                (
-                    job.tenant,
-                    job.list_id,
-                    r.dedupe_key,
-                    r.client_id,
-                    r.first_name,
-                    r.last_name,
-                    r.company,
-                    r.device_types,
-                    r.device_addresses,
-                    r.device_raw,
-                    r.postal_code,
-                    r.state_province,
-                    r.country,
-                    r.time_zone,
-                    r.time_zone_source,
-                    r.candidate_time_zones,
-                    r.custom_fields,
-                    r.suppression_lists,
-                    job.import_id,
-                )
-                for r in fresh
+                (job.tenant, job.list_id, *r[:LINE], m, job.import_id)
+                for r, m in zip(fresh, marks, strict=True)
             ],
         )
         if errors:
@@ -295,55 +281,47 @@ class Importer:
                 "lists",
                 "import_errors",
                 ERROR_COLUMNS,
-                [
-                    (
-                        job.tenant,
-                        job.list_id,
-                        job.import_id,
-                        e.line,
-                        e.column,
-                        e.raw_value,
-                        e.reason,
-                        e.message,
-                    )
-                    for e in errors
-                ],
+                [(job.tenant, job.list_id, job.import_id, *e) for e in errors],
             )
         job.progress.rows_accepted += len(fresh)
         job.progress.rows_rejected += rejected
-        job.progress.rows_suppressed += sum(1 for r in fresh if r.suppression_lists)
+        job.progress.rows_suppressed += sum(1 for m in marks if m)
 
-    async def _mark_suppressed(
-        self, tenant: str, records: list[Record], list_ids: list[str]
-    ) -> None:
-        """Marks (never drops) records whose device or client id is on a suppression list."""
+    async def _suppression_marks(
+        self, tenant: str, records: list[RecordTuple], list_ids: list[str]
+    ) -> list[list[str]]:
+        """For each record, the suppression lists its devices or client id are on. Records
+        are marked, never dropped: compliance decides at dial time."""
         phones: set[str] = set()
         emails: set[str] = set()
         clients: set[str] = set()
         for record in records:
             for device_type, address in zip(
-                record.device_types, record.device_addresses, strict=True
+                record[DEVICE_TYPES], record[DEVICE_ADDRESSES], strict=True
             ):
                 (emails if device_type == EMAIL else phones).add(address)
-            if record.client_id:
-                clients.add(record.client_id)
+            if record[CLIENT_ID]:
+                clients.add(record[CLIENT_ID])
         found = await self._mirror.matches(
             tenant,
             list_ids,
             {"phone": sorted(phones), "email": sorted(emails), "client": sorted(clients)},
             now_ms=int(time.time() * 1000),
         )
-        if not found:
-            return
+        marks: list[list[str]] = []
         for record in records:
             hits: set[str] = set()
-            for device_type, address in zip(
-                record.device_types, record.device_addresses, strict=True
-            ):
-                hits.update(found.get(("email" if device_type == EMAIL else "phone", address), ()))
-            if record.client_id:
-                hits.update(found.get(("client", record.client_id), ()))
-            record.suppression_lists = sorted(hits)
+            if found:
+                for device_type, address in zip(
+                    record[DEVICE_TYPES], record[DEVICE_ADDRESSES], strict=True
+                ):
+                    hits.update(
+                        found.get(("email" if device_type == EMAIL else "phone", address), ())
+                    )
+                if record[CLIENT_ID]:
+                    hits.update(found.get(("client", record[CLIENT_ID]), ()))
+            marks.append(sorted(hits))
+        return marks
 
     async def _report(self, job: ImportJob, cancel: asyncio.Event) -> None:
         """Publishes progress and watches for a cancel request, from its own connection."""
@@ -380,9 +358,9 @@ class Importer:
             )
 
 
-def _refused_rows(records: list[Record], errors: list[RowError]) -> int:
-    accepted = {r.line for r in records}
-    return len({e.line for e in errors} - accepted)
+def _refused_rows(records: list[RecordTuple], errors: list[ErrorTuple]) -> int:
+    accepted = {r[LINE] for r in records}
+    return len({e[0] for e in errors} - accepted)
 
 
 def _take(rows: Iterator[formats.Row], count: int) -> list[formats.Row]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 
 import phonenumbers
-from phonenumbers import PhoneNumberFormat, PhoneNumberType
+from phonenumbers import PhoneMetadata, PhoneNumberFormat, PhoneNumberType, phonenumberutil
 from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 
 # Types that are never dialled: premium rate by policy; unknown means "not valid".
@@ -25,7 +27,6 @@ _UNKNOWN_ZONE = "Etc/Unknown"
 @dataclass(frozen=True, slots=True)
 class Phone:
     e164: str
-    region: str | None
     # Candidate IANA zones from the number's prefix; empty for non-geographic numbers.
     time_zones: tuple[str, ...]
 
@@ -38,12 +39,32 @@ class PhoneError(ValueError):
         self.reason = reason
 
 
+# The usual ways of writing a North American number: [+1] (NPA) NXX-XXXX with spaces, dots
+# or dashes. phonenumbers.parse reads these as country code 1 and the ten digits; building
+# that number directly skips most of parse's work (its most expensive step on imports).
+_NANP = re.compile(r"^\s*(\+1|1)?[\s.-]?\(?([2-9]\d{2})\)?[\s.-]?(\d{3})[\s.-]?(\d{4})\s*$")
+
+
+def _parse(raw: str, default_region: str) -> phonenumbers.PhoneNumber:
+    match = _NANP.match(raw)
+    if match and (match.group(1) == "+1" or _country_code(default_region) == 1):
+        return phonenumbers.PhoneNumber(
+            country_code=1, national_number=int("".join(match.groups()[1:]))
+        )
+    return phonenumbers.parse(raw, default_region)
+
+
+@functools.cache
+def _country_code(region: str) -> int:
+    return int(phonenumbers.country_code_for_region(region))
+
+
 def normalize_phone(raw: str, default_region: str) -> Phone:
     try:
-        number = phonenumbers.parse(raw, default_region)
+        number = _parse(raw, default_region)
     except phonenumbers.NumberParseException as exc:
         raise PhoneError("INVALID_PHONE_NUMBER", f"not a phone number: {exc}") from exc
-    number_type = phonenumbers.number_type(number)
+    number_type = _number_type(number, default_region)
     if number_type == PhoneNumberType.UNKNOWN:
         raise PhoneError("INVALID_PHONE_NUMBER", "not a valid number in any numbering plan")
     if number_type in REFUSED_TYPES:
@@ -52,7 +73,39 @@ def normalize_phone(raw: str, default_region: str) -> Phone:
     zones: tuple[str, ...] = ()
     if number_type not in NON_GEOGRAPHIC_TYPES:
         zones = zones_for_e164(e164)
-    return Phone(e164=e164, region=phonenumbers.region_code_for_number(number), time_zones=zones)
+    return Phone(e164=e164, time_zones=zones)
+
+
+@functools.cache
+def _main_region_metadata(region: str) -> PhoneMetadata | None:
+    """The metadata of `region` when it is the main region of its country code (the first
+    one phonenumbers tries when it looks for a number's region), else None."""
+    metadata = PhoneMetadata.metadata_for_region(region)
+    if metadata is None or metadata.country_code is None:
+        return None
+    if phonenumbers.region_code_for_country_code(metadata.country_code) != region:
+        return None
+    return metadata
+
+
+def _number_type(number: phonenumbers.PhoneNumber, default_region: str) -> int:
+    """phonenumbers.number_type, with a fast path for numbers of the list's own region.
+
+    number_type first finds the number's region by testing the country's regions in order,
+    then types the number for it. A number valid in the main region of its country code is
+    found there first, so typing it for that region alone gives the same answer at half the
+    cost; anything else takes the general path."""
+    metadata = _main_region_metadata(default_region)
+    type_helper = getattr(phonenumberutil, "_number_type_helper", None)
+    if (
+        metadata is not None
+        and type_helper is not None
+        and number.country_code == metadata.country_code
+    ):
+        number_type: int = type_helper(phonenumbers.national_significant_number(number), metadata)
+        if number_type != PhoneNumberType.UNKNOWN:
+            return number_type
+    return int(phonenumbers.number_type(number))
 
 
 def zones_for_e164(e164: str) -> tuple[str, ...]:

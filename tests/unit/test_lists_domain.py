@@ -1,0 +1,131 @@
+"""Pure list rules: phone normalisation, time zones, record building."""
+
+from __future__ import annotations
+
+import random
+
+import phonenumbers
+import pytest
+
+from cxmesh.lists.v1 import record_pb2
+from cxmesh_server.lists.domain.phones import PhoneError, _number_type, normalize_phone
+from cxmesh_server.lists.domain.records import Record, RowSettings, build_record, plan_from_header
+from cxmesh_server.lists.domain.timezones import derive_time_zone
+from cxmesh_server.lists.importer import RECORD_COLUMNS
+
+
+def test_record_tuples_are_in_the_column_order_of_the_records_table() -> None:
+    assert Record._fields[:15] == tuple(RECORD_COLUMNS[2:17])
+
+
+@pytest.mark.parametrize(
+    ("raw", "region", "e164"),
+    [
+        ("(415) 555-0101", "US", "+14155550101"),
+        ("+44 20 7946 0018", "US", "+442079460018"),
+        ("020 7946 0018", "GB", "+442079460018"),
+    ],
+)
+def test_phones_become_e164_with_the_lists_region(raw: str, region: str, e164: str) -> None:
+    assert normalize_phone(raw, region).e164 == e164
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("12", "INVALID_PHONE_NUMBER"),
+        ("+1 900 555 0123", "PREMIUM_RATE_NUMBER"),
+        ("hello", "INVALID_PHONE_NUMBER"),
+    ],
+)
+def test_impossible_and_premium_numbers_are_refused(raw: str, reason: str) -> None:
+    with pytest.raises(PhoneError) as caught:
+        normalize_phone(raw, "US")
+    assert caught.value.reason == reason
+
+
+def test_non_geographic_numbers_have_no_zone() -> None:
+    assert normalize_phone("+1 800 555 0199", "US").time_zones == ()
+
+
+def test_the_fast_number_type_agrees_with_phonenumbers() -> None:
+    rng = random.Random(3)
+    samples = [f"+1{rng.randrange(2_000_000_000, 9_999_999_999)}" for _ in range(3000)]
+    samples += [f"+44{rng.randrange(1_000_000_000, 9_999_999_999)}" for _ in range(500)]
+    for raw in samples:
+        number = phonenumbers.parse(raw)
+        for region in ("US", "CA", "GB"):
+            assert _number_type(number, region) == phonenumbers.number_type(number), (raw, region)
+
+
+def _zone(**facts: object) -> str | None:
+    arguments: dict[str, object] = {
+        "explicit": "",
+        "postal_code": "",
+        "country": "US",
+        "phone_zones": (),
+        "default_zone": "",
+    }
+    decision = derive_time_zone(**(arguments | facts))  # type: ignore[arg-type]
+    return decision.time_zone if decision else None
+
+
+def test_zone_order_explicit_then_postal_code_then_phone_then_default() -> None:
+    la = ("America/Los_Angeles",)
+    assert _zone(explicit="Europe/Paris", postal_code="10001", phone_zones=la) == "Europe/Paris"
+    assert _zone(postal_code="10001", phone_zones=la) == "America/New_York"
+    assert _zone(phone_zones=la) == "America/Los_Angeles"
+    assert _zone(default_zone="America/Chicago") == "America/Chicago"
+    assert _zone() is None
+    fallback = derive_time_zone(
+        explicit="", postal_code="", country="", phone_zones=(), default_zone="UTC"
+    )
+    assert fallback is not None and fallback.source == record_pb2.TIME_ZONE_SOURCE_TENANT_DEFAULT
+
+
+def test_a_second_invalid_phone_is_dropped_and_reported_but_the_row_kept() -> None:
+    plan, problems = plan_from_header(["client_id", "phone", "mobile"])
+    assert problems == []
+    record, errors = build_record(7, ["A", "(415) 555-0101", "123"], plan, RowSettings("US", ""))
+    assert record is not None and record.device_addresses == ["+14155550101"]
+    assert [(e.line, e.column, e.reason) for e in errors] == [(7, "mobile", "INVALID_PHONE_NUMBER")]
+
+
+def test_unknown_header_names_become_custom_fields() -> None:
+    plan, problems = plan_from_header(["Phone", "Loyalty Tier"])
+    assert problems == []
+    assert plan.custom_fields == ["loyalty_tier"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "(415) 555-0101",
+        "415-555-0101",
+        "415.555.0101",
+        "+1 415 555 0101",
+        "1 (415) 555-0101",
+        "4155550101",
+        "+14155550101",
+        "(212)5550102",
+    ],
+)
+@pytest.mark.parametrize("region", ["US", "CA", "GB"])
+def test_the_fast_north_american_parse_agrees_with_phonenumbers(raw: str, region: str) -> None:
+    try:
+        expected = phonenumbers.format_number(
+            phonenumbers.parse(raw, region), phonenumbers.PhoneNumberFormat.E164
+        )
+    except phonenumbers.NumberParseException:
+        expected = None
+    try:
+        got: str | None = normalize_phone(raw, region).e164
+    except PhoneError:
+        got = None
+    if (
+        expected is not None
+        and phonenumbers.number_type(phonenumbers.parse(expected))
+        == phonenumbers.PhoneNumberType.UNKNOWN
+    ):
+        expected = None
+    assert got == expected
