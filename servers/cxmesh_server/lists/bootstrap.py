@@ -15,6 +15,7 @@ from cxmesh.lists.v1 import (
     import_service_pb2_grpc,
     suppression_service_pb2_grpc,
 )
+from cxmesh_server.lists.domain.records import warm_up_worker
 from cxmesh_server.lists.import_handlers import ImportHandlers
 from cxmesh_server.lists.importer import Importer
 from cxmesh_server.lists.imports_store import ImportsStore
@@ -43,7 +44,9 @@ async def build(resources: Resources) -> Sequence[Registration]:
     settings = resources.settings
     workers = settings.import_workers or os.cpu_count() or 1
     executor = ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=warm_up_worker,
     )
     lists = ListsStore(pool)
     importer = Importer(pool, SuppressionMirror(resources.require_redis()), executor)

@@ -157,7 +157,9 @@ class ListsStore:
             current = await self.get_list_in(conn, list_id)
             if etag and etag != current.etag:
                 raise Aborted("the contact list changed since it was read (etag mismatch)")
-            await conn.execute("DELETE FROM lists.contact_lists WHERE list_id = $1", list_id)
+            # Records and import errors carry no foreign key (see migration 0004).
+            for table in ("records", "import_errors", "contact_lists"):
+                await conn.execute(f"DELETE FROM lists.{table} WHERE list_id = $1", list_id)
 
     # Records -------------------------------------------------------------------------
 

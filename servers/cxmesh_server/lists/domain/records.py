@@ -351,3 +351,13 @@ def plan_from_mappings(
         columns.append((column, target, index))
     plan = ColumnPlan(tuple(columns))
     return plan, problems + check_plan(plan)
+
+
+def warm_up_worker() -> None:
+    """Loads the data every row needs (ZIP zones, phone metadata) when a worker starts,
+    rather than during the first import."""
+    from cxmesh_server.lists.domain.phones import normalize_phone
+    from cxmesh_server.lists.domain.timezones import zone_for_postal_code
+
+    zone_for_postal_code("10001", "US")
+    normalize_phone("+14155550101", "US")
