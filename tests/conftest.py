@@ -63,6 +63,7 @@ def mesh(
             edge_port=free_port(),
             edge_admin_port=free_port(),
             shutdown_grace_seconds=5,
+            extra_env={"CXMESH_DROP_DIR": str(state_dir / "drop")},
         )
     )
     try:

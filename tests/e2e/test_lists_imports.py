@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import grpc
 import httpx
@@ -11,6 +12,7 @@ from openpyxl import Workbook
 
 from cxmesh.lists.v1 import import_pb2, import_service_pb2, record_pb2
 from cxmesh.types.v1 import device_pb2
+from cxmesh_server.stack.mesh import Mesh
 from tests.e2e.lists_helpers import Lists
 
 CSV = (
@@ -350,3 +352,20 @@ def test_cancelling_a_running_import_applies_nothing(lists: Lists) -> None:
             import_service_pb2.CancelImportRequest(name=started.name), metadata=lists.md, timeout=10
         )
     assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_files_put_in_the_drop_folder_are_imported_once(lists: Lists, mesh: Mesh) -> None:
+    contact_list = lists.new_list("dropped")
+    folder = mesh.options.state_dir / "drop" / lists.tenant / contact_list.name.split("/")[1]
+    folder.mkdir(parents=True)
+    (folder / "leads.csv").write_bytes(CSV)
+    result = folder / ".done" / "leads.csv.result"
+    deadline = time.monotonic() + 30
+    while not result.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert result.exists(), "the drop folder did not pick the file up"
+    done = lists.wait(result.read_text().strip())
+    assert done.state == import_pb2.IMPORT_STATE_SUCCEEDED, done.failure_reason
+    assert done.source == import_pb2.IMPORT_SOURCE_DROP_FOLDER
+    assert done.progress.rows_accepted == 2
+    assert not (folder / "leads.csv").exists()

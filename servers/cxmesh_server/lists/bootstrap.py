@@ -6,9 +6,10 @@ import asyncio
 import logging
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from cxmesh.lists.v1 import (
     contact_list_service_pb2_grpc,
@@ -16,6 +17,7 @@ from cxmesh.lists.v1 import (
     suppression_service_pb2_grpc,
 )
 from cxmesh_server.lists.domain.records import warm_up_worker
+from cxmesh_server.lists.drop_folder import DropFolder
 from cxmesh_server.lists.import_handlers import ImportHandlers
 from cxmesh_server.lists.importer import Importer
 from cxmesh_server.lists.imports_store import ImportsStore
@@ -50,15 +52,15 @@ async def build(resources: Resources) -> Sequence[Registration]:
     )
     lists = ListsStore(pool)
     importer = Importer(pool, SuppressionMirror(resources.require_redis()), executor)
+    import_handlers = ImportHandlers(lists, ImportsStore(pool), importer, Path(settings.spool_dir))
+    if settings.drop_dir is not None:
+        _start(DropFolder(Path(settings.drop_dir), import_handlers, Path(settings.spool_dir)).run())
     return [
         (
             contact_list_service_pb2_grpc.add_ContactListServiceServicer_to_server,
             ContactListHandlers(lists),
         ),
-        (
-            import_service_pb2_grpc.add_ImportServiceServicer_to_server,
-            ImportHandlers(lists, ImportsStore(pool), importer, Path(settings.spool_dir)),
-        ),
+        (import_service_pb2_grpc.add_ImportServiceServicer_to_server, import_handlers),
         (
             suppression_service_pb2_grpc.add_SuppressionServiceServicer_to_server,
             SuppressionHandlers(_suppression(resources)),
@@ -100,13 +102,14 @@ async def _sweep_interrupted_imports(imports: ImportsStore) -> None:
 async def on_start(resources: Resources) -> None:
     store = _suppression(resources)
     await rebuild_all_mirrors(store)
-    for loop in (
-        _keep_mirror_loaded(store),
-        _sweep_interrupted_imports(ImportsStore(resources.require_postgres())),
-    ):
-        task = asyncio.create_task(loop)
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+    _start(_keep_mirror_loaded(store))
+    _start(_sweep_interrupted_imports(ImportsStore(resources.require_postgres())))
+
+
+def _start(loop: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(loop)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 PROCESS = ServiceProcess(

@@ -52,6 +52,16 @@ class Spool:
         self._handle = handle
         self.size = 0
 
+    @classmethod
+    def of_file(cls, folder: Path, source: Path) -> Spool:
+        """A copy of a file already on disk (drop folder): the import owns its spool."""
+        spool = cls(folder)
+        with source.open("rb") as handle:
+            while data := handle.read(1 << 20):
+                spool.write(data)
+        spool.close()
+        return spool
+
     def write(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > MAX_FILE_BYTES:
@@ -118,10 +128,14 @@ class ImportHandlers(import_service_pb2_grpc.ImportServiceServicer):
     async def _begin(
         self, parent: str, requested: import_pb2.Import, spool: Spool, source: int
     ) -> import_pb2.Import:
+        return await self.begin(current_tenant(), parent, requested, spool, source)
+
+    async def begin(
+        self, tenant: str, parent: str, requested: import_pb2.Import, spool: Spool, source: int
+    ) -> import_pb2.Import:
         """Validates, records the import, starts it; returns it PENDING or RUNNING.
         Problems visible before the first row (format, charset, header) fail the call."""
         try:
-            tenant = current_tenant()
             list_id = resource_id(parent, "contactLists", "parent")
             existing = await self._imports.find_by_request(tenant, list_id, requested.request_id)
             if existing is not None:

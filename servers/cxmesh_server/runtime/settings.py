@@ -46,5 +46,7 @@ class ServiceSettings(BaseSettings):
     postgres_pool_max: int = 10
     # Where uploaded files wait while they are imported.
     spool_dir: Path = Path(tempfile.gettempdir()) / "cxmesh-spool"
+    # The lists drop folder: <dir>/<tenant>/<contact list id>/<file>; unset = off.
+    drop_dir: Path | None = None
     # Processes that turn rows into records during imports; 0 = one per CPU.
     import_workers: int = Field(default=0, ge=0, le=64)
