@@ -8,9 +8,12 @@ from typing import Annotated
 
 import typer
 
+from cxmesh_cli.lists import lists_app, suppression_app
 from cxmesh_server.runtime.devkeys import ensure_dev_key
 
 app = typer.Typer(help="cxmesh command line.", no_args_is_help=True)
+app.add_typer(lists_app, name="lists")
+app.add_typer(suppression_app, name="suppression")
 
 
 @app.callback()

@@ -123,6 +123,15 @@ class Lists:
             ).import_errors
         )
 
+    def records_lists(self) -> list[contact_list_pb2.ContactList]:
+        return list(
+            self.contact_lists.ListContactLists(
+                contact_list_service_pb2.ListContactListsRequest(page_size=1000),
+                metadata=self.md,
+                timeout=10,
+            ).contact_lists
+        )
+
     def new_suppression_list(
         self, name: str, campaigns: list[str] | None = None
     ) -> suppression_pb2.SuppressionList:
