@@ -16,6 +16,7 @@ from typing import Any
 from google.protobuf import descriptor_pb2
 
 ADMIN_PORT_DEFAULT = 9901
+REST_BODY_LIMIT_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,10 @@ def _http_filters(config: EdgeConfig) -> list[dict[str, Any]]:
                     "reject_unknown_query_parameters": False,
                 },
                 ignore_unknown_query_parameters=True,
+                # REST file uploads (imports) and downloads (exports, error reports) are
+                # buffered whole by the transcoder; larger files go over gRPC streams.
+                max_request_body_size=REST_BODY_LIMIT_BYTES,
+                max_response_body_size=REST_BODY_LIMIT_BYTES,
             ),
         },
         {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import grpc
 import httpx
@@ -12,6 +13,7 @@ from openpyxl import Workbook
 
 from cxmesh.lists.v1 import import_pb2, import_service_pb2, record_pb2
 from cxmesh.types.v1 import device_pb2
+from cxmesh_server.runtime.errors import InvalidArgument
 from cxmesh_server.stack.mesh import Mesh
 from tests.e2e.lists_helpers import Lists
 
@@ -369,3 +371,34 @@ def test_files_put_in_the_drop_folder_are_imported_once(lists: Lists, mesh: Mesh
     assert done.source == import_pb2.IMPORT_SOURCE_DROP_FOLDER
     assert done.progress.rows_accepted == 2
     assert not (folder / "leads.csv").exists()
+
+
+def test_rest_uploads_larger_than_a_grpc_message_are_accepted(
+    lists: Lists, edge: httpx.Client
+) -> None:
+    contact_list = lists.new_list("large rest upload")
+    rows = b"".join(f"R{n},(415) 555-{n % 10000:04d},{'x' * 150}\n".encode() for n in range(40_000))
+    data = b"client_id,phone,note\n" + rows  # about 7 MB: above gRPC's 4 MiB default
+    response = edge.post(
+        f"/v1/{contact_list.name}/imports",
+        params={"mode": "IMPORT_MODE_APPEND"},
+        content=data,
+        headers={"authorization": f"Bearer {lists.token}", "content-type": "text/csv"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text[:300]
+    assert lists.wait(response.json()["importJob"]["name"]).progress.rows_read == 40_000
+
+
+def test_files_over_the_size_limit_are_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from cxmesh_server.lists import import_handlers
+
+    monkeypatch.setattr(import_handlers, "MAX_FILE_BYTES", 10)
+    spool = import_handlers.Spool(tmp_path)
+    spool.write(b"0123456789")
+    with pytest.raises(InvalidArgument) as caught:
+        spool.write(b"!")
+    assert caught.value.reason == "FILE_TOO_LARGE"
+    assert not spool.path.exists()  # nothing of it is kept

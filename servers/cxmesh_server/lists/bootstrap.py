@@ -16,6 +16,7 @@ from cxmesh.lists.v1 import (
     import_service_pb2_grpc,
     suppression_service_pb2_grpc,
 )
+from cxmesh_edge.config import REST_BODY_LIMIT_BYTES
 from cxmesh_server.lists.domain.records import warm_up_worker
 from cxmesh_server.lists.drop_folder import DropFolder
 from cxmesh_server.lists.import_handlers import ImportHandlers
@@ -117,4 +118,6 @@ PROCESS = ServiceProcess(
     build=build,
     migrations=[("lists", Path(__file__).parent / "migrations")],
     on_start=on_start,
+    # A REST upload arrives as one message (the edge's REST body limit, plus the envelope).
+    max_request_bytes=REST_BODY_LIMIT_BYTES + 1024 * 1024,
 )

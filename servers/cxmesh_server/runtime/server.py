@@ -77,6 +77,8 @@ class ServiceProcess:
     migrations: Sequence[tuple[str, Any]] = field(default_factory=tuple)
     # Called once after the server starts (mirror rebuilds, background loops).
     on_start: Callable[[Resources], Awaitable[None]] | None = None
+    # The largest request message accepted (gRPC's default is 4 MiB).
+    max_request_bytes: int = 4 * 1024 * 1024
 
 
 async def _open_resources(settings: ServiceSettings, process: ServiceProcess) -> Resources:
@@ -110,6 +112,7 @@ async def run_server(settings: ServiceSettings, process: ServiceProcess) -> None
         options=[
             # Only worker processes share a port; a single process must fail on a taken port.
             ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+            ("grpc.max_receive_message_length", process.max_request_bytes),
         ],
     )
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
