@@ -63,7 +63,11 @@ def mesh(
             edge_port=free_port(),
             edge_admin_port=free_port(),
             shutdown_grace_seconds=5,
-            extra_env={"CXMESH_DROP_DIR": str(state_dir / "drop")},
+            extra_env={
+                "CXMESH_DROP_DIR": str(state_dir / "drop"),
+                # Imports whose process died are failed within seconds, not the default 30 s.
+                "CXMESH_IMPORT_SWEEP_SECONDS": "1",
+            },
         )
     )
     try:

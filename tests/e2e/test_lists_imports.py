@@ -14,7 +14,7 @@ from openpyxl import Workbook
 from cxmesh.lists.v1 import import_pb2, import_service_pb2, record_pb2
 from cxmesh.types.v1 import device_pb2
 from cxmesh_server.runtime.errors import InvalidArgument
-from cxmesh_server.stack.mesh import Mesh
+from cxmesh_server.stack.mesh import Mesh, wait_serving
 from tests.e2e.lists_helpers import Lists
 
 CSV = (
@@ -402,3 +402,40 @@ def test_files_over_the_size_limit_are_refused(
         spool.write(b"!")
     assert caught.value.reason == "FILE_TOO_LARGE"
     assert not spool.path.exists()  # nothing of it is kept
+
+
+def test_an_import_whose_server_is_killed_fails_cleanly_with_nothing_applied(
+    lists: Lists, mesh: Mesh
+) -> None:
+    contact_list = lists.new_list("killed mid-import")
+    victim = mesh.start_service("lists")
+    target = f"127.0.0.1:{victim.port}"
+    try:
+        wait_serving(target, time.monotonic() + 60, victim)
+        big = b"client_id,phone\n" + b"".join(
+            f"R{n},(415) 555-{n % 10000:04d}\n".encode() for n in range(300_000)
+        )
+        with grpc.insecure_channel(target) as channel:
+            direct = Lists(channel, lists.token, lists.tenant)
+            started = direct.upload(contact_list.name, big, chunk=1 << 20)
+            deadline = time.monotonic() + 30
+            while (
+                direct.imports.GetImport(
+                    import_service_pb2.GetImportRequest(name=started.name),
+                    metadata=direct.md,
+                    timeout=10,
+                ).import_job.progress.rows_read
+                == 0
+            ):
+                assert time.monotonic() < deadline, "the import never started"
+                time.sleep(0.05)
+        victim.process.kill()  # kill -9: no graceful shutdown, no rollback by the server
+        victim.process.wait(10)
+    finally:
+        if victim.process.poll() is None:
+            victim.process.kill()
+        mesh.instances.remove(victim)
+    final = lists.wait(started.name, timeout=30)
+    assert final.state == import_pb2.IMPORT_STATE_FAILED
+    assert "interrupted" in final.failure_reason
+    assert lists.records(contact_list.name) == []

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,6 @@ from cxmesh_server.runtime.server import Registration, Resources, ServiceProcess
 log = logging.getLogger(__name__)
 
 MIRROR_CHECK_SECONDS = 2.0
-SWEEP_SECONDS = 30.0
 _background: set[asyncio.Task[None]] = set()
 
 
@@ -89,22 +89,26 @@ async def _keep_mirror_loaded(store: SuppressionStore) -> None:
             log.exception("suppression mirror check failed; retrying")
 
 
-async def _sweep_interrupted_imports(imports: ImportsStore) -> None:
+async def _sweep_interrupted_imports(imports: ImportsStore, every: float) -> None:
     while True:
         try:
-            failed = await imports.fail_interrupted()
+            failed = await imports.fail_interrupted(timedelta(seconds=every))
             if failed:
                 log.warning("failed interrupted imports", extra={"count": failed})
         except Exception:
             log.exception("import sweep failed; retrying")
-        await asyncio.sleep(SWEEP_SECONDS)
+        await asyncio.sleep(every)
 
 
 async def on_start(resources: Resources) -> None:
     store = _suppression(resources)
     await rebuild_all_mirrors(store)
     _start(_keep_mirror_loaded(store))
-    _start(_sweep_interrupted_imports(ImportsStore(resources.require_postgres())))
+    _start(
+        _sweep_interrupted_imports(
+            ImportsStore(resources.require_postgres()), resources.settings.import_sweep_seconds
+        )
+    )
 
 
 def _start(loop: Coroutine[Any, Any, None]) -> None:

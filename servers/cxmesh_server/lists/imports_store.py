@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import asyncpg
 
@@ -177,12 +178,12 @@ class ImportsStore:
             ):
                 yield row
 
-    async def fail_interrupted(self) -> int:
+    async def fail_interrupted(self, min_age: timedelta) -> int:
         """Marks imports whose process died as FAILED: nothing of them was applied, since
         their transaction rolled back. An import's worker holds its advisory lock."""
         failed = 0
         async with self.pool.acquire() as db:
-            candidates = await db.fetch("SELECT * FROM lists.unfinished_imports()")
+            candidates = await db.fetch("SELECT * FROM lists.unfinished_imports($1)", min_age)
         for row in candidates:
             async with tenant_transaction(self.pool, row["tenant_id"]) as db:
                 free = await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", row["lock_id"])

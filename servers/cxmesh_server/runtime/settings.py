@@ -48,5 +48,8 @@ class ServiceSettings(BaseSettings):
     spool_dir: Path = Path(tempfile.gettempdir()) / "cxmesh-spool"
     # The lists drop folder: <dir>/<tenant>/<contact list id>/<file>; unset = off.
     drop_dir: Path | None = None
+    # How often the lists service looks for imports whose process died (they are failed:
+    # their transaction rolled back); an import younger than this is left alone.
+    import_sweep_seconds: float = Field(default=30.0, gt=0)
     # Processes that turn rows into records during imports; 0 = one per CPU.
     import_workers: int = Field(default=0, ge=0, le=64)

@@ -68,7 +68,9 @@ def main() -> None:
                 edge_port=edge_port,
                 edge_admin_port=int(os.environ.get("CXMESH_EDGE_ADMIN_PORT", "9901")),
                 base_port=int(os.environ.get("CXMESH_BASE_PORT", "50051")),
-                extra_env={"CXMESH_DROP_DIR": os.environ.get("CXMESH_DROP_DIR", str(state / "drop"))},
+                extra_env={
+                    "CXMESH_DROP_DIR": os.environ.get("CXMESH_DROP_DIR", str(state / "drop"))
+                },
             )
         )
         try:
