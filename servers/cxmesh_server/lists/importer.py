@@ -305,7 +305,7 @@ class Importer:
         found = await self._mirror.matches(
             tenant,
             list_ids,
-            {"phone": sorted(phones), "email": sorted(emails), "client": sorted(clients)},
+            {"phone": list(phones), "email": list(emails), "client": list(clients)},
             now_ms=int(time.time() * 1000),
         )
         marks: list[list[str]] = []
