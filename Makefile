@@ -19,9 +19,10 @@ $(INSTALLED): pyproject.toml
 # Python client package, type stubs and Envoy's descriptor set, from the same protos.
 $(GENERATED): $(INSTALLED) $(PROTOS) clients/gen_protos.py
 	$(BIN)/python clients/gen_protos.py
-	$(BIN)/python -m cxmesh_server.lists.domain.timezones build/zip_zones.tsv
 	# Reinstalled so that the editable install sees the generated package.
 	$(BIN)/pip install --quiet --no-deps -e .
+	# ZIP code → time zone table for imports, derived from the zipcodes package's data.
+	$(BIN)/python -m cxmesh_server.lists.domain.timezones build/zip_zones.tsv
 	touch $@
 
 setup: $(GENERATED)
