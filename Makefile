@@ -22,7 +22,7 @@ $(GENERATED): $(INSTALLED) $(PROTOS) clients/gen_protos.py
 	# Reinstalled so that the editable install sees the generated package.
 	$(BIN)/pip install --quiet --no-deps -e .
 	# ZIP code → time zone table for imports, derived from the zipcodes package's data.
-	$(BIN)/python -m cxmesh_server.lists.domain.timezones build/zip_zones.tsv
+	$(BIN)/python -m cxmesh_server.contacts.timezones build/zip_zones.tsv
 	touch $@
 
 setup: $(GENERATED)

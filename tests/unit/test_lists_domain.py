@@ -8,9 +8,9 @@ import phonenumbers
 import pytest
 
 from cxmesh.lists.v1 import record_pb2
-from cxmesh_server.lists.domain.phones import PhoneError, _number_type, normalize_phone
+from cxmesh_server.contacts.phones import PhoneError, _number_type, normalize_phone
+from cxmesh_server.contacts.timezones import derive_time_zone
 from cxmesh_server.lists.domain.records import Record, RowSettings, build_record, plan_from_header
-from cxmesh_server.lists.domain.timezones import derive_time_zone
 from cxmesh_server.lists.importer import RECORD_COLUMNS
 
 

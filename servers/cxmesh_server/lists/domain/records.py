@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from cxmesh.types.v1 import device_pb2
-from cxmesh_server.lists.domain.phones import PhoneError, normalize_phone
-from cxmesh_server.lists.domain.timezones import derive_time_zone, valid_zones
+from cxmesh_server.contacts.phones import PhoneError, normalize_phone
+from cxmesh_server.contacts.timezones import derive_time_zone, valid_zones
 
 MAX_NAME = 64
 MAX_SHORT = 16
@@ -356,8 +356,8 @@ def plan_from_mappings(
 def warm_up_worker() -> None:
     """Loads the data every row needs (ZIP zones, phone metadata) when a worker starts,
     rather than during the first import."""
-    from cxmesh_server.lists.domain.phones import normalize_phone
-    from cxmesh_server.lists.domain.timezones import zone_for_postal_code
+    from cxmesh_server.contacts.phones import normalize_phone
+    from cxmesh_server.contacts.timezones import zone_for_postal_code
 
     zone_for_postal_code("10001", "US")
     normalize_phone("+14155550101", "US")

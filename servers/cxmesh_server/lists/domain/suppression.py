@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cxmesh.lists.v1 import suppression_service_pb2 as service_pb2
-from cxmesh_server.lists.domain.phones import PhoneError, normalize_phone
+from cxmesh_server.contacts.phones import PhoneError, normalize_phone
 
 KIND_OF_TYPE = {
     service_pb2.SUPPRESSION_TARGET_TYPE_PHONE_NUMBER: "phone",

@@ -35,7 +35,7 @@ def valid_zones() -> frozenset[str]:
 # small table: loading the package's full data set costs each import worker ~140 MB.
 ZIP_ZONES_TABLE = Path(
     os.environ.get(
-        "CXMESH_ZIP_ZONES", Path(__file__).resolve().parents[4] / "build" / "zip_zones.tsv"
+        "CXMESH_ZIP_ZONES", Path(__file__).resolve().parents[3] / "build" / "zip_zones.tsv"
     )
 )
 
