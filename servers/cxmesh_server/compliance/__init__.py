@@ -1,0 +1,1 @@
+"""Compliance: rule sets and pre-dial decisions (cxmesh.compliance.v1)."""

@@ -1,0 +1,1 @@
+"""Compliance rules without I/O: compiled rule sets and the decision they give."""

@@ -1,0 +1,236 @@
+"""The pre-dial decision: may this contact be reached now? Pure; every fact comes in.
+
+Time rules are checked in every zone the contact may be in (fail closed when the zone is
+ambiguous); the next allowed instant is the earliest time every rule that can lift allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from functools import cache
+from zoneinfo import ZoneInfo
+
+import holidays
+
+from cxmesh.compliance.v1 import decision_pb2
+from cxmesh_server.compliance.domain.rules import CompiledRuleSet, Span, Week
+
+# How far ahead the next allowed instant is searched.
+SEARCH_DAYS = 14
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where the contact is: what window overrides and state holidays look at."""
+
+    zones: tuple[str, ...]  # every zone the contact may be in; one when certain
+    state: str = ""
+    area_code: str = ""
+    postal_code: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    code: int
+    reason: str
+    source: str
+
+
+@dataclass
+class Outcome:
+    allowed: bool
+    denials: list[Denial] = field(default_factory=list)
+    next_allowed: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptHistory:
+    """The counted attempts of one attempt rule (UTC instants)."""
+
+    rule_set: str
+    limit_index: int
+    times: tuple[datetime, ...]
+
+
+@cache
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+@cache
+def _holidays(country: str, subdivision: str, year: int) -> holidays.HolidayBase:
+    return holidays.country_holidays(country, subdiv=subdivision or None, years=year)
+
+
+def _in(spans: Sequence[Span], second: int) -> bool:
+    return any(start <= second < end for start, end in spans)
+
+
+def _fmt(seconds: int) -> str:
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}"
+
+
+def _weeks(rule_set: CompiledRuleSet, place: Place) -> list[Week]:
+    """The rule set's windows and every override that applies to the place: all must allow."""
+    applicable = [
+        o for o in rule_set.overrides if o.applies(place.state, place.area_code, place.postal_code)
+    ]
+    return [rule_set.week, *(o.week for o in applicable)]
+
+
+def window_verdict(rule_set: CompiledRuleSet, place: Place, moment: datetime) -> str | None:
+    """None when every candidate zone allows `moment`; else why not."""
+    weeks = _weeks(rule_set, place)
+    for zone in place.zones:
+        local = moment.astimezone(_zone(zone))
+        second = local.hour * 3600 + local.minute * 60 + local.second
+        for week in weeks:
+            spans = week[local.weekday()]
+            if not _in(spans, second):
+                allowed = (
+                    ", ".join(f"{_fmt(a)}–{_fmt(b)}" for a, b in spans) or "no window that day"
+                )
+                return f"{local:%a %H:%M} local time ({zone}) is outside {allowed}"
+    return None
+
+
+def date_verdict(rule_set: CompiledRuleSet, place: Place, moment: datetime) -> str | None:
+    for zone in place.zones:
+        day = moment.astimezone(_zone(zone)).date()
+        if day in rule_set.blackout_dates:
+            return f"{day} ({zone}) is a blackout date"
+        for calendar in rule_set.holidays:
+            subdivision = place.state if calendar.by_contact_state else calendar.subdivision
+            name = _holidays(calendar.country, subdivision, day.year).get(day)
+            if name:
+                return f"{day} ({zone}) is a holiday: {name}"
+    return None
+
+
+def _time_rules_allow(rule_sets: Sequence[CompiledRuleSet], place: Place, moment: datetime) -> bool:
+    return all(
+        window_verdict(r, place, moment) is None and date_verdict(r, place, moment) is None
+        for r in rule_sets
+    )
+
+
+def _at(day: date, second: int, tz: ZoneInfo) -> datetime:
+    wall = datetime.combine(day, time(second // 3600, second % 3600 // 60, second % 60), tzinfo=tz)
+    # A wall time skipped by a DST change (02:30 on the spring-forward night) names no
+    # instant; zoneinfo reads it with the earlier offset, an hour later in the new time.
+    return wall.astimezone(UTC)
+
+
+def _window_starts(
+    rule_sets: Sequence[CompiledRuleSet], place: Place, start: datetime
+) -> list[datetime]:
+    """Every instant a window opens, or a day begins, in any candidate zone ahead of `start`.
+    The intersection of the zones' windows always opens at one of them."""
+    instants = set()
+    for zone in place.zones:
+        tz = _zone(zone)
+        first_day = start.astimezone(tz).date()
+        for offset in range(SEARCH_DAYS + 1):
+            day = first_day + timedelta(days=offset)
+            instants.add(_at(day, 0, tz))
+            for rule_set in rule_sets:
+                for week in _weeks(rule_set, place):
+                    for span_start, _ in week[day.weekday()]:
+                        instants.add(_at(day, span_start, tz))
+    return sorted(i for i in instants if i > start)
+
+
+def next_time_allowed(
+    rule_sets: Sequence[CompiledRuleSet], place: Place, earliest: datetime
+) -> datetime | None:
+    if _time_rules_allow(rule_sets, place, earliest):
+        return earliest
+    for candidate in _window_starts(rule_sets, place, earliest):
+        if _time_rules_allow(rule_sets, place, candidate):
+            return candidate
+    return None
+
+
+def _local_midnight(moment: datetime, zone: str, days_later: int = 0) -> datetime:
+    tz = _zone(zone)
+    return _at(moment.astimezone(tz).date() + timedelta(days=days_later), 0, tz)
+
+
+def counted_in_period(
+    window: timedelta | None, times: Sequence[datetime], place: Place, now: datetime
+) -> list[datetime]:
+    if window is not None:
+        return sorted(t for t in times if now - window < t <= now)
+    # Since local midnight, in the zone whose midnight came first: the most attempts count.
+    since = min(_local_midnight(now, z) for z in place.zones)
+    return sorted(t for t in times if since <= t <= now)
+
+
+def _attempt_lift(
+    window: timedelta | None,
+    max_attempts: int,
+    counted: Sequence[datetime],
+    place: Place,
+    now: datetime,
+) -> datetime:
+    """When the count in the period falls below the limit again."""
+    if window is not None:
+        # Attempts leave the window oldest first; one fewer than the limit may remain.
+        return counted[len(counted) - max_attempts] + window
+    return max(_local_midnight(now, z, days_later=1) for z in place.zones)
+
+
+def decide(
+    rule_sets: Sequence[CompiledRuleSet],
+    place: Place,
+    now: datetime,
+    *,
+    suppressed_by: Sequence[str] = (),
+    attempts: Sequence[AttemptHistory] = (),
+) -> Outcome:
+    """Every rule that denies, and when the contact becomes callable if time can lift it."""
+    outcome = Outcome(allowed=True)
+    lift_after = now
+    for rule_set in rule_sets:
+        verdict = window_verdict(rule_set, place, now)
+        if verdict:
+            outcome.denials.append(
+                Denial(decision_pb2.DENIAL_CODE_OUTSIDE_CONTACT_WINDOW, verdict, rule_set.source)
+            )
+        verdict = date_verdict(rule_set, place, now)
+        if verdict:
+            outcome.denials.append(
+                Denial(decision_pb2.DENIAL_CODE_BLACKOUT_DATE, verdict, rule_set.source)
+            )
+        for limit in rule_set.attempt_limits:
+            history = next(
+                (
+                    a
+                    for a in attempts
+                    if a.rule_set == rule_set.name and a.limit_index == limit.index
+                ),
+                None,
+            )
+            counted = counted_in_period(limit.window, history.times if history else (), place, now)
+            if len(counted) >= limit.max_attempts:
+                period = f"in the last {limit.window}" if limit.window else "since local midnight"
+                outcome.denials.append(
+                    Denial(
+                        decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT,
+                        f"{len(counted)} attempts {period}; at most {limit.max_attempts}",
+                        f"{rule_set.source}#attempt_rules[{limit.index}]",
+                    )
+                )
+                lift_after = max(
+                    lift_after, _attempt_lift(limit.window, limit.max_attempts, counted, place, now)
+                )
+    for list_name in suppressed_by:
+        outcome.denials.append(
+            Denial(decision_pb2.DENIAL_CODE_SUPPRESSED, "on a suppression list", list_name)
+        )
+    outcome.allowed = not outcome.denials
+    if outcome.denials and not suppressed_by:
+        outcome.next_allowed = next_time_allowed(rule_sets, place, lift_after)
+    return outcome

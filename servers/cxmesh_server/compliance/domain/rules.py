@@ -1,0 +1,224 @@
+"""Rule sets compiled from their proto into what a decision reads without any parsing."""
+
+from __future__ import annotations
+
+import zoneinfo
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from cxmesh.compliance.v1 import rule_set_pb2
+from cxmesh.types.v1 import call_result_pb2, channel_pb2
+from cxmesh_server.runtime.errors import Validator
+
+DAY_SECONDS = 24 * 3600
+DEFAULT_WINDOW = (8 * 3600, 21 * 3600)  # TCPA: 08:00–21:00 local time
+# The Genesys OCS default counted results.
+DEFAULT_COUNTED_RESULTS = frozenset(
+    {
+        call_result_pb2.CALL_RESULT_BUSY,
+        call_result_pb2.CALL_RESULT_NO_ANSWER,
+        call_result_pb2.CALL_RESULT_ANSWERING_MACHINE,
+        call_result_pb2.CALL_RESULT_FAX_DETECTED,
+        call_result_pb2.CALL_RESULT_OVERFLOWED,
+        call_result_pb2.CALL_RESULT_ABANDONED,
+        call_result_pb2.CALL_RESULT_DROPPED,
+        call_result_pb2.CALL_RESULT_DROPPED_NO_ANSWER,
+        call_result_pb2.CALL_RESULT_SILENCE,
+        call_result_pb2.CALL_RESULT_ANSWER,
+        call_result_pb2.CALL_RESULT_WRONG_PARTY,
+        call_result_pb2.CALL_RESULT_WRONG_NUMBER,
+    }
+)
+
+# Every voice outcome of a placed call, attempts still in progress (unspecified) included.
+REG_F_COUNTED_RESULTS = sorted(
+    value
+    for value in call_result_pb2.CallResult.values()
+    if value
+    not in (
+        call_result_pb2.CALL_RESULT_CANCELLED,
+        call_result_pb2.CALL_RESULT_DELIVERED,
+        call_result_pb2.CALL_RESULT_UNDELIVERABLE,
+    )
+)
+
+# Seconds of the local day, [start, end): a window ending at 21:00 refuses 21:00:00.
+Span = tuple[int, int]
+# Spans per weekday, Monday = 0.
+Week = tuple[tuple[Span, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    kind: str  # state | area_code | postal_code
+    value: str  # a postal code prefix has its trailing '*' removed
+    prefix: bool
+    week: Week
+
+    def applies(self, state: str, area_code: str, postal_code: str) -> bool:
+        if self.kind == "state":
+            return state == self.value
+        if self.kind == "area_code":
+            return area_code == self.value
+        return postal_code.startswith(self.value) if self.prefix else postal_code == self.value
+
+
+@dataclass(frozen=True, slots=True)
+class HolidayRule:
+    country: str
+    subdivision: str
+    by_contact_state: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptLimit:
+    index: int
+    max_attempts: int
+    window: timedelta | None  # None: since the contact's local midnight
+    scope: int
+    counted_results: frozenset[int]
+    channels: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRuleSet:
+    name: str
+    revision: int
+    channels: frozenset[int]
+    week: Week
+    overrides: tuple[Override, ...]
+    blackout_dates: frozenset[date]
+    holidays: tuple[HolidayRule, ...]
+    attempt_limits: tuple[AttemptLimit, ...]
+    suppression_lists: tuple[str, ...]
+    default_time_zone: str
+
+    @property
+    def source(self) -> str:
+        return self.name
+
+    def applies_to(self, channel: int) -> bool:
+        return not self.channels or channel in self.channels
+
+
+def _seconds(time_of_day: object) -> int:
+    hours, minutes, seconds = (getattr(time_of_day, f) for f in ("hours", "minutes", "seconds"))
+    return int(hours) * 3600 + int(minutes) * 60 + int(seconds)
+
+
+def _week(windows: list[rule_set_pb2.ContactWindow] | None) -> Week:
+    if not windows:
+        return tuple((DEFAULT_WINDOW,) for _ in range(7))
+    days: list[list[Span]] = [[] for _ in range(7)]
+    for window in windows:
+        span = (_seconds(window.start_time), _seconds(window.end_time) or DAY_SECONDS)
+        # google.type.DayOfWeek: MONDAY = 1 … SUNDAY = 7.
+        for day in window.days or range(1, 8):
+            days[int(day) - 1].append(span)
+    return tuple(tuple(sorted(spans)) for spans in days)
+
+
+def validate_rule_set(
+    message: rule_set_pb2.RuleSet, check: Validator, prefix: str = "rule_set"
+) -> None:
+    check.require(
+        0 < len(message.display_name) <= 128, f"{prefix}.display_name", "must be 1-128 characters"
+    )
+    windows = [(f"{prefix}.contact_windows[{n}]", w) for n, w in enumerate(message.contact_windows)]
+    for n, override in enumerate(message.window_overrides):
+        check.require(
+            override.WhichOneof("scope") is not None,
+            f"{prefix}.window_overrides[{n}]",
+            "needs a state, area code or postal code",
+        )
+        windows += [
+            (f"{prefix}.window_overrides[{n}].contact_windows[{m}]", w)
+            for m, w in enumerate(override.contact_windows)
+        ]
+    for field, window in windows:
+        start, end = _seconds(window.start_time), _seconds(window.end_time) or DAY_SECONDS
+        check.require(
+            0 <= start < end <= DAY_SECONDS, field, "start must be before end, within one day"
+        )
+        check.require(
+            all(1 <= int(d) <= 7 for d in window.days), f"{field}.days", "must be MONDAY..SUNDAY"
+        )
+    for n, rule in enumerate(message.attempt_rules):
+        field = f"{prefix}.attempt_rules[{n}]"
+        check.require(rule.max_attempts >= 1, f"{field}.max_attempts", "must be at least 1")
+        period = rule.WhichOneof("period")
+        check.require(period is not None, field, "needs a window or since_local_midnight")
+        if period == "window":
+            seconds = rule.window.ToTimedelta().total_seconds()
+            check.require(
+                60 <= seconds <= 31 * 86400, f"{field}.window", "must be 1 minute to 31 days"
+            )
+    zone = message.default_time_zone
+    check.require(
+        not zone or zone in zoneinfo.available_timezones(),
+        f"{prefix}.default_time_zone",
+        "must be an IANA zone",
+    )
+    for n, calendar in enumerate(message.holiday_calendars):
+        check.require(
+            len(calendar.country) == 2,
+            f"{prefix}.holiday_calendars[{n}].country",
+            "ISO 3166-1 alpha-2 code",
+        )
+
+
+def compile_rule_set(message: rule_set_pb2.RuleSet) -> CompiledRuleSet:
+    overrides = []
+    for override in message.window_overrides:
+        field = override.WhichOneof("scope") or "state_province"
+        value = getattr(override, field)
+        kind = {"state_province": "state", "area_code": "area_code", "postal_code": "postal_code"}[
+            field
+        ]
+        prefix = kind == "postal_code" and value.endswith("*")
+        value = value.rstrip("*").upper() if kind == "state" else value.rstrip("*")
+        overrides.append(Override(kind, value, prefix, _week(list(override.contact_windows))))
+    limits = []
+    for n, rule in enumerate(message.attempt_rules):
+        limits.append(
+            AttemptLimit(
+                index=n,
+                max_attempts=rule.max_attempts,
+                window=rule.window.ToTimedelta() if rule.WhichOneof("period") == "window" else None,
+                scope=rule.scope or rule_set_pb2.ATTEMPT_SCOPE_DEVICE,
+                counted_results=frozenset(rule.counted_results) or DEFAULT_COUNTED_RESULTS,
+                channels=frozenset(rule.channels) or frozenset({channel_pb2.CHANNEL_VOICE}),
+            )
+        )
+    return CompiledRuleSet(
+        name=message.name,
+        revision=message.revision,
+        channels=frozenset(message.channels),
+        week=_week(list(message.contact_windows)),
+        overrides=tuple(overrides),
+        blackout_dates=frozenset(
+            date(d.date.year, d.date.month, d.date.day) for d in message.blackout_dates
+        ),
+        holidays=tuple(
+            HolidayRule(h.country.upper(), h.subdivision.upper(), h.by_contact_state)
+            for h in message.holiday_calendars
+        ),
+        attempt_limits=tuple(limits),
+        suppression_lists=tuple(message.suppression_lists),
+        default_time_zone=message.default_time_zone,
+    )
+
+
+def preset(kind: int, name: str = "ruleSets/default") -> rule_set_pb2.RuleSet:
+    """The regulatory presets: US TCPA window 08:00–21:00 local and Regulation F 7-in-7."""
+    if kind != rule_set_pb2.RULE_SET_PRESET_US_TCPA_REG_F:
+        raise ValueError(f"unknown preset {kind}")
+    message = rule_set_pb2.RuleSet(name=name, display_name="US TCPA + Regulation F", preset=kind)  # type: ignore[arg-type]
+    window = message.contact_windows.add()
+    window.start_time.hours, window.end_time.hours = 8, 21
+    # Regulation F counts every call placed about a debt to one person, whatever its result.
+    rule = message.attempt_rules.add(max_attempts=7, scope=rule_set_pb2.ATTEMPT_SCOPE_CLIENT)
+    rule.window.FromTimedelta(timedelta(days=7))
+    rule.channels.append(channel_pb2.CHANNEL_VOICE)
+    rule.counted_results.extend(REG_F_COUNTED_RESULTS)
+    return message

@@ -1,0 +1,257 @@
+"""Pre-dial decisions from compiled rules: windows in local time across DST, zones with
+and without DST, ambiguous zones, weekends, holidays, attempt limits, next allowed time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from cxmesh.compliance.v1 import decision_pb2, rule_set_pb2
+from cxmesh_server.compliance.domain.decide import AttemptHistory, Place, decide
+from cxmesh_server.compliance.domain.rules import (
+    CompiledRuleSet,
+    compile_rule_set,
+    preset,
+    validate_rule_set,
+)
+from cxmesh_server.runtime.errors import InvalidArgument, Validator
+
+NEW_YORK = Place(zones=("America/New_York",), state="NY")
+TCPA = compile_rule_set(
+    rule_set_pb2.RuleSet(name="ruleSets/tcpa", display_name="default")
+)  # 08:00–21:00 every day
+
+
+def at(
+    zone: str, year: int, month: int, day: int, hour: int, minute: int, second: int = 0
+) -> datetime:
+    """A local wall time in `zone`, as a UTC instant."""
+    return datetime(year, month, day, hour, minute, second, tzinfo=ZoneInfo(zone)).astimezone(UTC)
+
+
+def codes(outcome) -> list[int]:  # type: ignore[no-untyped-def]
+    return [d.code for d in outcome.denials]
+
+
+def rule_set(**fields: object) -> CompiledRuleSet:
+    message = rule_set_pb2.RuleSet(name="ruleSets/custom", display_name="custom", **fields)  # type: ignore[arg-type]
+    return compile_rule_set(message)
+
+
+def test_allows_inside_the_window_in_the_contacts_local_time() -> None:
+    assert decide([TCPA], NEW_YORK, at("America/New_York", 2026, 11, 24, 10, 0)).allowed
+
+
+def test_the_window_closes_at_21_00_exactly() -> None:
+    assert decide([TCPA], NEW_YORK, at("America/New_York", 2026, 11, 24, 20, 59, 59)).allowed
+    closed = decide([TCPA], NEW_YORK, at("America/New_York", 2026, 11, 24, 21, 0, 0))
+    assert codes(closed) == [decision_pb2.DENIAL_CODE_OUTSIDE_CONTACT_WINDOW]
+    assert "21:00 local time (America/New_York) is outside 08:00–21:00" in closed.denials[0].reason
+    assert closed.next_allowed == at("America/New_York", 2026, 11, 25, 8, 0)
+
+
+def test_denies_after_9pm_local_even_when_it_is_early_evening_in_utc_terms() -> None:
+    la = Place(zones=("America/Los_Angeles",))
+    assert not decide([TCPA], la, at("America/Los_Angeles", 2026, 11, 24, 21, 30)).allowed
+    assert decide([TCPA], la, at("America/New_York", 2026, 11, 24, 21, 30)).allowed  # 18:30 in LA
+
+
+def test_dst_spring_forward_in_new_york() -> None:
+    # 2026-03-08: clocks jump from 02:00 EST to 03:00 EDT.
+    before = decide([TCPA], NEW_YORK, at("America/New_York", 2026, 3, 7, 22, 0))
+    assert before.next_allowed == datetime(2026, 3, 8, 12, 0, tzinfo=UTC)  # 08:00 EDT (UTC-4)
+    assert not decide([TCPA], NEW_YORK, datetime(2026, 3, 8, 11, 59, tzinfo=UTC)).allowed
+    assert decide([TCPA], NEW_YORK, datetime(2026, 3, 8, 12, 0, tzinfo=UTC)).allowed
+
+
+def test_dst_fall_back_in_new_york() -> None:
+    # 2026-11-01: clocks fall back from 02:00 EDT to 01:00 EST.
+    before = decide([TCPA], NEW_YORK, at("America/New_York", 2026, 10, 31, 22, 0))
+    assert before.next_allowed == datetime(2026, 11, 1, 13, 0, tzinfo=UTC)  # 08:00 EST (UTC-5)
+    assert not decide(
+        [TCPA], NEW_YORK, datetime(2026, 11, 1, 12, 30, tzinfo=UTC)
+    ).allowed  # 07:30 EST
+    assert decide([TCPA], NEW_YORK, datetime(2026, 11, 2, 1, 59, tzinfo=UTC)).allowed  # 20:59 EST
+
+
+def test_arizona_keeps_standard_time_all_year() -> None:
+    phoenix = Place(zones=("America/Phoenix",), state="AZ")
+    # July: Phoenix is UTC-7 while Denver (same zone in winter) is UTC-6.
+    assert decide([TCPA], phoenix, datetime(2026, 7, 1, 15, 0, tzinfo=UTC)).allowed  # 08:00 MST
+    assert not decide([TCPA], phoenix, datetime(2026, 7, 1, 14, 59, tzinfo=UTC)).allowed
+    denver = Place(zones=("America/Denver",))
+    assert decide([TCPA], denver, datetime(2026, 7, 1, 14, 0, tzinfo=UTC)).allowed  # 08:00 MDT
+
+
+def test_an_indiana_contact_in_either_zone_may_only_be_called_when_both_allow() -> None:
+    split = Place(zones=("America/Indiana/Indianapolis", "America/Chicago"), state="IN")
+    early = decide(
+        [TCPA], split, at("America/Indiana/Indianapolis", 2026, 11, 24, 8, 30)
+    )  # 07:30 Central
+    assert not early.allowed and "America/Chicago" in early.denials[0].reason
+    assert early.next_allowed == at("America/Chicago", 2026, 11, 24, 8, 0)
+    late = decide([TCPA], split, at("America/Chicago", 2026, 11, 24, 20, 30))  # 21:30 Eastern
+    assert not late.allowed and "America/Indiana/Indianapolis" in late.denials[0].reason
+    assert decide([TCPA], split, at("America/Chicago", 2026, 11, 24, 12, 0)).allowed
+
+
+def test_hawaii_and_alaska() -> None:
+    honolulu = Place(zones=("Pacific/Honolulu",), state="HI")
+    assert decide([TCPA], honolulu, datetime(2026, 11, 24, 18, 0, tzinfo=UTC)).allowed  # 08:00 HST
+    assert not decide([TCPA], honolulu, datetime(2026, 11, 24, 17, 59, tzinfo=UTC)).allowed
+    alaska = Place(zones=("America/Anchorage", "America/Adak"), state="AK")  # area code 907
+    # 08:30 in Anchorage is 07:30 in Adak: both must allow.
+    outcome = decide([TCPA], alaska, at("America/Anchorage", 2026, 11, 24, 8, 30))
+    assert not outcome.allowed
+    assert outcome.next_allowed == at("America/Adak", 2026, 11, 24, 8, 0)
+
+
+def test_weekend_windows() -> None:
+    weekdays = rule_set_pb2.ContactWindow(days=[1, 2, 3, 4, 5])  # type: ignore[list-item]
+    weekdays.start_time.hours, weekdays.end_time.hours = 9, 17
+    saturday = rule_set_pb2.ContactWindow(days=[6])  # type: ignore[list-item]
+    saturday.start_time.hours, saturday.end_time.hours = 10, 14
+    office = rule_set(contact_windows=[weekdays, saturday])
+    sunday = decide([office], NEW_YORK, at("America/New_York", 2026, 11, 29, 12, 0))
+    assert not sunday.allowed and "no window that day" in sunday.denials[0].reason
+    assert sunday.next_allowed == at("America/New_York", 2026, 11, 30, 9, 0)
+    assert decide([office], NEW_YORK, at("America/New_York", 2026, 11, 28, 13, 59)).allowed
+    assert not decide([office], NEW_YORK, at("America/New_York", 2026, 11, 28, 14, 0)).allowed
+
+
+def test_federal_holidays_and_blackout_dates() -> None:
+    calendar = rule_set(holiday_calendars=[rule_set_pb2.HolidayCalendar(country="US")])
+    thanksgiving = decide([calendar], NEW_YORK, at("America/New_York", 2026, 11, 26, 12, 0))
+    assert codes(thanksgiving) == [decision_pb2.DENIAL_CODE_BLACKOUT_DATE]
+    assert "Thanksgiving" in thanksgiving.denials[0].reason
+    assert thanksgiving.next_allowed == at("America/New_York", 2026, 11, 27, 8, 0)
+    blackout = rule_set_pb2.BlackoutDate(reason="system freeze")
+    blackout.date.year, blackout.date.month, blackout.date.day = 2026, 12, 1
+    frozen = rule_set(blackout_dates=[blackout])
+    assert not decide([frozen], NEW_YORK, at("America/New_York", 2026, 12, 1, 12, 0)).allowed
+
+
+def test_state_holidays_follow_the_contacts_state() -> None:
+    by_state = rule_set(
+        holiday_calendars=[rule_set_pb2.HolidayCalendar(country="US", by_contact_state=True)]
+    )
+    chavez_day = at("America/Los_Angeles", 2026, 3, 31, 12, 0)  # a California holiday
+    assert not decide(
+        [by_state], Place(zones=("America/Los_Angeles",), state="CA"), chavez_day
+    ).allowed
+    assert decide([by_state], Place(zones=("America/Los_Angeles",), state="WA"), chavez_day).allowed
+
+
+def test_a_stricter_state_window_overrides_the_default() -> None:
+    florida = rule_set_pb2.WindowOverride(state_province="FL")
+    window = florida.contact_windows.add()
+    window.start_time.hours, window.end_time.hours = 8, 20
+    strict = rule_set(window_overrides=[florida])
+    evening = at("America/New_York", 2026, 11, 24, 20, 30)
+    in_florida = decide([strict], Place(zones=("America/New_York",), state="FL"), evening)
+    assert not in_florida.allowed and "08:00–20:00" in in_florida.denials[0].reason
+    assert decide([strict], NEW_YORK, evening).allowed
+    area_code = rule_set_pb2.WindowOverride(area_code="305")
+    area_code.contact_windows.add().CopyFrom(window)
+    postal = rule_set_pb2.WindowOverride(postal_code="331*")
+    postal.contact_windows.add().CopyFrom(window)
+    for override, place in [
+        (area_code, Place(zones=("America/New_York",), area_code="305")),
+        (postal, Place(zones=("America/New_York",), postal_code="33101")),
+    ]:
+        assert not decide([rule_set(window_overrides=[override])], place, evening).allowed
+
+
+def test_attempt_windows_slide() -> None:
+    rule = rule_set_pb2.AttemptRule(max_attempts=3)
+    rule.window.FromTimedelta(timedelta(hours=24))
+    limited = rule_set(attempt_rules=[rule])
+    now = at("America/New_York", 2026, 11, 24, 12, 0)
+    times = tuple(now - timedelta(hours=h) for h in (20, 5, 1))
+    history = [AttemptHistory("ruleSets/custom", 0, times)]
+    outcome = decide([limited], NEW_YORK, now, attempts=history)
+    assert codes(outcome) == [decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT]
+    # The oldest attempt (20 h ago) leaves the 24-hour window in 4 hours.
+    assert outcome.next_allowed == now + timedelta(hours=4)
+    later = decide([limited], NEW_YORK, now + timedelta(hours=4), attempts=history)
+    assert later.allowed
+
+
+def test_attempts_since_local_midnight() -> None:
+    rule = rule_set_pb2.AttemptRule(max_attempts=1, since_local_midnight=True)
+    daily = rule_set(attempt_rules=[rule])
+    now = at("America/New_York", 2026, 11, 24, 15, 0)
+    history = [AttemptHistory("ruleSets/custom", 0, (at("America/New_York", 2026, 11, 24, 9, 0),))]
+    outcome = decide([daily], NEW_YORK, now, attempts=history)
+    assert not outcome.allowed
+    assert outcome.next_allowed == at(
+        "America/New_York", 2026, 11, 25, 8, 0
+    )  # midnight, then the window
+    yesterday = [
+        AttemptHistory("ruleSets/custom", 0, (at("America/New_York", 2026, 11, 23, 20, 0),))
+    ]
+    assert decide([daily], NEW_YORK, now, attempts=yesterday).allowed
+
+
+def test_regulation_f_presets_seven_calls_in_seven_days() -> None:
+    reg_f = compile_rule_set(preset(rule_set_pb2.RULE_SET_PRESET_US_TCPA_REG_F))
+    now = at("America/New_York", 2026, 11, 24, 12, 0)
+    seven = tuple(now - timedelta(days=d, hours=1) for d in range(7))
+    outcome = decide([reg_f], NEW_YORK, now, attempts=[AttemptHistory(reg_f.name, 0, seven)])
+    assert codes(outcome) == [decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT]
+    six = seven[:6]
+    assert decide([reg_f], NEW_YORK, now, attempts=[AttemptHistory(reg_f.name, 0, six)]).allowed
+
+
+def test_suppression_denies_with_no_next_time() -> None:
+    outcome = decide(
+        [TCPA],
+        NEW_YORK,
+        at("America/New_York", 2026, 11, 24, 12, 0),
+        suppressed_by=["suppressionLists/dnc"],
+    )
+    assert codes(outcome) == [decision_pb2.DENIAL_CODE_SUPPRESSED]
+    assert outcome.denials[0].source == "suppressionLists/dnc"
+    assert outcome.next_allowed is None
+
+
+def test_every_failing_rule_is_reported() -> None:
+    calendar = rule_set(holiday_calendars=[rule_set_pb2.HolidayCalendar(country="US")])
+    outcome = decide(
+        [calendar],
+        NEW_YORK,
+        at("America/New_York", 2026, 11, 26, 22, 0),
+        suppressed_by=["suppressionLists/x"],
+    )
+    assert sorted(codes(outcome)) == sorted(
+        [
+            decision_pb2.DENIAL_CODE_OUTSIDE_CONTACT_WINDOW,
+            decision_pb2.DENIAL_CODE_BLACKOUT_DATE,
+            decision_pb2.DENIAL_CODE_SUPPRESSED,
+        ]
+    )
+
+
+def test_invalid_rule_sets_name_every_bad_field() -> None:
+    backwards = rule_set_pb2.ContactWindow()
+    backwards.start_time.hours, backwards.end_time.hours = 21, 8
+    message = rule_set_pb2.RuleSet(
+        display_name="",
+        contact_windows=[backwards],
+        attempt_rules=[rule_set_pb2.AttemptRule(max_attempts=0)],
+        default_time_zone="Mars/Olympus",
+    )
+    check = Validator()
+    validate_rule_set(message, check)
+    with pytest.raises(InvalidArgument) as caught:
+        check.check()
+    fields = {v.field for v in caught.value.violations}
+    assert {
+        "rule_set.display_name",
+        "rule_set.contact_windows[0]",
+        "rule_set.attempt_rules[0].max_attempts",
+        "rule_set.attempt_rules[0]",
+        "rule_set.default_time_zone",
+    } <= fields
