@@ -5,7 +5,8 @@ Layout (tenant as a cluster hash tag, so one tenant's keys share a shard):
   mask>:<expiry epoch ms, 0 = never>". Expiry is checked on read, so an entry stops
   counting at its instant with no sweep.
 - `cx:{t}:suppr:index` hash: list id → JSON {"campaigns": [...]} (empty: tenant-wide).
-- `cx:{t}:suppr:ready`: "1" while the tenant's mirror is complete; absent during a rebuild.
+- `cx:{t}:suppr:rebuilding`: present while the tenant's mirror is being rebuilt: readers
+  treat the tenant's suppression data as unavailable.
 - `cx:suppr:loaded`: set once every tenant's mirror has been built since Redis started. A
   reader that finds it missing must treat all data as unavailable (Redis was lost).
 A batch check is one pipeline: one HMGET per list and kind.
@@ -32,8 +33,8 @@ def index_key(tenant: str) -> str:
     return f"cx:{{{tenant}}}:suppr:index"
 
 
-def ready_key(tenant: str) -> str:
-    return f"cx:{{{tenant}}}:suppr:ready"
+def rebuilding_key(tenant: str) -> str:
+    return f"cx:{{{tenant}}}:suppr:rebuilding"
 
 
 def channel_mask(channels: Iterable[int]) -> int:
@@ -139,9 +140,10 @@ class SuppressionMirror:
 
     async def set_ready(self, tenant: str, ready: bool) -> None:
         if ready:
-            await self._redis.set(ready_key(tenant), "1")
+            await self._redis.delete(rebuilding_key(tenant))
         else:
-            await self._redis.delete(ready_key(tenant))
+            # Expires by itself if the rebuilding process dies: the next check rebuilds.
+            await self._redis.set(rebuilding_key(tenant), "1", ex=600)
 
     async def mark_loaded(self) -> None:
         await self._redis.set(LOADED_KEY, "1")

@@ -1,0 +1,144 @@
+"""Compliance's hot data in Redis: the tenant's rule sets and its contact attempts.
+
+- `cx:{t}:compliance:rules` hash: rule set id → base64 serialized RuleSet.
+- `cx:{t}:compliance:version`: incremented by every rule change; a replica whose compiled
+  rules carry another version reloads them before deciding (so a change reaches every
+  replica on its next decision).
+- `cx:compliance:loaded`: set once every tenant's rules are mirrored since Redis started;
+  missing means Redis lost them: decisions are denied until the rebuild.
+- Attempts: `cx:{t}:compliance:attempts:device:<address>` and `…:client:<id>` sorted sets
+  (member attempt id, score epoch ms) and `cx:{t}:compliance:attempt_results` hash (attempt
+  id → "<call result>:<channel>"). A second report of an attempt replaces the first.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from redis.asyncio import Redis
+
+from cxmesh.compliance.v1 import rule_set_pb2
+
+LOADED_KEY = "cx:compliance:loaded"
+# Attempts older than the longest attempt window (31 days) are dropped.
+ATTEMPT_RETENTION = timedelta(days=32)
+
+
+def rules_key(tenant: str) -> str:
+    return f"cx:{{{tenant}}}:compliance:rules"
+
+
+def version_key(tenant: str) -> str:
+    return f"cx:{{{tenant}}}:compliance:version"
+
+
+def attempts_key(tenant: str, scope: str, value: str) -> str:
+    return f"cx:{{{tenant}}}:compliance:attempts:{scope}:{value}"
+
+
+def results_key(tenant: str) -> str:
+    return f"cx:{{{tenant}}}:compliance:attempt_results"
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+class RulesMirror:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def put(self, tenant: str, rule_set: rule_set_pb2.RuleSet) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(rules_key(tenant), rule_set.name.removeprefix("ruleSets/"), _encode(rule_set))
+            pipe.incr(version_key(tenant))
+            await pipe.execute()
+
+    async def remove(self, tenant: str, rule_set_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(rules_key(tenant), rule_set_id)
+            pipe.incr(version_key(tenant))
+            await pipe.execute()
+
+    async def replace(self, tenant: str, rule_sets: Sequence[rule_set_pb2.RuleSet]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(rules_key(tenant))
+            for rule_set in rule_sets:
+                pipe.hset(
+                    rules_key(tenant), rule_set.name.removeprefix("ruleSets/"), _encode(rule_set)
+                )
+            pipe.incr(version_key(tenant))
+            await pipe.execute()
+
+    async def mark_loaded(self) -> None:
+        await self.redis.set(LOADED_KEY, "1")
+
+    async def is_loaded(self) -> bool:
+        return bool(await self.redis.exists(LOADED_KEY))
+
+    async def load(self, tenant: str) -> tuple[str, list[rule_set_pb2.RuleSet]]:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(version_key(tenant))
+            pipe.hgetall(rules_key(tenant))
+            version, encoded = await pipe.execute()
+        return str(version or "0"), [_decode(v) for v in encoded.values()]
+
+    async def record_attempt(
+        self,
+        tenant: str,
+        attempt_id: str,
+        devices: Sequence[str],
+        client_id: str,
+        call_result: int,
+        channel: int,
+        attempt_time: datetime,
+    ) -> bool:
+        """Stores or replaces an attempt; True when it was new. One script, so a second
+        report of the same attempt never counts twice, whatever interleaves."""
+        keys = [results_key(tenant), *(attempts_key(tenant, "device", d) for d in devices)]
+        if client_id:
+            keys.append(attempts_key(tenant, "client", client_id))
+        member = f"{attempt_id}|{call_result}|{channel}"
+        oldest = _ms(datetime.now(UTC) - ATTEMPT_RETENTION)
+        created = await self.redis.eval(  # type: ignore[misc]
+            _RECORD_ATTEMPT,
+            len(keys),
+            *keys,
+            attempt_id,
+            member,
+            _ms(attempt_time),
+            oldest,
+            int(ATTEMPT_RETENTION.total_seconds()),
+        )
+        return bool(created)
+
+
+# KEYS[1] results hash, KEYS[2..] sorted sets; ARGV: attempt id, member, score, oldest, ttl.
+_RECORD_ATTEMPT = """
+local previous = redis.call('HGET', KEYS[1], ARGV[1])
+local score = ARGV[3]
+for i = 2, #KEYS do
+  if previous then
+    local first = redis.call('ZSCORE', KEYS[i], previous)
+    if first then score = first end
+    redis.call('ZREM', KEYS[i], previous)
+  end
+end
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], score, ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[4])
+  redis.call('EXPIRE', KEYS[i], ARGV[5])
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if previous then return 0 else return 1 end
+"""
+
+
+def _encode(rule_set: rule_set_pb2.RuleSet) -> str:
+    return base64.b64encode(rule_set.SerializeToString()).decode()
+
+
+def _decode(value: str) -> rule_set_pb2.RuleSet:
+    return rule_set_pb2.RuleSet.FromString(base64.b64decode(value))
