@@ -84,6 +84,7 @@ class AttemptLimit:
 class CompiledRuleSet:
     name: str
     revision: int
+    campaigns: frozenset[str]
     channels: frozenset[int]
     week: Week
     overrides: tuple[Override, ...]
@@ -193,6 +194,7 @@ def compile_rule_set(message: rule_set_pb2.RuleSet) -> CompiledRuleSet:
     return CompiledRuleSet(
         name=message.name,
         revision=message.revision,
+        campaigns=frozenset(message.campaigns),
         channels=frozenset(message.channels),
         week=_week(list(message.contact_windows)),
         overrides=tuple(overrides),

@@ -1,0 +1,403 @@
+"""gRPC handlers of cxmesh.compliance.v1: rule sets (audited) and decisions."""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from cxmesh.compliance.v1 import (
+    decision_pb2,
+    decision_service_pb2,
+    decision_service_pb2_grpc,
+    rule_set_pb2,
+    rule_set_service_pb2,
+    rule_set_service_pb2_grpc,
+)
+from cxmesh.types.v1 import call_result_pb2, channel_pb2
+from cxmesh_server.compliance.domain.decide import Place, date_verdict, window_verdict
+from cxmesh_server.compliance.domain.rules import compile_rule_set, validate_rule_set
+from cxmesh_server.compliance.engine import DecisionEngine
+from cxmesh_server.compliance.mirror import RulesMirror
+from cxmesh_server.compliance.store import RuleSetStore
+from cxmesh_server.contacts.phones import PhoneError, normalize_phone
+from cxmesh_server.runtime import paging
+from cxmesh_server.runtime.context import GrpcContext, current_principal, current_tenant
+from cxmesh_server.runtime.convert import resource_id
+from cxmesh_server.runtime.errors import Aborted, FieldViolation, InvalidArgument, Validator
+
+MAX_BATCH = 1000
+# How far from now PreValidate accepts a decision time (only Explain looks elsewhere).
+NOW_TOLERANCE = timedelta(seconds=5)
+UPDATABLE = {
+    "display_name",
+    "campaigns",
+    "channels",
+    "contact_windows",
+    "window_overrides",
+    "blackout_dates",
+    "holiday_calendars",
+    "attempt_rules",
+    "suppression_lists",
+    "default_time_zone",
+}
+
+
+class RuleSetHandlers(rule_set_service_pb2_grpc.RuleSetServiceServicer):
+    def __init__(self, store: RuleSetStore) -> None:
+        self._store = store
+
+    async def CreateRuleSet(
+        self, request: rule_set_service_pb2.CreateRuleSetRequest, context: GrpcContext
+    ) -> rule_set_service_pb2.CreateRuleSetResponse:
+        check = Validator()
+        validate_rule_set(request.rule_set, check)
+        check.check()
+        principal = current_principal()
+        created = await self._store.create(
+            principal.tenant, principal.subject, request.rule_set, request.request_id
+        )
+        return rule_set_service_pb2.CreateRuleSetResponse(rule_set=created)
+
+    async def GetRuleSet(
+        self, request: rule_set_service_pb2.GetRuleSetRequest, context: GrpcContext
+    ) -> rule_set_service_pb2.GetRuleSetResponse:
+        rule_set_id = resource_id(request.name, "ruleSets", "name")
+        return rule_set_service_pb2.GetRuleSetResponse(
+            rule_set=await self._store.get(current_tenant(), rule_set_id)
+        )
+
+    async def ListRuleSets(
+        self, request: rule_set_service_pb2.ListRuleSetsRequest, context: GrpcContext
+    ) -> rule_set_service_pb2.ListRuleSetsResponse:
+        size = paging.page_size(request.page_size)
+        position = paging.decode_token(request.page_token)
+        offset = int(position[0]) if position else 0
+        rows = await self._store.list_rule_sets(current_tenant(), offset, size + 1)
+        token = paging.encode_token([offset + size]) if len(rows) > size else ""
+        return rule_set_service_pb2.ListRuleSetsResponse(
+            rule_sets=rows[:size], next_page_token=token
+        )
+
+    async def UpdateRuleSet(
+        self, request: rule_set_service_pb2.UpdateRuleSetRequest, context: GrpcContext
+    ) -> rule_set_service_pb2.UpdateRuleSetResponse:
+        rule_set_id = resource_id(request.rule_set.name, "ruleSets", "rule_set.name")
+        paths = set(request.update_mask.paths)
+        if "*" in paths:
+            paths = set(UPDATABLE)
+        check = Validator()
+        check.require(
+            bool(paths) and paths <= UPDATABLE,
+            "update_mask",
+            f"updatable fields: {sorted(UPDATABLE)}",
+        )
+        check.check()
+        principal = current_principal()
+        merged = await self._store.get(principal.tenant, rule_set_id)
+        for path in paths:
+            merged.ClearField(path)  # type: ignore[arg-type]
+            if path in ("display_name", "default_time_zone"):
+                setattr(merged, path, getattr(request.rule_set, path))
+            else:
+                getattr(merged, path).extend(getattr(request.rule_set, path))
+        validate_rule_set(merged, check)
+        check.check()
+        updated = await self._store.update(
+            principal.tenant, principal.subject, merged, request.rule_set.etag
+        )
+        return rule_set_service_pb2.UpdateRuleSetResponse(rule_set=updated)
+
+    async def DeleteRuleSet(
+        self, request: rule_set_service_pb2.DeleteRuleSetRequest, context: GrpcContext
+    ) -> rule_set_service_pb2.DeleteRuleSetResponse:
+        principal = current_principal()
+        await self._store.delete(
+            principal.tenant,
+            principal.subject,
+            resource_id(request.name, "ruleSets", "name"),
+            request.etag,
+        )
+        return rule_set_service_pb2.DeleteRuleSetResponse()
+
+    async def ListAuditEvents(
+        self, request: rule_set_service_pb2.ListAuditEventsRequest, context: GrpcContext
+    ) -> rule_set_service_pb2.ListAuditEventsResponse:
+        rule_set_id = resource_id(request.parent, "ruleSets", "parent")
+        size = paging.page_size(request.page_size)
+        position = paging.decode_token(request.page_token)
+        offset = int(position[0]) if position else 0
+        rows = await self._store.audit_events(current_tenant(), rule_set_id, offset, size + 1)
+        events = []
+        for row in rows[:size]:
+            event = rule_set_pb2.AuditEvent(
+                name=f"ruleSets/{rule_set_id}/auditEvents/{row['event_id']}", actor=row["actor"]
+            )
+            event.event_time.FromDatetime(row["event_time"])
+            if row["before"]:
+                event.before.ParseFromString(row["before"])
+            if row["after"]:
+                event.after.ParseFromString(row["after"])
+            events.append(event)
+        token = paging.encode_token([offset + size]) if len(rows) > size else ""
+        return rule_set_service_pb2.ListAuditEventsResponse(
+            audit_events=events, next_page_token=token
+        )
+
+
+def _check_request(
+    field: str, request: decision_pb2.DecisionRequest, check: Validator, *, any_time: bool = False
+) -> None:
+    check.require(bool(request.contact.address.strip()), f"{field}.contact.address", "is required")
+    zone = request.contact.time_zone
+    check.require(
+        not zone or zone in zoneinfo.available_timezones(),
+        f"{field}.contact.time_zone",
+        "must be an IANA zone",
+    )
+    if request.HasField("decision_time") and not any_time:
+        offset = abs(request.decision_time.ToDatetime(tzinfo=UTC) - datetime.now(UTC))
+        check.require(
+            offset <= NOW_TOLERANCE,
+            f"{field}.decision_time",
+            "PreValidate decides for now; use ExplainDecision for other times",
+        )
+
+
+# OCS call results by name (GSW_CALL_RESULT may carry a name or our enum's number).
+_RESULTS = {
+    name.removeprefix("CALL_RESULT_").replace("_", ""): value
+    for name, value in call_result_pb2.CallResult.items()
+}
+
+
+def _call_result(value: Any) -> int:
+    if isinstance(value, (int, float)) and int(value) in call_result_pb2.CallResult.values():
+        return int(value)
+    key = str(value).upper().replace("_", "").replace(" ", "")
+    if key.isdigit() and int(key) in call_result_pb2.CallResult.values():
+        return int(key)
+    return _RESULTS.get(key, call_result_pb2.CALL_RESULT_UNSPECIFIED)
+
+
+def _ocs_attributes(attributes: struct_pb2.Struct) -> dict[str, Any]:
+    return {k.upper(): v for k, v in json_format.MessageToDict(attributes).items()}
+
+
+def _ocs_contact(attributes: dict[str, Any]) -> decision_pb2.Contact:
+    zone = str(attributes.get("GSW_TZ_NAME", ""))
+    return decision_pb2.Contact(
+        address=str(attributes.get("GSW_PHONE", "")),
+        client_id=str(attributes.get("CLIENT_ID", attributes.get("GSW_CLIENT_ID", ""))),
+        # OCS time zone names are not always IANA names; those that are not are ignored.
+        time_zone=zone if zone in zoneinfo.available_timezones() else "",
+        postal_code=str(attributes.get("POSTAL_CODE", attributes.get("ZIP", ""))),
+        state_province=str(attributes.get("STATE", attributes.get("STATE_PROVINCE", ""))),
+    )
+
+
+class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
+    def __init__(self, engine: DecisionEngine, mirror: RulesMirror) -> None:
+        self._engine = engine
+        self._mirror = mirror
+
+    async def PreValidate(
+        self, request: decision_service_pb2.PreValidateRequest, context: GrpcContext
+    ) -> decision_service_pb2.PreValidateResponse:
+        check = Validator()
+        _check_request("decision_request", request.decision_request, check)
+        check.check()
+        (decision,) = await self._engine.decide(current_tenant(), [request.decision_request])
+        return decision_service_pb2.PreValidateResponse(decision=decision)
+
+    async def PreValidateBatch(
+        self, request: decision_service_pb2.PreValidateBatchRequest, context: GrpcContext
+    ) -> decision_service_pb2.PreValidateBatchResponse:
+        check = Validator()
+        check.require(
+            0 < len(request.decision_requests) <= MAX_BATCH,
+            "decision_requests",
+            f"1-{MAX_BATCH} requests",
+        )
+        for n, item in enumerate(request.decision_requests):
+            _check_request(f"decision_requests[{n}]", item, check)
+        check.check()
+        decisions = await self._engine.decide(current_tenant(), list(request.decision_requests))
+        return decision_service_pb2.PreValidateBatchResponse(decisions=decisions)
+
+    async def PreValidateStream(
+        self,
+        request_iterator: AsyncIterator[decision_service_pb2.PreValidateStreamRequest],
+        context: GrpcContext,
+    ) -> AsyncIterator[decision_service_pb2.PreValidateStreamResponse]:
+        tenant = current_tenant()
+        async for message in request_iterator:
+            check = Validator()
+            _check_request("decision_request", message.decision_request, check)
+            if check.violations:
+                decision = decision_pb2.Decision(
+                    allowed=False,
+                    denials=[
+                        decision_pb2.Denial(
+                            code=decision_pb2.DENIAL_CODE_INVALID_ADDRESS,
+                            reason="; ".join(
+                                f"{v.field}: {v.description}" for v in check.violations
+                            ),
+                        )
+                    ],
+                )
+            else:
+                (decision,) = await self._engine.decide(tenant, [message.decision_request])
+            yield decision_service_pb2.PreValidateStreamResponse(
+                correlation_id=message.correlation_id, decision=decision
+            )
+
+    async def RecordAttempts(
+        self, request: decision_service_pb2.RecordAttemptsRequest, context: GrpcContext
+    ) -> decision_service_pb2.RecordAttemptsResponse:
+        check = Validator()
+        check.require(0 < len(request.attempts) <= MAX_BATCH, "attempts", f"1-{MAX_BATCH} attempts")
+        prepared = []
+        for n, attempt in enumerate(request.attempts):
+            check.require(
+                0 < len(attempt.attempt_id) <= 128, f"attempts[{n}].attempt_id", "1-128 characters"
+            )
+            address = attempt.contact.address.strip()
+            if "@" not in address:
+                try:
+                    address = normalize_phone(address, attempt.contact.country or "US").e164
+                except PhoneError as error:
+                    check.require(False, f"attempts[{n}].contact.address", str(error))
+            else:
+                address = address.lower()
+            when = (
+                attempt.attempt_time.ToDatetime(tzinfo=UTC)
+                if attempt.HasField("attempt_time")
+                else datetime.now(UTC)
+            )
+            prepared.append((attempt, address, when))
+        check.check()
+        tenant = current_tenant()
+        new = 0
+        for attempt, address, when in prepared:
+            new += await self._mirror.record_attempt(
+                tenant,
+                attempt.attempt_id,
+                [address],
+                attempt.contact.client_id,
+                attempt.call_result,
+                attempt.channel or channel_pb2.CHANNEL_VOICE,
+                when,
+            )
+        return decision_service_pb2.RecordAttemptsResponse(new_attempt_count=new)
+
+    async def ExplainDecision(
+        self, request: decision_service_pb2.ExplainDecisionRequest, context: GrpcContext
+    ) -> decision_service_pb2.ExplainDecisionResponse:
+        check = Validator()
+        _check_request("decision_request", request.decision_request, check, any_time=True)
+        check.check()
+        when = (
+            request.decision_request.decision_time.ToDatetime(tzinfo=UTC)
+            if request.decision_request.HasField("decision_time")
+            else datetime.now(UTC)
+        )
+        tenant = current_tenant()
+        (decision,) = await self._engine.decide(tenant, [request.decision_request], now=when)
+        response = decision_service_pb2.ExplainDecisionResponse(
+            decision=decision,
+            time_zone_candidates=decision.time_zone.split(",") if decision.time_zone else [],
+        )
+        denied = {(d.source, d.code) for d in decision.denials}
+        _, messages = await self._mirror.load(tenant)
+        place = Place(zones=tuple(decision.time_zone.split(","))) if decision.time_zone else None
+        for message in messages:
+            compiled = compile_rule_set(message)
+            if place is not None:
+                window = window_verdict(compiled, place, when)
+                response.verdicts.add(
+                    rule=f"{compiled.name}#contact_windows",
+                    allowed=window is None,
+                    detail=window or "inside the windows in every candidate zone",
+                )
+                day = date_verdict(compiled, place, when)
+                response.verdicts.add(
+                    rule=f"{compiled.name}#dates",
+                    allowed=day is None,
+                    detail=day or "no blackout date or holiday",
+                )
+            for limit in compiled.attempt_limits:
+                source = f"{compiled.name}#attempt_rules[{limit.index}]"
+                blocked = (source, decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT) in denied
+                response.verdicts.add(
+                    rule=source,
+                    allowed=not blocked,
+                    detail=next(
+                        (d.reason for d in decision.denials if d.source == source),
+                        f"fewer than {limit.max_attempts} attempts",
+                    ),
+                )
+        for denial in decision.denials:
+            if denial.code in (
+                decision_pb2.DENIAL_CODE_SUPPRESSED,
+                decision_pb2.DENIAL_CODE_DATA_UNAVAILABLE,
+                decision_pb2.DENIAL_CODE_INVALID_ADDRESS,
+                decision_pb2.DENIAL_CODE_UNKNOWN_TIME_ZONE,
+            ):
+                response.verdicts.add(
+                    rule=denial.source or decision_pb2.DenialCode.Name(denial.code),
+                    allowed=False,
+                    detail=denial.reason,
+                )
+        return response
+
+    async def ValidateOcsRecord(
+        self, request: decision_service_pb2.ValidateOcsRecordRequest, context: GrpcContext
+    ) -> decision_service_pb2.ValidateOcsRecordResponse:
+        attributes = _ocs_attributes(request.attributes)
+        contact = _ocs_contact(attributes)
+        if not contact.address:
+            raise InvalidArgument([FieldViolation("GSW_PHONE", "is required")])
+        decision_request = decision_pb2.DecisionRequest(
+            contact=contact, campaign=str(attributes.get("GSW_CAMPAIGN_NAME", ""))
+        )
+        (decision,) = await self._engine.decide(current_tenant(), [decision_request])
+        if not decision.allowed:
+            # HTTP 409 through the edge: the dialer applies its treatments.
+            metadata = {
+                f"denial_{n}": f"{decision_pb2.DenialCode.Name(d.code)}: {d.reason}"
+                for n, d in enumerate(decision.denials)
+            }
+            if decision.HasField("next_allowed_time"):
+                metadata["next_allowed_time"] = decision.next_allowed_time.ToJsonString()
+            raise Aborted(
+                "do not dial: " + "; ".join(d.reason for d in decision.denials),
+                reason="DO_NOT_DIAL",
+                metadata=metadata,
+            )
+        return decision_service_pb2.ValidateOcsRecordResponse(decision=decision)
+
+    async def RecordOcsCallHistory(
+        self, request: decision_service_pb2.RecordOcsCallHistoryRequest, context: GrpcContext
+    ) -> decision_service_pb2.RecordOcsCallHistoryResponse:
+        attributes = _ocs_attributes(request.attributes)
+        check = Validator()
+        check.require(
+            bool(attributes.get("GSW_CALL_ATTEMPT_GUID")), "GSW_CALL_ATTEMPT_GUID", "is required"
+        )
+        check.require(bool(attributes.get("GSW_PHONE")), "GSW_PHONE", "is required")
+        check.check()
+        attempt = decision_pb2.Attempt(
+            attempt_id=str(attributes["GSW_CALL_ATTEMPT_GUID"]),
+            contact=_ocs_contact(attributes),
+            campaign=str(attributes.get("GSW_CAMPAIGN_NAME", "")),
+            channel=channel_pb2.CHANNEL_VOICE,
+            call_result=_call_result(attributes.get("GSW_CALL_RESULT", 0)),  # type: ignore[arg-type]
+        )
+        await self.RecordAttempts(
+            decision_service_pb2.RecordAttemptsRequest(attempts=[attempt]), context
+        )
+        return decision_service_pb2.RecordOcsCallHistoryResponse()

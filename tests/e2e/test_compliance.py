@@ -1,0 +1,316 @@
+"""Compliance through the edge: rule sets with audit, decisions from Redis, fail-closed,
+suppression from the lists service, attempts, OCS 200/409."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import httpx
+import pytest
+import redis
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cxmesh.compliance.v1 import (
+    decision_pb2,
+    decision_service_pb2,
+    decision_service_pb2_grpc,
+    rule_set_pb2,
+    rule_set_service_pb2,
+    rule_set_service_pb2_grpc,
+)
+from cxmesh.iam.v1 import api_key_pb2, api_key_service_pb2, api_key_service_pb2_grpc
+from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2, suppression_service_pb2_grpc
+from cxmesh.types.v1 import call_result_pb2
+from cxmesh_server.compliance.mirror import LOADED_KEY
+from cxmesh_server.runtime.devkeys import SigningKey
+from cxmesh_server.stack.datastores import EmbeddedRedis
+from cxmesh_server.stack.mesh import Mesh
+
+
+class Compliance:
+    def __init__(self, channel: grpc.Channel, token: str, tenant: str) -> None:
+        self.md = (("authorization", f"Bearer {token}"),)
+        self.token = token
+        self.tenant = tenant
+        self.rules = rule_set_service_pb2_grpc.RuleSetServiceStub(channel)
+        self.decisions = decision_service_pb2_grpc.DecisionServiceStub(channel)
+        self.suppression = suppression_service_pb2_grpc.SuppressionServiceStub(channel)
+        self.keys = api_key_service_pb2_grpc.ApiKeyServiceStub(channel)
+
+    def create(self, rule_set: rule_set_pb2.RuleSet) -> rule_set_pb2.RuleSet:
+        return self.rules.CreateRuleSet(
+            rule_set_service_pb2.CreateRuleSetRequest(rule_set=rule_set),
+            metadata=self.md,
+            timeout=10,
+        ).rule_set
+
+    def check(self, address: str, **contact: str) -> decision_pb2.Decision:
+        request = decision_pb2.DecisionRequest(
+            contact=decision_pb2.Contact(address=address, **contact)
+        )
+        return self.decisions.PreValidate(
+            decision_service_pb2.PreValidateRequest(decision_request=request),
+            metadata=self.md,
+            timeout=10,
+        ).decision
+
+    def explain(
+        self, address: str, moment: datetime, **contact: str
+    ) -> decision_service_pb2.ExplainDecisionResponse:
+        stamp = Timestamp()
+        stamp.FromDatetime(moment)
+        request = decision_pb2.DecisionRequest(
+            contact=decision_pb2.Contact(address=address, **contact), decision_time=stamp
+        )
+        return self.decisions.ExplainDecision(
+            decision_service_pb2.ExplainDecisionRequest(decision_request=request),
+            metadata=self.md,
+            timeout=10,
+        )
+
+
+def all_day(name: str = "all day", **fields: object) -> rule_set_pb2.RuleSet:
+    message = rule_set_pb2.RuleSet(display_name=name, **fields)  # type: ignore[arg-type]
+    window = message.contact_windows.add()
+    window.end_time.hours = 24
+    return message
+
+
+@pytest.fixture
+def compliance(mesh: Mesh, key: SigningKey, new_tenant: Callable[[], str]) -> Iterator[Compliance]:
+    tenant = new_tenant()
+    with grpc.insecure_channel(mesh.edge_target) as channel:
+        yield Compliance(channel, key.mint(tenant=tenant, roles=["admin"], subject="alice"), tenant)
+
+
+def test_rule_set_changes_are_versioned_and_audited(compliance: Compliance) -> None:
+    created = compliance.create(all_day("audited"))
+    assert created.revision == 1
+    updated = compliance.rules.UpdateRuleSet(
+        rule_set_service_pb2.UpdateRuleSetRequest(
+            rule_set=rule_set_pb2.RuleSet(
+                name=created.name, display_name="renamed", etag=created.etag
+            ),
+            update_mask=FieldMask(paths=["display_name"]),
+        ),
+        metadata=compliance.md,
+        timeout=10,
+    ).rule_set
+    assert (updated.revision, updated.display_name) == (2, "renamed")
+    events = compliance.rules.ListAuditEvents(
+        rule_set_service_pb2.ListAuditEventsRequest(parent=created.name),
+        metadata=compliance.md,
+        timeout=10,
+    ).audit_events
+    assert [(e.actor, e.before.display_name, e.after.display_name) for e in events] == [
+        ("alice", "audited", "renamed"),
+        ("alice", "", "audited"),
+    ]
+
+
+def test_invalid_rule_sets_are_400_with_field_violations(
+    compliance: Compliance, edge: httpx.Client
+) -> None:
+    response = edge.post(
+        "/v1/ruleSets",
+        json={
+            "displayName": "bad",
+            "contactWindows": [{"startTime": {"hours": 21}, "endTime": {"hours": 8}}],
+        },
+        headers={"authorization": f"Bearer {compliance.token}"},
+    )
+    assert response.status_code == 400
+    assert (
+        response.json()["details"][1]["fieldViolations"][0]["field"]
+        == "rule_set.contact_windows[0]"
+    )
+
+
+def test_the_default_window_and_dst_through_explain(compliance: Compliance) -> None:
+    # No rule set: the built-in 08:00–21:00. 2026-03-08 is the spring-forward day in New York.
+    explained = compliance.explain("+1 212 555 0101", datetime(2026, 3, 8, 11, 59, tzinfo=UTC))
+    assert not explained.decision.allowed
+    assert explained.decision.next_allowed_time.ToDatetime(tzinfo=UTC) == datetime(
+        2026, 3, 8, 12, 0, tzinfo=UTC
+    )
+    assert explained.decision.time_zone == "America/New_York"
+    assert compliance.explain(
+        "+1 212 555 0101", datetime(2026, 3, 8, 12, 0, tzinfo=UTC)
+    ).decision.allowed
+
+
+def test_suppression_entries_from_the_lists_service_deny_at_once(compliance: Compliance) -> None:
+    compliance.create(all_day())
+    assert compliance.check("+1 415 555 0101").allowed
+    dnc = compliance.suppression.CreateSuppressionList(
+        suppression_service_pb2.CreateSuppressionListRequest(
+            suppression_list=suppression_pb2.SuppressionList(display_name="dnc")
+        ),
+        metadata=compliance.md,
+        timeout=10,
+    ).suppression_list
+    compliance.suppression.CreateEmergencySuppressionEntry(
+        suppression_service_pb2.CreateEmergencySuppressionEntryRequest(
+            parent=dnc.name, entry=suppression_pb2.SuppressionEntry(phone_number="(415) 555-0101")
+        ),
+        metadata=compliance.md,
+        timeout=10,
+    )
+    decision = compliance.check("+1 415 555 0101")
+    assert [d.code for d in decision.denials] == [decision_pb2.DENIAL_CODE_SUPPRESSED]
+    assert decision.denials[0].source == dnc.name
+    assert compliance.check("+1 415 555 0102").allowed
+
+
+def test_attempts_count_once_per_attempt_id_and_limit_contacts(compliance: Compliance) -> None:
+    limited = all_day("two an hour")
+    rule = limited.attempt_rules.add(max_attempts=2)
+    rule.window.FromTimedelta(timedelta(hours=1))
+    compliance.create(limited)
+
+    def report(attempt_id: str) -> int:
+        attempt = decision_pb2.Attempt(
+            attempt_id=attempt_id,
+            contact=decision_pb2.Contact(address="+14155550111"),
+            call_result=call_result_pb2.CALL_RESULT_NO_ANSWER,
+        )
+        return compliance.decisions.RecordAttempts(
+            decision_service_pb2.RecordAttemptsRequest(attempts=[attempt]),
+            metadata=compliance.md,
+            timeout=10,
+        ).new_attempt_count
+
+    assert report("a1") == 1
+    assert report("a1") == 0  # the second report of an attempt replaces the first
+    assert compliance.check("+1 415 555 0111").allowed
+    assert report("a2") == 1
+    denied = compliance.check("+1 415 555 0111")
+    assert [d.code for d in denied.denials] == [decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT]
+    assert denied.HasField("next_allowed_time")
+
+
+def test_a_rule_change_applies_to_the_next_decision(compliance: Compliance) -> None:
+    created = compliance.create(all_day("changing"))
+    assert compliance.check("+1 415 555 0121").allowed
+    blackout = rule_set_pb2.BlackoutDate(reason="today")
+    today = datetime.now(UTC)
+    blackout.date.year, blackout.date.month, blackout.date.day = today.year, today.month, today.day
+    tomorrow = today + timedelta(days=1)
+    second = rule_set_pb2.BlackoutDate(reason="tomorrow")
+    second.date.year, second.date.month, second.date.day = (
+        tomorrow.year,
+        tomorrow.month,
+        tomorrow.day,
+    )
+    yesterday = today - timedelta(days=1)
+    third = rule_set_pb2.BlackoutDate(reason="yesterday")
+    third.date.year, third.date.month, third.date.day = (
+        yesterday.year,
+        yesterday.month,
+        yesterday.day,
+    )
+    compliance.rules.UpdateRuleSet(
+        rule_set_service_pb2.UpdateRuleSetRequest(
+            rule_set=rule_set_pb2.RuleSet(
+                name=created.name, blackout_dates=[third, blackout, second]
+            ),
+            update_mask=FieldMask(paths=["blackout_dates"]),
+        ),
+        metadata=compliance.md,
+        timeout=10,
+    )
+    denied = compliance.check("+1 415 555 0121", time_zone="UTC")
+    assert [d.code for d in denied.denials] == [decision_pb2.DENIAL_CODE_BLACKOUT_DATE]
+
+
+def test_fails_closed_while_the_mirror_is_lost_and_recovers_by_itself(
+    compliance: Compliance, redis_server: EmbeddedRedis
+) -> None:
+    compliance.create(all_day("recovering"))
+    assert compliance.check("+1 415 555 0131").allowed
+    client = redis.Redis(port=redis_server.port)
+    client.delete(LOADED_KEY)
+    denied = compliance.check("+1 415 555 0131")
+    assert [d.code for d in denied.denials] == [decision_pb2.DENIAL_CODE_DATA_UNAVAILABLE]
+    deadline = time.monotonic() + 15
+    while not compliance.check("+1 415 555 0131").allowed:
+        assert time.monotonic() < deadline, "compliance did not recover"
+        time.sleep(0.2)
+
+
+def test_ocs_pre_dial_validation_answers_200_to_dial_and_409_to_block(
+    compliance: Compliance, edge: httpx.Client
+) -> None:
+    compliance.create(all_day("ocs"))
+    key = compliance.keys.CreateApiKey(
+        api_key_service_pb2.CreateApiKeyRequest(
+            api_key=api_key_pb2.ApiKey(display_name="ocs", roles=["dialer"])
+        ),
+        metadata=compliance.md,
+        timeout=10,
+    ).key
+    dialer = {"x-api-key": key}
+    record = {
+        "GSW_PHONE": "4155550141",
+        "GSW_CAMPAIGN_NAME": "spring",
+        "GSW_ATTEMPTS": 0,
+        "GSW_CALL_ATTEMPT_GUID": "g-1",
+        "unknown_key": "ignored",
+    }
+    assert edge.post("/ocs/v1/validate", json=record, headers=dialer).status_code == 200
+    dnc = compliance.suppression.CreateSuppressionList(
+        suppression_service_pb2.CreateSuppressionListRequest(
+            suppression_list=suppression_pb2.SuppressionList(display_name="ocs dnc")
+        ),
+        metadata=compliance.md,
+        timeout=10,
+    ).suppression_list
+    compliance.suppression.CreateSuppressionEntries(
+        suppression_service_pb2.CreateSuppressionEntriesRequest(
+            parent=dnc.name, entries=[suppression_pb2.SuppressionEntry(phone_number="4155550141")]
+        ),
+        metadata=compliance.md,
+        timeout=10,
+    )
+    blocked = edge.post("/ocs/v1/validate", json=record, headers=dialer)
+    assert blocked.status_code == 409
+    assert "SUPPRESSED" in blocked.text
+    assert (
+        edge.post("/ocs/v1/validate", json={"GSW_CAMPAIGN_NAME": "x"}, headers=dialer).status_code
+        == 400
+    )
+    assert edge.post("/ocs/v1/validate", json=record).status_code == 401
+
+
+def test_ocs_call_history_feeds_attempt_rules_without_double_counting(
+    compliance: Compliance, edge: httpx.Client
+) -> None:
+    limited = all_day("one attempt")
+    rule = limited.attempt_rules.add(max_attempts=2)
+    rule.window.FromTimedelta(timedelta(hours=1))
+    compliance.create(limited)
+    headers = {"authorization": f"Bearer {compliance.token}"}
+    for sequence, result in ((0, None), (1, "Busy")):
+        body = {
+            "GSW_PHONE": "4155550151",
+            "GSW_CALL_ATTEMPT_GUID": "guid-1",
+            "GSW_OCS_SEQUENCE_NO": sequence,
+        }
+        if result:
+            body["GSW_CALL_RESULT"] = result
+        assert edge.post("/ocs/v1/history", json=body, headers=headers).status_code == 200
+    assert compliance.check("+1 415 555 0151").allowed  # one attempt, reported twice
+    edge.post(
+        "/ocs/v1/history",
+        json={
+            "GSW_PHONE": "4155550151",
+            "GSW_CALL_ATTEMPT_GUID": "guid-2",
+            "GSW_CALL_RESULT": "NoAnswer",
+        },
+        headers=headers,
+    )
+    assert not compliance.check("+1 415 555 0151").allowed
