@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import httpx
@@ -13,6 +14,7 @@ import pytest
 import redis
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cxmesh.compliance.v1 import (
     decision_pb2,
@@ -26,9 +28,10 @@ from cxmesh.iam.v1 import api_key_pb2, api_key_service_pb2, api_key_service_pb2_
 from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2, suppression_service_pb2_grpc
 from cxmesh.types.v1 import call_result_pb2
 from cxmesh_server.compliance.mirror import LOADED_KEY
+from cxmesh_server.mirrors.suppression import LOADED_KEY as SUPPRESSION_LOADED
 from cxmesh_server.runtime.devkeys import SigningKey
-from cxmesh_server.stack.datastores import EmbeddedRedis
-from cxmesh_server.stack.mesh import Mesh
+from cxmesh_server.stack.datastores import EmbeddedRedis, start_redis
+from cxmesh_server.stack.mesh import Mesh, wait_serving
 
 
 class Compliance:
@@ -314,3 +317,93 @@ def test_ocs_call_history_feeds_attempt_rules_without_double_counting(
         headers=headers,
     )
     assert not compliance.check("+1 415 555 0151").allowed
+
+
+def _decide_direct(target: str, compliance: Compliance, address: str) -> decision_pb2.Decision:
+    with grpc.insecure_channel(target) as channel:
+        request = decision_pb2.DecisionRequest(contact=decision_pb2.Contact(address=address))
+        return (
+            decision_service_pb2_grpc.DecisionServiceStub(channel)
+            .PreValidate(
+                decision_service_pb2.PreValidateRequest(decision_request=request),
+                metadata=compliance.md,
+                timeout=10,
+            )
+            .decision
+        )
+
+
+def test_two_replicas_see_a_rule_change_on_their_next_decision(
+    compliance: Compliance, mesh: Mesh
+) -> None:
+    created = compliance.create(all_day("replicated"))
+    replica = mesh.start_service("compliance")
+    target = f"127.0.0.1:{replica.port}"
+    try:
+        wait_serving(target, time.monotonic() + 60, replica)
+        assert _decide_direct(target, compliance, "+14155550161").allowed
+        today = datetime.now(UTC)
+        frozen = [rule_set_pb2.BlackoutDate(reason="freeze") for _ in range(3)]
+        for entry, day in zip(
+            frozen, (today - timedelta(days=1), today, today + timedelta(days=1)), strict=True
+        ):
+            entry.date.year, entry.date.month, entry.date.day = day.year, day.month, day.day
+        changed_at = time.monotonic()
+        compliance.rules.UpdateRuleSet(
+            rule_set_service_pb2.UpdateRuleSetRequest(
+                rule_set=rule_set_pb2.RuleSet(name=created.name, blackout_dates=frozen),
+                update_mask=FieldMask(paths=["blackout_dates"]),
+            ),
+            metadata=compliance.md,
+            timeout=10,
+        )
+        decision = _decide_direct(target, compliance, "+14155550161")
+        assert not decision.allowed, "the other replica did not see the change on its next decision"
+        assert time.monotonic() - changed_at < 1.0
+    finally:
+        replica.process.terminate()
+        replica.process.wait(20)
+        mesh.instances.remove(replica)
+
+
+def test_with_redis_unreachable_every_answer_is_deny_and_health_says_so(
+    compliance: Compliance, mesh: Mesh, state_dir: Path
+) -> None:
+    compliance.create(all_day("always"))
+    own_redis = start_redis(state_dir / "compliance-redis", persist=False)
+    replica = mesh.start_service("compliance", env={"CXMESH_REDIS_URL": own_redis.url})
+    target = f"127.0.0.1:{replica.port}"
+    try:
+        redis.Redis(port=own_redis.port).set(SUPPRESSION_LOADED, "1")  # as the lists service would
+        wait_serving(target, time.monotonic() + 60, replica)
+        assert _decide_direct(target, compliance, "+14155550171").allowed
+        port = own_redis.port
+        own_redis.stop()
+        denied = _decide_direct(target, compliance, "+14155550171")
+        assert [d.code for d in denied.denials] == [decision_pb2.DENIAL_CODE_DATA_UNAVAILABLE]
+        deadline = time.monotonic() + 10
+        while _health(target) == health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline, "health still says SERVING"
+            time.sleep(0.2)
+        own_redis = start_redis(state_dir / "compliance-redis", port, persist=False)
+        redis.Redis(port=port).set(SUPPRESSION_LOADED, "1")
+        deadline = time.monotonic() + 15
+        while not _decide_direct(
+            target, compliance, "+14155550171"
+        ).allowed:  # rules mirror rebuilt
+            assert time.monotonic() < deadline, "compliance did not recover"
+            time.sleep(0.2)
+        wait_serving(target, time.monotonic() + 10, replica)
+    finally:
+        replica.process.terminate()
+        replica.process.wait(20)
+        mesh.instances.remove(replica)
+        own_redis.stop()
+
+
+def _health(target: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+    return int(response.status)

@@ -12,6 +12,7 @@ from cxmesh_server.compliance.engine import DecisionEngine
 from cxmesh_server.compliance.handlers import DecisionHandlers, RuleSetHandlers
 from cxmesh_server.compliance.mirror import RulesMirror
 from cxmesh_server.compliance.store import RuleSetStore
+from cxmesh_server.mirrors.suppression import SuppressionMirror
 from cxmesh_server.runtime.server import Registration, Resources, ServiceProcess
 
 log = logging.getLogger(__name__)
@@ -37,22 +38,30 @@ async def build(resources: Resources) -> Sequence[Registration]:
     ]
 
 
-async def _keep_rules_loaded(store: RuleSetStore) -> None:
-    """Rebuilds the rules mirror whenever Redis has lost it (decisions deny meanwhile)."""
+async def _watch_data(store: RuleSetStore, resources: Resources) -> None:
+    """Health follows the data decisions need: NOT_SERVING while Redis is unreachable or a
+    mirror is missing (decisions deny meanwhile); the rules mirror is rebuilt when lost."""
+    serving = True
     while True:
         await asyncio.sleep(MIRROR_CHECK_SECONDS)
         try:
             if not await store.mirror.is_loaded():
                 log.warning("rules mirror missing; rebuilding from Postgres")
                 await store.rebuild_mirror()
+            healthy = await SuppressionMirror(resources.require_redis()).is_loaded()
         except Exception:
-            log.exception("rules mirror check failed; retrying")
+            log.warning("compliance data unavailable", exc_info=True)
+            healthy = False
+        if healthy != serving:
+            serving = healthy
+            log.warning("compliance health changed", extra={"serving": serving})
+            await resources.report_health(serving)
 
 
 async def on_start(resources: Resources) -> None:
     store = _store(resources)
     await store.rebuild_mirror()
-    task = asyncio.create_task(_keep_rules_loaded(store))
+    task = asyncio.create_task(_watch_data(store, resources))
     _background.add(task)
     task.add_done_callback(_background.discard)
 

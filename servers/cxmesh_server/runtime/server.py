@@ -44,6 +44,12 @@ class Resources:
     settings: ServiceSettings
     postgres: asyncpg.Pool | None = None
     redis: Redis | None = None
+    # Reports whether the process can do its job (grpc.health.v1); set by run_server.
+    set_serving: Callable[[bool], Awaitable[None]] | None = None
+
+    async def report_health(self, serving: bool) -> None:
+        if self.set_serving is not None:
+            await self.set_serving(serving)
 
     def require_postgres(self) -> asyncpg.Pool:
         if self.postgres is None:
@@ -127,10 +133,21 @@ async def run_server(settings: ServiceSettings, process: ServiceProcess) -> None
     if server.add_insecure_port(address) == 0:
         raise RuntimeError(f"cannot listen on {address}")
     await server.start()
+    served = ["", *api.service_names_of(process.name)]
+
+    async def set_serving(serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in served:
+            await health_servicer.set(name, status)
+
+    resources.set_serving = set_serving
     if process.on_start is not None:
         await process.on_start(resources)
-    for name in ["", *api.service_names_of(process.name)]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await set_serving(True)
     log.info("serving", extra={"address": address, "pid": os.getpid()})
 
     stop = asyncio.Event()

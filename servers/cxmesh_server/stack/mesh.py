@@ -82,7 +82,9 @@ class Mesh:
         )
         return env
 
-    def start_service(self, name: str, port: int | None = None) -> ServiceInstance:
+    def start_service(
+        self, name: str, port: int | None = None, env: Mapping[str, str] | None = None
+    ) -> ServiceInstance:
         port = port or free_port()
         metrics_port = free_port()
         replica = sum(1 for i in self.instances if i.name == name)
@@ -90,7 +92,7 @@ class Mesh:
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "cxmesh_server"],
-                env=self.service_env(name, port, metrics_port),
+                env={**self.service_env(name, port, metrics_port), **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
