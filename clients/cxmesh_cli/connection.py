@@ -27,11 +27,9 @@ class Connection:
 
 
 def _env_file(state_dir: Path) -> dict[str, str]:
-    path = state_dir / "demo.env"
-    if not path.exists():
-        return {}
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {k.strip(): v.strip() for k, v in pairs}
+    from cxmesh_server.stack.demo import read_env_file
+
+    return read_env_file(state_dir / "demo.env")
 
 
 def connect(edge_url: str | None, token: str | None, state_dir: Path) -> Connection:

@@ -407,3 +407,40 @@ def _health(target: str) -> int:
             health_pb2.HealthCheckRequest(), timeout=5
         )
     return int(response.status)
+
+
+def _daytime_zone() -> str:
+    """A zone where it is between 09:00 and 20:00 now, so the TCPA window is open."""
+    from zoneinfo import ZoneInfo
+
+    for zone in (
+        "America/New_York",
+        "Europe/London",
+        "Asia/Tokyo",
+        "Pacific/Honolulu",
+        "Asia/Kolkata",
+        "Pacific/Auckland",
+    ):
+        if 9 <= datetime.now(ZoneInfo(zone)).hour < 20:
+            return zone
+    raise AssertionError("no daytime zone in the list")
+
+
+def test_the_demo_seed_is_idempotent_and_serves_ocs(
+    mesh: Mesh, key: SigningKey, edge: httpx.Client
+) -> None:
+    from cxmesh_server.stack.demo import seed_demo
+
+    first = seed_demo(mesh, key)
+    second = seed_demo(mesh, key, first)
+    assert second["CXMESH_OCS_AUTH_HEADER"] == first["CXMESH_OCS_AUTH_HEADER"]  # the key is reused
+    name, _, value = first["CXMESH_OCS_AUTH_HEADER"].partition(": ")
+    url = first["CXMESH_OCS_VALIDATION_URL"].removeprefix(mesh.edge_url)
+    dial = edge.post(
+        url, json={"GSW_PHONE": "2125550100", "GSW_TZ_NAME": _daytime_zone()}, headers={name: value}
+    )
+    assert dial.status_code == 200, dial.text
+    block = edge.post(
+        url, json={"GSW_PHONE": first["CXMESH_DEMO_SUPPRESSED_NUMBER"]}, headers={name: value}
+    )
+    assert block.status_code == 409

@@ -1,25 +1,46 @@
-"""The demo tenant of `make run`, seeded idempotently through the public API."""
+"""The demo tenant of `make run`, seeded idempotently through the public API: the tenant,
+the default rule set (US TCPA window + Regulation F 7-in-7), a demo suppression list, and a
+dialer API key for the OCS pre-dial validation endpoints."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import grpc
+import httpx
 
-from cxmesh.iam.v1 import tenant_pb2, tenant_service_pb2, tenant_service_pb2_grpc
+from cxmesh.compliance.v1 import rule_set_pb2, rule_set_service_pb2, rule_set_service_pb2_grpc
+from cxmesh.iam.v1 import (
+    api_key_pb2,
+    api_key_service_pb2,
+    api_key_service_pb2_grpc,
+    tenant_pb2,
+    tenant_service_pb2,
+    tenant_service_pb2_grpc,
+)
+from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2, suppression_service_pb2_grpc
+from cxmesh_server.compliance.domain.rules import preset
 from cxmesh_server.runtime.devkeys import SigningKey
 from cxmesh_server.stack.mesh import Mesh
 
 DEMO_TENANT = "demo"
+DEMO_SUPPRESSED_NUMBER = "+12125550199"
 
 
-def seed_demo(mesh: Mesh, key: SigningKey) -> dict[str, str]:
-    """Creates the demo tenant if missing; returns the KEY=VALUE lines to publish."""
+def _metadata(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def seed_demo(
+    mesh: Mesh, key: SigningKey, previous: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Creates what is missing; returns the KEY=VALUE lines to publish."""
     operator = key.mint(tenant=DEMO_TENANT, roles=["platform-admin"], subject="make-run")
+    admin = key.mint(tenant=DEMO_TENANT, roles=["admin"], subject="demo-admin")
     with grpc.insecure_channel(mesh.edge_target) as channel:
-        tenants = tenant_service_pb2_grpc.TenantServiceStub(channel)
         try:
-            tenants.CreateTenant(
+            tenant_service_pb2_grpc.TenantServiceStub(channel).CreateTenant(
                 tenant_service_pb2.CreateTenantRequest(
                     tenant_id=DEMO_TENANT,
                     tenant=tenant_pb2.Tenant(
@@ -29,18 +50,91 @@ def seed_demo(mesh: Mesh, key: SigningKey) -> dict[str, str]:
                     ),
                     request_id="cxmesh-demo-tenant",
                 ),
-                metadata=(("authorization", f"Bearer {operator}"),),
+                metadata=_metadata(operator),
                 timeout=10,
             )
         except grpc.RpcError as error:
             if error.code() is not grpc.StatusCode.ALREADY_EXISTS:
                 raise
-    token = key.mint(tenant=DEMO_TENANT, roles=["admin"], subject="demo-admin")
-    return {"CXMESH_TENANT": DEMO_TENANT, "CXMESH_TOKEN": token}
+        rules = preset(rule_set_pb2.RULE_SET_PRESET_US_TCPA_REG_F)
+        rules.ClearField("name")
+        rule_set_service_pb2_grpc.RuleSetServiceStub(channel).CreateRuleSet(
+            rule_set_service_pb2.CreateRuleSetRequest(
+                rule_set=rules, request_id="cxmesh-demo-rules"
+            ),
+            metadata=_metadata(admin),
+            timeout=10,
+        )
+        suppression = suppression_service_pb2_grpc.SuppressionServiceStub(channel)
+        dnc = suppression.CreateSuppressionList(
+            suppression_service_pb2.CreateSuppressionListRequest(
+                suppression_list=suppression_pb2.SuppressionList(display_name="Demo do-not-call"),
+                request_id="cxmesh-demo-suppression",
+            ),
+            metadata=_metadata(admin),
+            timeout=10,
+        ).suppression_list
+        suppression.CreateSuppressionEntries(
+            suppression_service_pb2.CreateSuppressionEntriesRequest(
+                parent=dnc.name,
+                entries=[
+                    suppression_pb2.SuppressionEntry(
+                        phone_number=DEMO_SUPPRESSED_NUMBER, reason="demo"
+                    )
+                ],
+            ),
+            metadata=_metadata(admin),
+            timeout=10,
+        )
+        dialer_key = (previous or {}).get("CXMESH_OCS_AUTH_HEADER", "").removeprefix("x-api-key: ")
+        if not dialer_key or not _key_works(mesh, dialer_key):
+            dialer_key = (
+                api_key_service_pb2_grpc.ApiKeyServiceStub(channel)
+                .CreateApiKey(
+                    api_key_service_pb2.CreateApiKeyRequest(
+                        api_key=api_key_pb2.ApiKey(
+                            display_name="demo dialer (OCS)", roles=["dialer"]
+                        )
+                    ),
+                    metadata=_metadata(admin),
+                    timeout=10,
+                )
+                .key
+            )
+    return {
+        "CXMESH_TENANT": DEMO_TENANT,
+        "CXMESH_TOKEN": admin,
+        "CXMESH_OCS_VALIDATION_URL": f"{mesh.edge_url}/ocs/v1/validate",
+        "CXMESH_OCS_HISTORY_URL": f"{mesh.edge_url}/ocs/v1/history",
+        "CXMESH_OCS_AUTH_HEADER": f"x-api-key: {dialer_key}",
+        "CXMESH_DEMO_SUPPRESSED_NUMBER": DEMO_SUPPRESSED_NUMBER,
+    }
+
+
+def _key_works(mesh: Mesh, api_key: str) -> bool:
+    response = httpx.post(
+        f"{mesh.edge_url}/v1/echo",
+        json={"message": "ping"},
+        headers={"x-api-key": api_key},
+        timeout=5,
+    )
+    return response.status_code == 200
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    values = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = " ".join(shlex.split(value)) if value.strip() else ""
+    return values
 
 
 def write_env_file(path: Path, lines: dict[str, str]) -> Path:
+    """KEY=VALUE lines, quoted where needed, so the file can be sourced by a shell."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
-    path.write_text("".join(f"{name}={value}\n" for name, value in lines.items()))
+    path.write_text("".join(f"{name}={shlex.quote(value)}\n" for name, value in lines.items()))
     return path

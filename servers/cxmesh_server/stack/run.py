@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cxmesh_server.runtime.devkeys import ensure_dev_key
 from cxmesh_server.stack.datastores import start_postgres, start_redis
-from cxmesh_server.stack.demo import seed_demo, write_env_file
+from cxmesh_server.stack.demo import read_env_file, seed_demo, write_env_file
 from cxmesh_server.stack.mesh import REPO_ROOT, Mesh, MeshOptions
 from cxmesh_server.stack.ports import is_listening
 
@@ -77,7 +77,7 @@ def main() -> None:
             mesh.start(timeout=90)
             lines = {"CXMESH_EDGE_URL": mesh.edge_url}
             if os.environ.get("CXMESH_DEMO", "1") != "0":
-                lines |= seed_demo(mesh, key)
+                lines |= seed_demo(mesh, key, read_env_file(state / "demo.env"))
             env_file = write_env_file(state / "demo.env", lines)
             print(f"cxmesh ready in {time.monotonic() - started:.1f} s")
             for name, value in lines.items():
