@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from contextlib import ExitStack
 
-from bench import baselines, lists_import, runtime_overhead
+from bench import baselines, compliance_decisions, lists_import, runtime_overhead
 from bench.environment import Environment, start
 from bench.harness import Run, require_tool, save
 
@@ -15,6 +15,7 @@ GROUPS: dict[str, Callable[[Run, Environment], None]] = {
     baselines.GROUP: lambda run, env: None,
     runtime_overhead.GROUP: runtime_overhead.measure,
     lists_import.GROUP: lists_import.measure,
+    compliance_decisions.GROUP: compliance_decisions.measure,
 }
 
 
@@ -27,7 +28,7 @@ def main() -> None:
         require_tool(tool)
     run = Run()
     with ExitStack() as stack:
-        env = start(stack, services=("iam", "lists"))
+        env = start(stack, services=("iam", "lists", "compliance"))
         print("baselines")
         baselines.measure(run, env)
         for name in selected:

@@ -37,6 +37,7 @@ def h2load_grpc(
     connections: int = 4,
     streams: int = 16,
     warmup_seconds: int = 2,
+    rate_per_connection: int | None = None,
 ) -> LoadResult:
     """Unary gRPC calls over HTTP/2 with h2load; latencies from its per-request log."""
     h2load = require_tool("h2load")
@@ -67,6 +68,8 @@ def h2load_grpc(
         ]
         for name, value in (headers or {}).items():
             args += ["-H", f"{name}: {value}"]
+        if rate_per_connection is not None:
+            args += ["--rps", str(rate_per_connection)]
         output = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
         durations_ms = []
         statuses = set()

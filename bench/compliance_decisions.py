@@ -1,0 +1,233 @@
+"""Group `compliance`: pre-dial decisions against the baselines, with 1,000,000 suppression
+entries loaded."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import grpc
+from google.protobuf.field_mask_pb2 import FieldMask
+
+from bench.baselines import GROUP as BASELINE
+from bench.baselines import SECONDS
+from bench.data import dnc_file
+from bench.environment import Environment
+from bench.harness import Figure, Run
+from bench.lists_import import _file_messages
+from bench.load import h2load_grpc, wrk_post
+from cxmesh.compliance.v1 import (
+    decision_pb2,
+    decision_service_pb2,
+    decision_service_pb2_grpc,
+    rule_set_pb2,
+    rule_set_service_pb2,
+    rule_set_service_pb2_grpc,
+)
+from cxmesh.iam.v1 import (
+    api_key_pb2,
+    api_key_service_pb2,
+    api_key_service_pb2_grpc,
+    tenant_pb2,
+    tenant_service_pb2,
+    tenant_service_pb2_grpc,
+)
+from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2, suppression_service_pb2_grpc
+
+GROUP = "compliance"
+TENANT = "bench-compliance"
+PRE_VALIDATE = "/cxmesh.compliance.v1.DecisionService/PreValidate"
+PRE_VALIDATE_BATCH = "/cxmesh.compliance.v1.DecisionService/PreValidateBatch"
+
+
+def _contact(n: int) -> decision_pb2.DecisionRequest:
+    return decision_pb2.DecisionRequest(
+        contact=decision_pb2.Contact(
+            address=f"+1212{5550000 + n % 10000}", client_id=f"C{n}", postal_code="10001"
+        ),
+        campaign="campaigns/bench",
+    )
+
+
+def measure(run: Run, env: Environment) -> None:
+    admin = (("authorization", f"Bearer {env.token(TENANT)}"),)
+    operator = (
+        ("authorization", f"Bearer {env.key.mint(tenant=TENANT, roles=['platform-admin'])}"),
+    )
+    with grpc.insecure_channel(env.mesh.edge_target) as channel:
+        tenant_service_pb2_grpc.TenantServiceStub(channel).CreateTenant(
+            tenant_service_pb2.CreateTenantRequest(
+                tenant_id=TENANT, tenant=tenant_pb2.Tenant(display_name="bench")
+            ),
+            metadata=operator,
+        )
+        # Open all day so every decision does the full work; a 7-in-7 attempt rule as Reg F.
+        rules = rule_set_pb2.RuleSet(display_name="bench")
+        window = rules.contact_windows.add()
+        window.end_time.hours = 24
+        limit = rules.attempt_rules.add(
+            max_attempts=7, scope=rule_set_pb2.ATTEMPT_SCOPE_DEVICE_AND_CLIENT
+        )
+        limit.window.FromTimedelta(timedelta(days=7))
+        rule_set = (
+            rule_set_service_pb2_grpc.RuleSetServiceStub(channel)
+            .CreateRuleSet(
+                rule_set_service_pb2.CreateRuleSetRequest(rule_set=rules), metadata=admin
+            )
+            .rule_set
+        )
+        suppression = suppression_service_pb2_grpc.SuppressionServiceStub(channel)
+        dnc = suppression.CreateSuppressionList(
+            suppression_service_pb2.CreateSuppressionListRequest(
+                suppression_list=suppression_pb2.SuppressionList(display_name="national dnc")
+            ),
+            metadata=admin,
+        ).suppression_list
+        suppression.ImportDncFile(
+            _file_messages(  # type: ignore[arg-type]
+                suppression_service_pb2.ImportDncFileRequest(
+                    options=suppression_service_pb2.ImportDncFileOptions(
+                        parent=dnc.name,
+                        provider=suppression_pb2.SUPPRESSION_SOURCE_US_NATIONAL_DNC,
+                        kind=suppression_service_pb2.DNC_FILE_KIND_FULL,
+                    )
+                ),
+                dnc_file(),
+                suppression_service_pb2.ImportDncFileRequest,
+            ),
+            metadata=admin,
+            timeout=600,
+        )
+        dialer_key = (
+            api_key_service_pb2_grpc.ApiKeyServiceStub(channel)
+            .CreateApiKey(
+                api_key_service_pb2.CreateApiKeyRequest(
+                    api_key=api_key_pb2.ApiKey(display_name="bench", roles=["dialer"])
+                ),
+                metadata=admin,
+            )
+            .key
+        )
+        decisions = decision_service_pb2_grpc.DecisionServiceStub(channel)
+        check = decisions.PreValidate(
+            decision_service_pb2.PreValidateRequest(decision_request=_contact(1)), metadata=admin
+        )
+        assert check.decision.allowed, check
+
+        # How fast a rule change reaches decisions (every replica reads the version per call).
+        changed = time.perf_counter()
+        blocked = rule_set_pb2.RuleSet(
+            name=rule_set.name, display_name="bench", channels=[2]
+        )  # SMS only
+        rule_set_service_pb2_grpc.RuleSetServiceStub(channel).UpdateRuleSet(
+            rule_set_service_pb2.UpdateRuleSetRequest(
+                rule_set=blocked, update_mask=FieldMask(paths=["channels"])
+            ),
+            metadata=admin,
+        )
+        while (
+            decisions.PreValidate(
+                decision_service_pb2.PreValidateRequest(decision_request=_contact(1)),
+                metadata=admin,
+            )
+            .decision.rule_set_revisions[0]
+            .startswith(rule_set.name)
+        ):
+            pass
+        visible = time.perf_counter() - changed
+        rule_set_service_pb2_grpc.RuleSetServiceStub(channel).UpdateRuleSet(
+            rule_set_service_pb2.UpdateRuleSetRequest(
+                rule_set=rule_set_pb2.RuleSet(name=rule_set.name),
+                update_mask=FieldMask(paths=["channels"]),
+            ),
+            metadata=admin,
+        )
+    run.record(
+        Figure(
+            GROUP,
+            "rule_change_visible_seconds",
+            visible,
+            "s",
+            note="UpdateRuleSet returned → first decision under the new revision",
+        )
+    )
+
+    port = env.instance_port("compliance")
+    auth = {"authorization": f"Bearer {env.token(TENANT)}"}
+    unary = h2load_grpc(
+        f"http://127.0.0.1:{port}{PRE_VALIDATE}",
+        decision_service_pb2.PreValidateRequest(decision_request=_contact(7)),
+        headers=auth,
+        seconds=SECONDS,
+    )
+    how = "h2load -c4 -m16 PreValidate straight to the compliance process; 1M suppression entries loaded"
+    run.record(
+        Figure(
+            GROUP,
+            "prevalidate_rps",
+            unary.requests_per_second,
+            "req/s",
+            f"{BASELINE}.grpc_echo_rps",
+            note=how,
+        )
+    )
+    half = h2load_grpc(
+        f"http://127.0.0.1:{port}{PRE_VALIDATE}",
+        decision_service_pb2.PreValidateRequest(decision_request=_contact(7)),
+        headers=auth,
+        seconds=SECONDS,
+        rate_per_connection=max(1, int(unary.requests_per_second / 2 / 4)),
+    )
+    how = f"h2load -c4 at half the measured maximum ({half.requests_per_second:,.0f} req/s)"
+    run.record(
+        Figure(
+            GROUP,
+            "prevalidate_p99_ms_at_half_load",
+            half.p99_ms,
+            "ms",
+            f"{BASELINE}.grpc_echo_p99_ms",
+            note=how,
+        )
+    )
+    batch = decision_service_pb2.PreValidateBatchRequest(
+        decision_requests=[_contact(n) for n in range(1000)]
+    )
+    batched = h2load_grpc(
+        f"http://127.0.0.1:{port}{PRE_VALIDATE_BATCH}",
+        batch,
+        headers=auth,
+        seconds=SECONDS,
+        connections=2,
+        streams=2,
+    )
+    run.record(
+        Figure(
+            GROUP,
+            "prevalidate_batch_records_per_s",
+            batched.requests_per_second * 1000,
+            "records/s",
+            note="PreValidateBatch of 1,000 contacts, h2load -c2 -m2",
+        )
+    )
+    ocs = wrk_post(
+        f"{env.mesh.edge_url}/ocs/v1/validate",
+        '{"GSW_PHONE":"2125550007","GSW_CAMPAIGN_NAME":"campaigns/bench","POSTAL_CODE":"10001","GSW_ATTEMPTS":0}',
+        headers={"content-type": "application/json", "x-api-key": dialer_key},
+        seconds=SECONDS,
+    )
+    how = "wrk -c16 POST /ocs/v1/validate through Envoy with a dialer API key"
+    run.record(
+        Figure(
+            GROUP,
+            "ocs_validate_rps",
+            ocs.requests_per_second,
+            "req/s",
+            f"{BASELINE}.rest_echo_rps",
+            note=how,
+        )
+    )
+    run.record(
+        Figure(
+            GROUP, "ocs_validate_p99_ms", ocs.p99_ms, "ms", f"{BASELINE}.rest_echo_p99_ms", note=how
+        )
+    )
