@@ -33,6 +33,7 @@ from cxmesh.iam.v1 import (
     tenant_service_pb2_grpc,
 )
 from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2, suppression_service_pb2_grpc
+from cxmesh.types.v1 import channel_pb2
 
 GROUP = "compliance"
 TENANT = "bench-compliance"
@@ -117,7 +118,7 @@ def measure(run: Run, env: Environment) -> None:
         # How fast a rule change reaches decisions (every replica reads the version per call).
         changed = time.perf_counter()
         blocked = rule_set_pb2.RuleSet(
-            name=rule_set.name, display_name="bench", channels=[2]
+            name=rule_set.name, display_name="bench", channels=[channel_pb2.CHANNEL_SMS]
         )  # SMS only
         rule_set_service_pb2_grpc.RuleSetServiceStub(channel).UpdateRuleSet(
             rule_set_service_pb2.UpdateRuleSetRequest(

@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -21,7 +22,7 @@ from cxmesh_server.compliance.domain.decide import AttemptHistory, Denial, Outco
 from cxmesh_server.compliance.domain.rules import CompiledRuleSet, compile_rule_set
 from cxmesh_server.compliance.mirror import LOADED_KEY as RULES_LOADED
 from cxmesh_server.compliance.mirror import RulesMirror, attempts_key, version_key
-from cxmesh_server.contacts.phones import PhoneError, normalize_phone
+from cxmesh_server.contacts.phones import Phone, PhoneError, normalize_phone
 from cxmesh_server.contacts.timezones import derive_time_zone
 from cxmesh_server.mirrors import suppression as suppression_mirror
 
@@ -92,7 +93,6 @@ class DecisionEngine:
         bindings = {list_id: json.loads(value)["campaigns"] for list_id, value in index.items()}
         subjects = [self._prepare(request, compiled, bindings) for request in requests]
         plan: list[tuple[str, str, list[str]]] = []
-        attempt_keys: list[str] = []
         async with self._redis.pipeline(transaction=False) as pipe:
             for list_id in sorted({name for s in subjects for name in s.suppression_lists}):
                 for kind in ("phone", "email", "client"):
@@ -107,11 +107,15 @@ class DecisionEngine:
                     if targets:
                         pipe.hmget(suppression_mirror.list_key(tenant, list_id, kind), targets)
                         plan.append((list_id, kind, targets))
-            for key in sorted({k for s in subjects for k in _attempt_keys(tenant, s)}):
-                pipe.zrangebyscore(
-                    key, int((now - timedelta(days=32)).timestamp() * 1000), "+inf", withscores=True
+            attempt_keys = sorted({k for s in subjects for k in _attempt_keys(tenant, s)})
+            if attempt_keys:
+                # One command for every attempt history of the batch, however many keys.
+                pipe.eval(
+                    _READ_ATTEMPTS,
+                    len(attempt_keys),
+                    *attempt_keys,
+                    int((now - timedelta(days=32)).timestamp() * 1000),
                 )
-                attempt_keys.append(key)
             replies = await pipe.execute()
         now_ms = int(now.timestamp() * 1000)
         hits: dict[tuple[str, str], dict[str, str]] = {}
@@ -119,7 +123,10 @@ class DecisionEngine:
             for target, value in zip(targets, reply, strict=True):
                 if value is not None:
                     hits.setdefault((kind, target), {})[list_id] = value
-        histories = dict(zip(attempt_keys, replies[len(plan) :], strict=True))
+        histories: dict[str, list[tuple[str, float]]] = {}
+        if attempt_keys:
+            for key, flat in zip(attempt_keys, replies[len(plan)], strict=True):
+                histories[key] = [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
         return [self._finish(s, hits, histories, tenant, now, now_ms) for s in subjects]
 
     async def _rule_sets(self, tenant: str, version: str) -> list[CompiledRuleSet]:
@@ -146,7 +153,7 @@ class DecisionEngine:
             subject.kind, subject.address = "email", raw.lower()
         else:
             try:
-                phone = normalize_phone(raw, contact.country or DEFAULT_REGION)
+                phone = _normalize(raw, contact.country or DEFAULT_REGION)
             except PhoneError as error:
                 subject.problem = Denial(decision_pb2.DENIAL_CODE_INVALID_ADDRESS, str(error), "")
                 return subject
@@ -251,6 +258,12 @@ class DecisionEngine:
         return decision
 
 
+@lru_cache(maxsize=200_000)
+def _normalize(raw: str, region: str) -> Phone:
+    """Dialers validate the same records again and again: parse each number once."""
+    return normalize_phone(raw, region)
+
+
 def _targets(subject: Subject, kind: str) -> list[str]:
     if subject.place is None:
         return []
@@ -297,3 +310,13 @@ def _unavailable(reason: str) -> decision_pb2.Decision:
             decision_pb2.Denial(code=decision_pb2.DENIAL_CODE_DATA_UNAVAILABLE, reason=reason)
         ],
     )
+
+
+# KEYS: attempt sorted sets; ARGV[1]: oldest score. Each key's members with their scores.
+_READ_ATTEMPTS = """
+local out = {}
+for i = 1, #KEYS do
+  out[i] = redis.call('ZRANGEBYSCORE', KEYS[i], ARGV[1], '+inf', 'WITHSCORES')
+end
+return out
+"""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zoneinfo
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,6 +23,7 @@ from cxmesh_server.compliance.engine import DecisionEngine
 from cxmesh_server.compliance.mirror import RulesMirror
 from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
+from cxmesh_server.contacts.timezones import valid_zones
 from cxmesh_server.runtime import paging
 from cxmesh_server.runtime.context import GrpcContext, current_principal, current_tenant
 from cxmesh_server.runtime.convert import resource_id
@@ -154,7 +154,7 @@ def _check_request(
     check.require(bool(request.contact.address.strip()), f"{field}.contact.address", "is required")
     zone = request.contact.time_zone
     check.require(
-        not zone or zone in zoneinfo.available_timezones(),
+        not zone or zone in valid_zones(),
         f"{field}.contact.time_zone",
         "must be an IANA zone",
     )
@@ -193,7 +193,7 @@ def _ocs_contact(attributes: dict[str, Any]) -> decision_pb2.Contact:
         address=str(attributes.get("GSW_PHONE", "")),
         client_id=str(attributes.get("CLIENT_ID", attributes.get("GSW_CLIENT_ID", ""))),
         # OCS time zone names are not always IANA names; those that are not are ignored.
-        time_zone=zone if zone in zoneinfo.available_timezones() else "",
+        time_zone=zone if zone in valid_zones() else "",
         postal_code=str(attributes.get("POSTAL_CODE", attributes.get("ZIP", ""))),
         state_province=str(attributes.get("STATE", attributes.get("STATE_PROVINCE", ""))),
     )

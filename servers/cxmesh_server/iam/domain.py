@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import zoneinfo
 from dataclasses import dataclass
 from datetime import datetime
 
 import phonenumbers
 
+from cxmesh_server.contacts.timezones import valid_zones
 from cxmesh_server.runtime.errors import Validator
 from cxmesh_server.runtime.roles import API_KEY_ROLES
 
@@ -47,7 +47,7 @@ def validate_tenant(tenant: Tenant) -> None:
         0 < len(tenant.display_name) <= 128, "tenant.display_name", "must be 1-128 characters"
     )
     check.require(
-        tenant.default_time_zone in zoneinfo.available_timezones(),
+        tenant.default_time_zone in valid_zones(),
         "tenant.default_time_zone",
         "must be an IANA time zone such as America/New_York",
     )

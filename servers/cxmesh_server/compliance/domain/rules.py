@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import zoneinfo
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 from cxmesh.compliance.v1 import rule_set_pb2
 from cxmesh.types.v1 import call_result_pb2, channel_pb2
+from cxmesh_server.contacts.timezones import valid_zones
 from cxmesh_server.runtime.errors import Validator
 
 DAY_SECONDS = 24 * 3600
@@ -156,7 +156,7 @@ def validate_rule_set(
             )
     zone = message.default_time_zone
     check.require(
-        not zone or zone in zoneinfo.available_timezones(),
+        not zone or zone in valid_zones(),
         f"{prefix}.default_time_zone",
         "must be an IANA zone",
     )
