@@ -13,11 +13,10 @@ from cxmesh_server.compliance.handlers import DecisionHandlers, RuleSetHandlers
 from cxmesh_server.compliance.mirror import RulesMirror
 from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.mirrors.suppression import SuppressionMirror
-from cxmesh_server.runtime.server import Registration, Resources, ServiceProcess
+from cxmesh_server.runtime.server import Registration, Resources, ServiceProcess, start_background
 
 log = logging.getLogger(__name__)
 MIRROR_CHECK_SECONDS = 1.0
-_background: set[asyncio.Task[None]] = set()
 
 
 def _store(resources: Resources) -> RuleSetStore:
@@ -61,9 +60,7 @@ async def _watch_data(store: RuleSetStore, resources: Resources) -> None:
 async def on_start(resources: Resources) -> None:
     store = _store(resources)
     await store.rebuild_mirror()
-    task = asyncio.create_task(_watch_data(store, resources))
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+    start_background(_watch_data(store, resources))
 
 
 PROCESS = ServiceProcess(

@@ -6,11 +6,10 @@ import asyncio
 import logging
 import multiprocessing
 import os
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from cxmesh.lists.v1 import (
     contact_list_service_pb2_grpc,
@@ -28,12 +27,11 @@ from cxmesh_server.lists.store import ListsStore
 from cxmesh_server.lists.suppression_handlers import SuppressionHandlers
 from cxmesh_server.lists.suppression_store import SuppressionStore
 from cxmesh_server.mirrors.suppression import SuppressionMirror
-from cxmesh_server.runtime.server import Registration, Resources, ServiceProcess
+from cxmesh_server.runtime.server import Registration, Resources, ServiceProcess, start_background
 
 log = logging.getLogger(__name__)
 
 MIRROR_CHECK_SECONDS = 2.0
-_background: set[asyncio.Task[None]] = set()
 
 
 def _suppression(resources: Resources) -> SuppressionStore:
@@ -55,7 +53,9 @@ async def build(resources: Resources) -> Sequence[Registration]:
     importer = Importer(pool, SuppressionMirror(resources.require_redis()), executor)
     import_handlers = ImportHandlers(lists, ImportsStore(pool), importer, Path(settings.spool_dir))
     if settings.drop_dir is not None:
-        _start(DropFolder(Path(settings.drop_dir), import_handlers, Path(settings.spool_dir)).run())
+        start_background(
+            DropFolder(Path(settings.drop_dir), import_handlers, Path(settings.spool_dir)).run()
+        )
     return [
         (
             contact_list_service_pb2_grpc.add_ContactListServiceServicer_to_server,
@@ -103,18 +103,12 @@ async def _sweep_interrupted_imports(imports: ImportsStore, every: float) -> Non
 async def on_start(resources: Resources) -> None:
     store = _suppression(resources)
     await rebuild_all_mirrors(store)
-    _start(_keep_mirror_loaded(store))
-    _start(
+    start_background(_keep_mirror_loaded(store))
+    start_background(
         _sweep_interrupted_imports(
             ImportsStore(resources.require_postgres()), resources.settings.import_sweep_seconds
         )
     )
-
-
-def _start(loop: Coroutine[Any, Any, None]) -> None:
-    task = asyncio.create_task(loop)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
 
 
 PROCESS = ServiceProcess(

@@ -11,6 +11,7 @@ from cxmesh.lists.v1 import suppression_service_pb2 as pb
 from cxmesh_server.lists.suppression_store import EntryRow, SuppressionStore
 
 BATCH = 20_000
+REASON = "national DNC registry"
 _NANP = re.compile(r"^[2-9]\d{2}[2-9]\d{6}$")
 
 
@@ -50,8 +51,8 @@ async def load_dnc_file(
 ) -> pb.ImportSuppressionEntriesResponse:
     result = pb.ImportSuppressionEntriesResponse()
 
-    async def batches() -> AsyncIterator[list[EntryRow]]:
-        batch: list[EntryRow] = []
+    async def batches() -> AsyncIterator[list[str]]:
+        batch: list[str] = []
         seen: set[str] = set()  # registry files should not repeat a number; if one does, once
         async for number, line in lines:
             result.lines_read += 1
@@ -64,7 +65,7 @@ async def load_dnc_file(
             if e164 in seen:
                 continue
             seen.add(e164)
-            batch.append(EntryRow("phone", e164, [], None, False, "national DNC registry"))
+            batch.append(e164)
             if len(batch) >= BATCH:
                 yield batch
                 batch = []
@@ -72,14 +73,16 @@ async def load_dnc_file(
             yield batch
 
     if kind == pb.DNC_FILE_KIND_FULL:
-        result.entries_added = await store.replace_all(tenant, list_id, batches())
+        result.entries_added = await store.replace_all(tenant, list_id, "phone", batches(), REASON)
     elif kind == pb.DNC_FILE_KIND_ADDITIONS:
         async for batch in batches():
-            await store.upsert_entries(tenant, list_id, batch)
+            await store.upsert_entries(
+                tenant,
+                list_id,
+                [EntryRow("phone", e164, [], None, False, REASON) for e164 in batch],
+            )
             result.entries_added += len(batch)
     else:
         async for batch in batches():
-            result.entries_removed += await store.delete_entries(
-                tenant, list_id, {"phone": [e.target for e in batch]}
-            )
+            result.entries_removed += await store.delete_entries(tenant, list_id, {"phone": batch})
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2_grpc
 from cxmesh.lists.v1 import suppression_service_pb2 as pb
@@ -182,12 +183,7 @@ class SuppressionHandlers(suppression_service_pb2_grpc.SuppressionServiceService
         request_iterator: AsyncIterator[pb.ImportSuppressionEntriesRequest],
         context: GrpcContext,
     ) -> pb.ImportSuppressionEntriesResponse:
-        first = await anext(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "options":
-            raise InvalidArgument(
-                [FieldViolation("options", "the first message must carry the options")]
-            )
-        options = first.options
+        options = await _options(request_iterator)
         list_id = resource_id(options.parent, "suppressionLists", "options.parent")
         kind = KIND_OF_TYPE.get(options.target_type)
         if kind is None:
@@ -222,12 +218,7 @@ class SuppressionHandlers(suppression_service_pb2_grpc.SuppressionServiceService
     async def ImportDncFile(
         self, request_iterator: AsyncIterator[pb.ImportDncFileRequest], context: GrpcContext
     ) -> pb.ImportDncFileResponse:
-        first = await anext(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "options":
-            raise InvalidArgument(
-                [FieldViolation("options", "the first message must carry the options")]
-            )
-        options = first.options
+        options = await _options(request_iterator)
         list_id = resource_id(options.parent, "suppressionLists", "options.parent")
         check = Validator()
         check.require(
@@ -247,6 +238,16 @@ class SuppressionHandlers(suppression_service_pb2_grpc.SuppressionServiceService
     ) -> pb.RebuildSuppressionMirrorResponse:
         count = await self._store.rebuild_mirror(current_tenant())
         return pb.RebuildSuppressionMirrorResponse(entry_count=count)
+
+
+async def _options(request_iterator: AsyncIterator[Any]) -> Any:
+    """The options every file upload of this service starts with."""
+    first = await anext(request_iterator, None)
+    if first is None or first.WhichOneof("part") != "options":
+        raise InvalidArgument(
+            [FieldViolation("options", "the first message must carry the options")]
+        )
+    return first.options
 
 
 async def _lines(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -206,17 +206,14 @@ class SuppressionStore:
         return [_entry(r) for r in rows]
 
     async def replace_all(
-        self, tenant: str, list_id: str, batches: AsyncIterable[list[EntryRow]]
+        self, tenant: str, list_id: str, kind: str, batches: AsyncIterable[list[str]], reason: str
     ) -> int:
-        """A full load (a DNC full file): the list becomes exactly these entries, in Postgres
-        in one transaction and in Redis by swapping a staged copy in, so neither ever shows
-        a half-loaded list. Batches stream: memory stays bounded whatever the file size."""
-        staged: list[EntryRow] = []
-
-        async def mirrored() -> AsyncIterator[Entry]:
-            for entry in staged:
-                yield mirror_entry(entry)
-
+        """A full load (a DNC full file): the list becomes exactly these targets (every
+        channel, no expiry), in Postgres in one transaction and in Redis by swapping a staged
+        copy in, so neither ever shows a half-loaded list. Batches stream: memory stays
+        bounded whatever the file size."""
+        columns = ["tenant_id", "list_id", "target_type", "target", "channels_mask", "reason"]
+        target_type = TYPE_OF_KIND[kind]
         count = 0
         async with tenant_transaction(self.pool, tenant) as db:
             await self._get(db, list_id)
@@ -224,34 +221,11 @@ class SuppressionStore:
             staging = f"{list_id}.staging"
             await self.mirror.drop_list(tenant, staging)
             async for batch in batches:
-                await copy_into(
-                    db,
-                    "lists",
-                    "suppression_entries",
-                    [
-                        "tenant_id",
-                        "list_id",
-                        "target_type",
-                        "target",
-                        "channels_mask",
-                        "expire_time",
-                        "reason",
-                    ],
-                    [
-                        (
-                            tenant,
-                            list_id,
-                            TYPE_OF_KIND[e.kind],
-                            e.target,
-                            channel_mask(e.channels),
-                            e.expire_time,
-                            e.reason,
-                        )
-                        for e in batch
-                    ],
+                rows = [(tenant, list_id, target_type, target, 0, reason) for target in batch]
+                await copy_into(db, "lists", "suppression_entries", columns, rows)
+                count += await self.mirror.put_targets(
+                    tenant, staging, kind, batch, mask=0, expire_ms=None
                 )
-                staged[:] = batch
-                count += await self.mirror.put_entries(tenant, staging, mirrored())
             await self.mirror.swap_in(tenant, staging, list_id)
         return count
 

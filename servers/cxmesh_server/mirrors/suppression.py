@@ -94,6 +94,26 @@ class SuppressionMirror:
         await self._flush(tenant, list_id, batch)
         return count
 
+    async def put_targets(
+        self,
+        tenant: str,
+        list_id: str,
+        kind: str,
+        targets: Sequence[str],
+        *,
+        mask: int,
+        expire_ms: int | None,
+    ) -> int:
+        """Many targets with the same channels and expiry (a registry file): no per-entry
+        objects, one HSET per thousand targets."""
+        value = encode(mask, expire_ms)
+        key = list_key(tenant, list_id, kind)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for start in range(0, len(targets), _BATCH):
+                pipe.hset(key, mapping=dict.fromkeys(targets[start : start + _BATCH], value))
+            await pipe.execute()
+        return len(targets)
+
     async def _flush(self, tenant: str, list_id: str, batch: dict[str, dict[str, str]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for kind, fields in batch.items():

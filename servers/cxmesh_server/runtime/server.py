@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import signal
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,16 @@ class Resources:
             await self.postgres.close()
         if self.redis is not None:
             await self.redis.aclose()
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def start_background(loop: Coroutine[Any, Any, None]) -> None:
+    """Runs a service's background loop (mirror checks, sweeps) for the process's life."""
+    task = asyncio.create_task(loop)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 # Adds a servicer to a server: (add_XServicer_to_server, servicer instance).
