@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -21,7 +22,12 @@ from cxmesh.types.v1 import channel_pb2
 from cxmesh_server.compliance.domain.decide import AttemptHistory, Denial, Outcome, Place, decide
 from cxmesh_server.compliance.domain.rules import CompiledRuleSet, compile_rule_set
 from cxmesh_server.compliance.mirror import LOADED_KEY as RULES_LOADED
-from cxmesh_server.compliance.mirror import RulesMirror, attempts_key, version_key
+from cxmesh_server.compliance.mirror import (
+    attempts_key,
+    decode_rule_set,
+    rules_key,
+    version_key,
+)
 from cxmesh_server.contacts.phones import Phone, PhoneError, normalize_phone
 from cxmesh_server.contacts.timezones import derive_time_zone
 from cxmesh_server.mirrors import suppression as suppression_mirror
@@ -52,12 +58,19 @@ class Unavailable(Exception):
     pass
 
 
+@dataclass
+class _View:
+    rules_version: str
+    rule_sets: list[CompiledRuleSet]
+    index_version: str
+    bindings: dict[str, list[str]]
+
+
 class DecisionEngine:
-    def __init__(self, redis: Redis, rules: RulesMirror) -> None:
+    def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._rules = rules
-        # tenant → (rules version, compiled rule sets)
-        self._compiled: dict[str, tuple[str, list[CompiledRuleSet]]] = {}
+        # tenant → what its decisions are planned from, with the versions it was read at
+        self._views: dict[str, _View] = {}
 
     async def decide(
         self,
@@ -79,21 +92,38 @@ class DecisionEngine:
     async def _decide(
         self, tenant: str, requests: Sequence[decision_pb2.DecisionRequest], now: datetime
     ) -> list[decision_pb2.Decision]:
+        view = self._views.get(tenant) or await self._refresh(tenant)
+        # One round trip in the steady state: the lookups are planned from the cached rules
+        # and suppression index, and their versions are read in the same pipeline; if either
+        # moved, the answers are thrown away and planned again from fresh data.
+        for _ in range(3):
+            subjects = [
+                self._prepare(request, view.rule_sets, view.bindings) for request in requests
+            ]
+            plan, attempt_keys, replies = await self._read(tenant, subjects, now)
+            loaded, rebuilding, rules_version, index_version = replies[:4]
+            if loaded != 2:
+                raise Unavailable("the Redis mirrors are not loaded")
+            if rebuilding:
+                raise Unavailable("the suppression mirror is being rebuilt")
+            if (str(rules_version or "0"), str(index_version or "0")) == (
+                view.rules_version,
+                view.index_version,
+            ):
+                return self._conclude(tenant, subjects, plan, attempt_keys, replies[4:], now)
+            view = await self._refresh(tenant)
+        raise Unavailable("the compliance data kept changing while deciding")
+
+    async def _read(
+        self, tenant: str, subjects: list[Subject], now: datetime
+    ) -> tuple[list[tuple[str, str, list[str]]], list[str], list[Any]]:
+        plan: list[tuple[str, str, list[str]]] = []
+        attempt_keys = sorted({k for s in subjects for k in _attempt_keys(tenant, s)})
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.exists(suppression_mirror.LOADED_KEY, RULES_LOADED)
             pipe.exists(suppression_mirror.rebuilding_key(tenant))
             pipe.get(version_key(tenant))
-            pipe.hgetall(suppression_mirror.index_key(tenant))
-            loaded, rebuilding, version, index = await pipe.execute()
-        if loaded != 2:
-            raise Unavailable("the Redis mirrors are not loaded")
-        if rebuilding:
-            raise Unavailable("the suppression mirror is being rebuilt")
-        compiled = await self._rule_sets(tenant, str(version or "0"))
-        bindings = {list_id: json.loads(value)["campaigns"] for list_id, value in index.items()}
-        subjects = [self._prepare(request, compiled, bindings) for request in requests]
-        plan: list[tuple[str, str, list[str]]] = []
-        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(suppression_mirror.index_version_key(tenant))
             for list_id in sorted({name for s in subjects for name in s.suppression_lists}):
                 for kind in ("phone", "email", "client"):
                     targets = sorted(
@@ -107,7 +137,6 @@ class DecisionEngine:
                     if targets:
                         pipe.hmget(suppression_mirror.list_key(tenant, list_id, kind), targets)
                         plan.append((list_id, kind, targets))
-            attempt_keys = sorted({k for s in subjects for k in _attempt_keys(tenant, s)})
             if attempt_keys:
                 # One command for every attempt history of the batch, however many keys.
                 pipe.eval(
@@ -117,6 +146,17 @@ class DecisionEngine:
                     int((now - timedelta(days=32)).timestamp() * 1000),
                 )
             replies = await pipe.execute()
+        return plan, attempt_keys, list(replies)
+
+    def _conclude(
+        self,
+        tenant: str,
+        subjects: list[Subject],
+        plan: list[tuple[str, str, list[str]]],
+        attempt_keys: list[str],
+        replies: list[Any],
+        now: datetime,
+    ) -> list[decision_pb2.Decision]:
         now_ms = int(now.timestamp() * 1000)
         hits: dict[tuple[str, str], dict[str, str]] = {}
         for (list_id, kind, targets), reply in zip(plan, replies[: len(plan)], strict=True):
@@ -129,14 +169,22 @@ class DecisionEngine:
                 histories[key] = [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
         return [self._finish(s, hits, histories, tenant, now, now_ms) for s in subjects]
 
-    async def _rule_sets(self, tenant: str, version: str) -> list[CompiledRuleSet]:
-        cached = self._compiled.get(tenant)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        loaded_version, messages = await self._rules.load(tenant)
-        compiled = [compile_rule_set(m) for m in messages]
-        self._compiled[tenant] = (loaded_version, compiled)
-        return compiled
+    async def _refresh(self, tenant: str) -> _View:
+        """Reads the rules and the suppression index with their versions, atomically."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(version_key(tenant))
+            pipe.hgetall(rules_key(tenant))
+            pipe.get(suppression_mirror.index_version_key(tenant))
+            pipe.hgetall(suppression_mirror.index_key(tenant))
+            rules_version, encoded, index_version, index = await pipe.execute()
+        view = _View(
+            rules_version=str(rules_version or "0"),
+            rule_sets=[compile_rule_set(decode_rule_set(v)) for v in encoded.values()],
+            index_version=str(index_version or "0"),
+            bindings={list_id: json.loads(value)["campaigns"] for list_id, value in index.items()},
+        )
+        self._views[tenant] = view
+        return view
 
     def _prepare(
         self,

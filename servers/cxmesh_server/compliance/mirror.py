@@ -83,7 +83,7 @@ class RulesMirror:
             pipe.get(version_key(tenant))
             pipe.hgetall(rules_key(tenant))
             version, encoded = await pipe.execute()
-        return str(version or "0"), [_decode(v) for v in encoded.values()]
+        return str(version or "0"), [decode_rule_set(v) for v in encoded.values()]
 
     async def record_attempt(
         self,
@@ -140,5 +140,5 @@ def _encode(rule_set: rule_set_pb2.RuleSet) -> str:
     return base64.b64encode(rule_set.SerializeToString()).decode()
 
 
-def _decode(value: str) -> rule_set_pb2.RuleSet:
+def decode_rule_set(value: str) -> rule_set_pb2.RuleSet:
     return rule_set_pb2.RuleSet.FromString(base64.b64decode(value))

@@ -4,7 +4,9 @@ Layout (tenant as a cluster hash tag, so one tenant's keys share a shard):
 - `cx:{t}:suppr:{list}:{kind}` hash, kind ∈ phone | email | client: target → "<channels
   mask>:<expiry epoch ms, 0 = never>". Expiry is checked on read, so an entry stops
   counting at its instant with no sweep.
-- `cx:{t}:suppr:index` hash: list id → JSON {"campaigns": [...]} (empty: tenant-wide).
+- `cx:{t}:suppr:index` hash: list id → JSON {"campaigns": [...]} (empty: tenant-wide), and
+  `cx:{t}:suppr:index_version`, incremented with every change of the index, so a reader
+  may cache the index and check it is current in the same round trip as its lookups.
 - `cx:{t}:suppr:rebuilding`: present while the tenant's mirror is being rebuilt: readers
   treat the tenant's suppression data as unavailable.
 - `cx:suppr:loaded`: set once every tenant's mirror has been built since Redis started. A
@@ -31,6 +33,10 @@ def list_key(tenant: str, list_id: str, kind: str) -> str:
 
 def index_key(tenant: str) -> str:
     return f"cx:{{{tenant}}}:suppr:index"
+
+
+def index_version_key(tenant: str) -> str:
+    return f"cx:{{{tenant}}}:suppr:index_version"
 
 
 def rebuilding_key(tenant: str) -> str:
@@ -71,14 +77,16 @@ class SuppressionMirror:
         self._redis = redis
 
     async def put_list(self, tenant: str, list_id: str, campaigns: Sequence[str]) -> None:
-        await self._redis.hset(
-            index_key(tenant), list_id, json.dumps({"campaigns": list(campaigns)})
-        )
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(index_key(tenant), list_id, json.dumps({"campaigns": list(campaigns)}))
+            pipe.incr(index_version_key(tenant))
+            await pipe.execute()
 
     async def drop_list(self, tenant: str, list_id: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hdel(index_key(tenant), list_id)
             pipe.delete(*(list_key(tenant, list_id, kind) for kind in KINDS))
+            pipe.incr(index_version_key(tenant))
             await pipe.execute()
 
     async def put_entries(
