@@ -153,6 +153,33 @@ def measure(run: Run, env: Environment) -> None:
         )
     )
 
+    with grpc.insecure_channel(env.mesh.edge_target) as channel:
+        decisions = decision_service_pb2_grpc.DecisionServiceStub(channel)
+        suppression = suppression_service_pb2_grpc.SuppressionServiceStub(channel)
+        target = _contact(4242)
+        started = time.perf_counter()
+        suppression.CreateEmergencySuppressionEntry(
+            suppression_service_pb2.CreateEmergencySuppressionEntryRequest(
+                parent=dnc.name,
+                entry=suppression_pb2.SuppressionEntry(phone_number=target.contact.address),
+            ),
+            metadata=admin,
+        )
+        while decisions.PreValidate(
+            decision_service_pb2.PreValidateRequest(decision_request=target), metadata=admin
+        ).decision.allowed:
+            pass
+        emergency = time.perf_counter() - started
+    run.record(
+        Figure(
+            GROUP,
+            "emergency_suppression_visible_seconds",
+            emergency,
+            "s",
+            note="CreateEmergencySuppressionEntry called → first decision that denies",
+        )
+    )
+
     port = env.instance_port("compliance")
     auth = {"authorization": f"Bearer {env.token(TENANT)}"}
     unary = h2load_grpc(
