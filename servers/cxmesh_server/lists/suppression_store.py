@@ -92,6 +92,13 @@ class SuppressionStore:
         async with tenant_transaction(self.pool, tenant) as db:
             return await self._get(db, list_id)
 
+    async def _require(self, db: Db, list_id: str) -> None:
+        """Existence only: counting a large list's entries is for reads of the list itself."""
+        if not await db.fetchval(
+            "SELECT 1 FROM lists.suppression_lists WHERE list_id = $1", list_id
+        ):
+            raise NotFound(f"suppressionLists/{list_id} not found")
+
     async def _get(self, db: Db, list_id: str) -> SuppressionListRow:
         row = await db.fetchrow(
             """
@@ -143,7 +150,7 @@ class SuppressionStore:
         # One statement may not upsert a row twice: the last entry for a target wins.
         entries = list({(e.kind, e.target): e for e in entries}.values())
         async with tenant_transaction(self.pool, tenant) as db:
-            await self._get(db, list_id)
+            await self._require(db, list_id)
             rows = await db.fetch(
                 """
                 INSERT INTO lists.suppression_entries AS e
@@ -171,7 +178,7 @@ class SuppressionStore:
 
     async def delete_entries(self, tenant: str, list_id: str, targets: dict[str, list[str]]) -> int:
         async with tenant_transaction(self.pool, tenant) as db:
-            await self._get(db, list_id)
+            await self._require(db, list_id)
             deleted = 0
             for kind, values in targets.items():
                 if values:
@@ -189,7 +196,7 @@ class SuppressionStore:
         self, tenant: str, list_id: str, after: tuple[int, str], limit: int, show_expired: bool
     ) -> list[EntryRow]:
         async with tenant_transaction(self.pool, tenant) as db:
-            await self._get(db, list_id)
+            await self._require(db, list_id)
             rows = await db.fetch(
                 """
                 SELECT * FROM lists.suppression_entries
@@ -216,7 +223,7 @@ class SuppressionStore:
         target_type = TYPE_OF_KIND[kind]
         count = 0
         async with tenant_transaction(self.pool, tenant) as db:
-            await self._get(db, list_id)
+            await self._require(db, list_id)
             await db.execute("DELETE FROM lists.suppression_entries WHERE list_id = $1", list_id)
             staging = f"{list_id}.staging"
             await self.mirror.drop_list(tenant, staging)
