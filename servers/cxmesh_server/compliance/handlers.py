@@ -73,13 +73,11 @@ class RuleSetHandlers(rule_set_service_pb2_grpc.RuleSetServiceServicer):
     async def ListRuleSets(
         self, request: rule_set_service_pb2.ListRuleSetsRequest, context: GrpcContext
     ) -> rule_set_service_pb2.ListRuleSetsResponse:
-        size = paging.page_size(request.page_size)
-        position = paging.decode_token(request.page_token)
-        offset = int(position[0]) if position else 0
-        rows = await self._store.list_rule_sets(current_tenant(), offset, size + 1)
-        token = paging.encode_token([offset + size]) if len(rows) > size else ""
+        page = paging.offset_page(request.page_size, request.page_token)
+        rows = await self._store.list_rule_sets(current_tenant(), page.offset, page.limit)
+        token = page.next_token(len(rows))
         return rule_set_service_pb2.ListRuleSetsResponse(
-            rule_sets=rows[:size], next_page_token=token
+            rule_sets=rows[: page.size], next_page_token=token
         )
 
     async def UpdateRuleSet(
@@ -127,12 +125,12 @@ class RuleSetHandlers(rule_set_service_pb2_grpc.RuleSetServiceServicer):
         self, request: rule_set_service_pb2.ListAuditEventsRequest, context: GrpcContext
     ) -> rule_set_service_pb2.ListAuditEventsResponse:
         rule_set_id = resource_id(request.parent, "ruleSets", "parent")
-        size = paging.page_size(request.page_size)
-        position = paging.decode_token(request.page_token)
-        offset = int(position[0]) if position else 0
-        rows = await self._store.audit_events(current_tenant(), rule_set_id, offset, size + 1)
+        page = paging.offset_page(request.page_size, request.page_token)
+        rows = await self._store.audit_events(
+            current_tenant(), rule_set_id, page.offset, page.limit
+        )
         events = []
-        for row in rows[:size]:
+        for row in rows[: page.size]:
             event = rule_set_pb2.AuditEvent(
                 name=f"ruleSets/{rule_set_id}/auditEvents/{row['event_id']}", actor=row["actor"]
             )
@@ -142,7 +140,7 @@ class RuleSetHandlers(rule_set_service_pb2_grpc.RuleSetServiceServicer):
             if row["after"]:
                 event.after.ParseFromString(row["after"])
             events.append(event)
-        token = paging.encode_token([offset + size]) if len(rows) > size else ""
+        token = page.next_token(len(rows))
         return rule_set_service_pb2.ListAuditEventsResponse(
             audit_events=events, next_page_token=token
         )

@@ -243,13 +243,11 @@ class ImportHandlers(import_service_pb2_grpc.ImportServiceServicer):
     ) -> pb.ListImportsResponse:
         list_id = resource_id(request.parent, "contactLists", "parent")
         await self._lists.get_list(current_tenant(), list_id)
-        size = paging.page_size(request.page_size)
-        position = paging.decode_token(request.page_token)
-        offset = int(position[0]) if position else 0
-        rows = await self._imports.list_imports(current_tenant(), list_id, offset, size + 1)
-        token = paging.encode_token([offset + size]) if len(rows) > size else ""
+        page = paging.offset_page(request.page_size, request.page_token)
+        rows = await self._imports.list_imports(current_tenant(), list_id, page.offset, page.limit)
+        token = page.next_token(len(rows))
         return pb.ListImportsResponse(
-            imports=[import_message(r) for r in rows[:size]], next_page_token=token
+            imports=[import_message(r) for r in rows[: page.size]], next_page_token=token
         )
 
     async def WatchImport(
@@ -284,11 +282,11 @@ class ImportHandlers(import_service_pb2_grpc.ImportServiceServicer):
         self, request: pb.ListImportErrorsRequest, context: GrpcContext
     ) -> pb.ListImportErrorsResponse:
         list_id, import_id = import_ids(request.name)
-        size = paging.page_size(request.page_size, default=100)
-        position = paging.decode_token(request.page_token)
-        offset = int(position[0]) if position else 0
-        rows = await self._imports.errors(current_tenant(), list_id, import_id, offset, size + 1)
-        token = paging.encode_token([offset + size]) if len(rows) > size else ""
+        page = paging.offset_page(request.page_size, request.page_token, default=100)
+        rows = await self._imports.errors(
+            current_tenant(), list_id, import_id, page.offset, page.limit
+        )
+        token = page.next_token(len(rows))
         return pb.ListImportErrorsResponse(
             import_errors=[
                 import_pb2.ImportError(
@@ -298,7 +296,7 @@ class ImportHandlers(import_service_pb2_grpc.ImportServiceServicer):
                     reason=r["reason"],
                     message=r["message"],
                 )
-                for r in rows[:size]
+                for r in rows[: page.size]
             ],
             next_page_token=token,
         )
@@ -351,13 +349,11 @@ class ImportHandlers(import_service_pb2_grpc.ImportServiceServicer):
     async def ListSpecifications(
         self, request: pb.ListSpecificationsRequest, context: GrpcContext
     ) -> pb.ListSpecificationsResponse:
-        size = paging.page_size(request.page_size)
-        position = paging.decode_token(request.page_token)
-        offset = int(position[0]) if position else 0
-        rows = await self._imports.list_specifications(current_tenant(), offset, size + 1)
-        token = paging.encode_token([offset + size]) if len(rows) > size else ""
+        page = paging.offset_page(request.page_size, request.page_token)
+        rows = await self._imports.list_specifications(current_tenant(), page.offset, page.limit)
+        token = page.next_token(len(rows))
         return pb.ListSpecificationsResponse(
-            specifications=[_specification(r) for r in rows[:size]], next_page_token=token
+            specifications=[_specification(r) for r in rows[: page.size]], next_page_token=token
         )
 
     async def DeleteSpecification(

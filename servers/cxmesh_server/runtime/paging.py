@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from cxmesh_server.runtime.errors import FieldViolation, InvalidArgument
@@ -32,3 +33,32 @@ def decode_token(token: str) -> list[Any] | None:
     if not isinstance(position, list):
         raise InvalidArgument([FieldViolation("page_token", "is not a token this API issued")])
     return position
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetPage:
+    """A page read by offset: fetch `limit` rows (one more than the page) from `offset`."""
+
+    offset: int
+    size: int
+
+    @property
+    def limit(self) -> int:
+        return self.size + 1
+
+    def next_token(self, fetched: int) -> str:
+        """The token of the next page, empty when `fetched` shows this page is the last."""
+        return encode_token([self.offset + self.size]) if fetched > self.size else ""
+
+
+def offset_page(requested_size: int, token: str, *, default: int = 50) -> OffsetPage:
+    position = decode_token(token)
+    try:
+        offset = int(position[0]) if position else 0
+    except (TypeError, ValueError, IndexError) as exc:
+        raise InvalidArgument(
+            [FieldViolation("page_token", "is not a token this API issued")]
+        ) from exc
+    if offset < 0:
+        raise InvalidArgument([FieldViolation("page_token", "is not a token this API issued")])
+    return OffsetPage(offset, page_size(requested_size, default=default))
