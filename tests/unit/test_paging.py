@@ -31,3 +31,17 @@ def test_page_sizes_have_a_default_and_a_cap() -> None:
     assert paging.page_size(5000) == 1000
     with pytest.raises(InvalidArgument):
         paging.page_size(-1)
+
+
+def test_update_masks_name_updatable_fields_or_star() -> None:
+    from google.protobuf.field_mask_pb2 import FieldMask
+
+    from cxmesh_server.runtime.masks import update_paths
+
+    updatable = {"display_name", "description"}
+    assert update_paths(FieldMask(paths=["*"]), updatable) == updatable
+    assert update_paths(FieldMask(paths=["display_name"]), updatable) == {"display_name"}
+    for bad in ([], ["etag"]):
+        with pytest.raises(InvalidArgument) as caught:
+            update_paths(FieldMask(paths=bad), updatable)
+        assert caught.value.violations[0].field == "update_mask"

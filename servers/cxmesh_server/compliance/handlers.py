@@ -28,6 +28,7 @@ from cxmesh_server.runtime import paging
 from cxmesh_server.runtime.context import GrpcContext, current_principal, current_tenant
 from cxmesh_server.runtime.convert import resource_id
 from cxmesh_server.runtime.errors import Aborted, FieldViolation, InvalidArgument, Validator
+from cxmesh_server.runtime.masks import update_paths
 
 MAX_BATCH = 1000
 # How far from now PreValidate accepts a decision time (only Explain looks elsewhere).
@@ -84,16 +85,8 @@ class RuleSetHandlers(rule_set_service_pb2_grpc.RuleSetServiceServicer):
         self, request: rule_set_service_pb2.UpdateRuleSetRequest, context: GrpcContext
     ) -> rule_set_service_pb2.UpdateRuleSetResponse:
         rule_set_id = resource_id(request.rule_set.name, "ruleSets", "rule_set.name")
-        paths = set(request.update_mask.paths)
-        if "*" in paths:
-            paths = set(UPDATABLE)
+        paths = update_paths(request.update_mask, UPDATABLE)
         check = Validator()
-        check.require(
-            bool(paths) and paths <= UPDATABLE,
-            "update_mask",
-            f"updatable fields: {sorted(UPDATABLE)}",
-        )
-        check.check()
         principal = current_principal()
         merged = await self._store.get(principal.tenant, rule_set_id)
         for path in paths:

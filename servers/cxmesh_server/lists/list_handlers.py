@@ -17,6 +17,7 @@ from cxmesh_server.runtime import paging
 from cxmesh_server.runtime.context import GrpcContext, current_tenant
 from cxmesh_server.runtime.convert import resource_id
 from cxmesh_server.runtime.errors import FieldViolation, InvalidArgument, Validator
+from cxmesh_server.runtime.masks import update_paths
 
 LIST_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 CUSTOM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -119,12 +120,8 @@ class ContactListHandlers(contact_list_service_pb2_grpc.ContactListServiceServic
         self, request: pb.UpdateContactListRequest, context: GrpcContext
     ) -> pb.UpdateContactListResponse:
         list_id = resource_id(request.contact_list.name, "contactLists", "contact_list.name")
-        paths = set(request.update_mask.paths)
-        if "*" in paths:
-            paths = set(UPDATABLE)
+        paths = update_paths(request.update_mask, UPDATABLE)
         check = Validator()
-        check.require(bool(paths), "update_mask", "name the fields to change")
-        check.require(paths <= UPDATABLE, "update_mask", f"updatable fields: {sorted(UPDATABLE)}")
         new = request.contact_list
         current = await self._store.get_list(current_tenant(), list_id)
         validate_list_fields(
