@@ -34,6 +34,7 @@ from cxmesh.iam.v1 import (
 )
 from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2, suppression_service_pb2_grpc
 from cxmesh.types.v1 import channel_pb2
+from cxmesh_server.stack.mesh import wait_serving
 
 GROUP = "compliance"
 TENANT = "bench-compliance"
@@ -215,6 +216,31 @@ def measure(run: Run, env: Environment) -> None:
             "ms",
             f"{BASELINE}.grpc_echo_p99_ms",
             note=how,
+        )
+    )
+    # The same load on one compliance process running two workers (CXMESH_WORKERS=2, one per
+    # core, as deployed): the figure an operator gets from one pod of two cores.
+    workers = env.mesh.start_service("compliance", env={"CXMESH_WORKERS": "2"})
+    try:
+        wait_serving(f"127.0.0.1:{workers.port}", time.monotonic() + 60, workers)
+        two = h2load_grpc(
+            f"http://127.0.0.1:{workers.port}{PRE_VALIDATE}",
+            decision_service_pb2.PreValidateRequest(decision_request=_contact(7)),
+            headers=auth,
+            seconds=SECONDS,
+        )
+    finally:
+        workers.process.terminate()
+        workers.process.wait(timeout=30)
+    run.record(
+        Figure(
+            GROUP,
+            "prevalidate_rps_two_workers",
+            two.requests_per_second,
+            "req/s",
+            f"{BASELINE}.grpc_echo_rps",
+            note="h2load -c4 -m16 PreValidate to one compliance process with CXMESH_WORKERS=2 "
+            "(the baseline is one process)",
         )
     )
     batch = decision_service_pb2.PreValidateBatchRequest(

@@ -1,12 +1,18 @@
 """Decisions from Redis and in-process compiled rules: no Postgres on the hot path.
 
-A batch costs two Redis round trips: one for the markers, the rules version and the
-suppression index; one for every suppression lookup and attempt history of the batch.
+In the steady state a batch costs one Redis round trip: the lookups (suppression entries,
+attempt histories) are planned from the rules and suppression index cached in the
+process, and the markers and versions those were read at come back in the same pipeline;
+if a version moved, the answers are thrown away and planned again from fresh data.
 Anything that cannot be read with certainty denies with DATA_UNAVAILABLE.
+
+Live decisions of concurrent callers are coalesced (`Coalescer`): one read serves every
+request that arrived while the previous read was in flight.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +25,15 @@ from redis.exceptions import RedisError
 
 from cxmesh.compliance.v1 import decision_pb2, rule_set_pb2
 from cxmesh.types.v1 import channel_pb2
-from cxmesh_server.compliance.domain.decide import AttemptHistory, Denial, Outcome, Place, decide
+from cxmesh_server.compliance.coalescer import Coalescer
+from cxmesh_server.compliance.domain.decide import (
+    AttemptHistory,
+    Denial,
+    Place,
+    TimeVerdict,
+    decide,
+    time_verdict,
+)
 from cxmesh_server.compliance.domain.rules import CompiledRuleSet, compile_rule_set
 from cxmesh_server.compliance.mirror import LOADED_KEY as RULES_LOADED
 from cxmesh_server.compliance.mirror import (
@@ -28,7 +42,7 @@ from cxmesh_server.compliance.mirror import (
     rules_key,
     version_key,
 )
-from cxmesh_server.contacts.phones import Phone, PhoneError, normalize_phone
+from cxmesh_server.contacts.phones import PhoneError, normalize_phone
 from cxmesh_server.contacts.timezones import derive_time_zone
 from cxmesh_server.mirrors import suppression as suppression_mirror
 
@@ -36,34 +50,135 @@ DEFAULT_RULES = compile_rule_set(
     rule_set_pb2.RuleSet(name="ruleSets/builtin-default", display_name="default")
 )
 DEFAULT_REGION = "US"
-MIDNIGHT_LOOKBACK = timedelta(hours=50)
-
-
-@dataclass
-class Subject:
-    """One request, prepared: who, where, which rules, which keys to read."""
-
-    request: decision_pb2.DecisionRequest
-    channel: int
-    address: str = ""
-    kind: str = "phone"  # phone | email
-    place: Place | None = None
-    zone_label: str = ""
-    rule_sets: list[CompiledRuleSet] = field(default_factory=list)
-    suppression_lists: list[str] = field(default_factory=list)
-    problem: Denial | None = None
+# Attempts older than the longest attempt window are never read.
+ATTEMPT_LOOKBACK = timedelta(days=32)
+DEVICE_SCOPES = frozenset(
+    {
+        rule_set_pb2.ATTEMPT_SCOPE_DEVICE,
+        rule_set_pb2.ATTEMPT_SCOPE_DEVICE_AND_CLIENT,
+        rule_set_pb2.ATTEMPT_SCOPE_UNSPECIFIED,
+    }
+)
+CLIENT_SCOPES = frozenset(
+    {rule_set_pb2.ATTEMPT_SCOPE_CLIENT, rule_set_pb2.ATTEMPT_SCOPE_DEVICE_AND_CLIENT}
+)
 
 
 class Unavailable(Exception):
     pass
 
 
+# Profile numbers are never reused, so a cached time verdict can never outlive its rules.
+_profile_numbers = itertools.count()
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What every decision of one (campaign, channel) uses, worked out once per view."""
+
+    number: int  # identifies the profile in the time-verdict cache
+    rule_sets: tuple[CompiledRuleSet, ...]
+    revisions: tuple[str, ...]
+    default_zone: str
+    # Tenant-wide lists, lists bound to the campaign, lists the rules name.
+    suppression_lists: tuple[str, ...]
+    counts_devices: bool
+    counts_clients: bool
+    # zone label → the "allowed" decision, built once: shared, never to be modified
+    allowed: dict[str, decision_pb2.Decision] = field(default_factory=dict, compare=False)
+
+    def allowed_in(self, zone_label: str) -> decision_pb2.Decision:
+        decision = self.allowed.get(zone_label)
+        if decision is None:
+            decision = self.allowed[zone_label] = decision_pb2.Decision(
+                allowed=True, time_zone=zone_label, rule_set_revisions=self.revisions
+            )
+        return decision
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    place: Place
+    zone_label: str
+
+
+@dataclass(slots=True)
+class Subject:
+    """One request, prepared: what to read for it and what to decide it with."""
+
+    profile: Profile
+    channel: int
+    address: str = ""
+    kind: str = "phone"  # phone | email
+    client_id: str = ""
+    located: Located | None = None
+    problem: Denial | None = None
+
+
 @dataclass
 class _View:
+    """A tenant's rules and suppression index as read at two versions."""
+
     rules_version: str
     rule_sets: list[CompiledRuleSet]
     index_version: str
     bindings: dict[str, list[str]]
+    profiles: dict[tuple[str, int], Profile] = field(default_factory=dict)
+
+    def profile(self, campaign: str, channel: int) -> Profile:
+        key = (campaign, channel)
+        found = self.profiles.get(key)
+        if found is None:
+            found = self.profiles[key] = self._profile(campaign, channel)
+        return found
+
+    def _profile(self, campaign: str, channel: int) -> Profile:
+        compiled = self.rule_sets
+        bound = [r for r in compiled if campaign and campaign in r.campaigns]
+        chosen = bound or [r for r in compiled if not r.campaigns] or [DEFAULT_RULES]
+        rule_sets = tuple(r for r in chosen if r.applies_to(channel)) or (DEFAULT_RULES,)
+        named = {
+            s.removeprefix("suppressionLists/") for r in rule_sets for s in r.suppression_lists
+        }
+        scopes = {
+            limit.scope
+            for r in rule_sets
+            for limit in r.attempt_limits
+            if channel in limit.channels
+        }
+        return Profile(
+            number=next(_profile_numbers),
+            rule_sets=rule_sets,
+            revisions=tuple(f"{r.name}@{r.revision}" for r in rule_sets),
+            default_zone=next((r.default_time_zone for r in rule_sets if r.default_time_zone), ""),
+            suppression_lists=tuple(
+                sorted(
+                    list_id
+                    for list_id, campaigns in self.bindings.items()
+                    if not campaigns or campaign in campaigns or list_id in named
+                )
+            ),
+            counts_devices=bool(scopes & DEVICE_SCOPES),
+            counts_clients=bool(scopes & CLIENT_SCOPES),
+        )
+
+
+class _TimeVerdicts:
+    """Time verdicts of the current second by (profile, place): a dialer asks about many
+    contacts in the same zone each second, and the verdict is the same for all of them."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._verdicts: dict[tuple[int, Place], TimeVerdict] = {}
+
+    def get(self, profile: Profile, place: Place, now: datetime, second: int) -> TimeVerdict:
+        if second != self._second:
+            self._second, self._verdicts = second, {}
+        key = (profile.number, place)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._verdicts[key] = time_verdict(profile.rule_sets, place, now)
+        return verdict
 
 
 class DecisionEngine:
@@ -71,6 +186,8 @@ class DecisionEngine:
         self._redis = redis
         # tenant → what its decisions are planned from, with the versions it was read at
         self._views: dict[str, _View] = {}
+        self._time_verdicts = _TimeVerdicts()
+        self._live = Coalescer(self._decide_now)
 
     async def decide(
         self,
@@ -78,7 +195,19 @@ class DecisionEngine:
         requests: Sequence[decision_pb2.DecisionRequest],
         now: datetime | None = None,
     ) -> list[decision_pb2.Decision]:
-        now = now or datetime.now(UTC)
+        """Decisions for now (coalesced with concurrent callers), or for another instant."""
+        if now is None:
+            return await self._live.submit(tenant, requests)
+        return await self._decide_safely(tenant, requests, now)
+
+    async def _decide_now(
+        self, tenant: str, requests: Sequence[decision_pb2.DecisionRequest]
+    ) -> list[decision_pb2.Decision]:
+        return await self._decide_safely(tenant, requests, datetime.now(UTC))
+
+    async def _decide_safely(
+        self, tenant: str, requests: Sequence[decision_pb2.DecisionRequest], now: datetime
+    ) -> list[decision_pb2.Decision]:
         try:
             return await self._decide(tenant, requests, now)
         except (RedisError, Unavailable, OSError) as error:
@@ -93,13 +222,8 @@ class DecisionEngine:
         self, tenant: str, requests: Sequence[decision_pb2.DecisionRequest], now: datetime
     ) -> list[decision_pb2.Decision]:
         view = self._views.get(tenant) or await self._refresh(tenant)
-        # One round trip in the steady state: the lookups are planned from the cached rules
-        # and suppression index, and their versions are read in the same pipeline; if either
-        # moved, the answers are thrown away and planned again from fresh data.
         for _ in range(3):
-            subjects = [
-                self._prepare(request, view.rule_sets, view.bindings) for request in requests
-            ]
+            subjects = [_prepare(request, view) for request in requests]
             plan, attempt_keys, replies = await self._read(tenant, subjects, now)
             loaded, rebuilding, rules_version, index_version = replies[:4]
             if loaded != 2:
@@ -117,36 +241,37 @@ class DecisionEngine:
     async def _read(
         self, tenant: str, subjects: list[Subject], now: datetime
     ) -> tuple[list[tuple[str, str, list[str]]], list[str], list[Any]]:
-        plan: list[tuple[str, str, list[str]]] = []
-        attempt_keys = sorted({k for s in subjects for k in _attempt_keys(tenant, s)})
+        # (list id, kind) → targets to look up, in first-seen order without repeats
+        lookups: dict[tuple[str, str], dict[str, None]] = {}
+        attempt_keys: dict[str, None] = {}
+        for subject in subjects:
+            if subject.located is None:
+                continue
+            profile = subject.profile
+            for list_id in profile.suppression_lists:
+                lookups.setdefault((list_id, subject.kind), {})[subject.address] = None
+                if subject.client_id:
+                    lookups.setdefault((list_id, "client"), {})[subject.client_id] = None
+            for key in _limit_keys(tenant, subject, profile.counts_devices, profile.counts_clients):
+                attempt_keys[key] = None
+        plan = [(list_id, kind, list(targets)) for (list_id, kind), targets in lookups.items()]
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.exists(suppression_mirror.LOADED_KEY, RULES_LOADED)
             pipe.exists(suppression_mirror.rebuilding_key(tenant))
             pipe.get(version_key(tenant))
             pipe.get(suppression_mirror.index_version_key(tenant))
-            for list_id in sorted({name for s in subjects for name in s.suppression_lists}):
-                for kind in ("phone", "email", "client"):
-                    targets = sorted(
-                        {
-                            t
-                            for s in subjects
-                            if list_id in s.suppression_lists
-                            for t in _targets(s, kind)
-                        }
-                    )
-                    if targets:
-                        pipe.hmget(suppression_mirror.list_key(tenant, list_id, kind), targets)
-                        plan.append((list_id, kind, targets))
+            for list_id, kind, targets in plan:
+                pipe.hmget(suppression_mirror.list_key(tenant, list_id, kind), targets)
             if attempt_keys:
                 # One command for every attempt history of the batch, however many keys.
                 pipe.eval(
                     _READ_ATTEMPTS,
                     len(attempt_keys),
                     *attempt_keys,
-                    int((now - timedelta(days=32)).timestamp() * 1000),
+                    int((now - ATTEMPT_LOOKBACK).timestamp() * 1000),
                 )
             replies = await pipe.execute()
-        return plan, attempt_keys, list(replies)
+        return plan, list(attempt_keys), list(replies)
 
     def _conclude(
         self,
@@ -158,16 +283,58 @@ class DecisionEngine:
         now: datetime,
     ) -> list[decision_pb2.Decision]:
         now_ms = int(now.timestamp() * 1000)
-        hits: dict[tuple[str, str], dict[str, str]] = {}
-        for (list_id, kind, targets), reply in zip(plan, replies[: len(plan)], strict=True):
-            for target, value in zip(targets, reply, strict=True):
-                if value is not None:
-                    hits.setdefault((kind, target), {})[list_id] = value
+        # (list id, kind) → target → the entry's mirror value, for the targets found only
+        entries: dict[tuple[str, str], dict[str, str]] = {}
+        for (list_id, kind, targets), reply in zip(plan, replies, strict=False):
+            found = {t: v for t, v in zip(targets, reply, strict=True) if v is not None}
+            if found:
+                entries[(list_id, kind)] = found
         histories: dict[str, list[tuple[str, float]]] = {}
         if attempt_keys:
             for key, flat in zip(attempt_keys, replies[len(plan)], strict=True):
-                histories[key] = [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
-        return [self._finish(s, hits, histories, tenant, now, now_ms) for s in subjects]
+                if flat:
+                    histories[key] = [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
+        second = int(now.timestamp())
+        decisions = []
+        for subject in subjects:
+            located = subject.located
+            profile = subject.profile
+            if located is None:
+                problem = subject.problem or Denial(
+                    decision_pb2.DENIAL_CODE_DATA_UNAVAILABLE, "no place", ""
+                )
+                decisions.append(
+                    decision_pb2.Decision(
+                        allowed=False,
+                        denials=[_denial(problem)],
+                        rule_set_revisions=profile.revisions,
+                    )
+                )
+                continue
+            suppressed_by = _suppressed_by(subject, entries, now_ms) if entries else []
+            attempts = _attempts(tenant, subject, histories) if histories else []
+            timed = self._time_verdicts.get(profile, located.place, now, second)
+            if not suppressed_by and not attempts and not timed.denials:
+                decisions.append(profile.allowed_in(located.zone_label))
+                continue
+            outcome = decide(
+                profile.rule_sets,
+                located.place,
+                now,
+                suppressed_by=suppressed_by,
+                attempts=attempts,
+                time_rules=timed,
+            )
+            decision = decision_pb2.Decision(
+                allowed=outcome.allowed,
+                denials=[_denial(d) for d in outcome.denials],
+                time_zone=located.zone_label,
+                rule_set_revisions=profile.revisions,
+            )
+            if outcome.next_allowed is not None:
+                decision.next_allowed_time.FromDatetime(outcome.next_allowed)
+            decisions.append(decision)
+        return decisions
 
     async def _refresh(self, tenant: str) -> _View:
         """Reads the rules and the suppression index with their versions, atomically."""
@@ -186,165 +353,113 @@ class DecisionEngine:
         self._views[tenant] = view
         return view
 
-    def _prepare(
-        self,
-        request: decision_pb2.DecisionRequest,
-        compiled: list[CompiledRuleSet],
-        bindings: dict[str, list[str]],
-    ) -> Subject:
-        channel = request.channel or channel_pb2.CHANNEL_VOICE
-        subject = Subject(request=request, channel=channel)
-        contact = request.contact
-        raw = contact.address.strip()
-        phone_zones: tuple[str, ...] | None = None
-        if "@" in raw:
-            subject.kind, subject.address = "email", raw.lower()
-        else:
-            try:
-                phone = _normalize(raw, contact.country or DEFAULT_REGION)
-            except PhoneError as error:
-                subject.problem = Denial(decision_pb2.DENIAL_CODE_INVALID_ADDRESS, str(error), "")
-                return subject
-            subject.address, phone_zones = phone.e164, phone.time_zones
-        campaign = request.campaign
-        bound = [r for r in compiled if campaign and campaign in r.campaigns]
-        chosen = bound or [r for r in compiled if not r.campaigns] or [DEFAULT_RULES]
-        subject.rule_sets = [r for r in chosen if r.applies_to(channel)] or [DEFAULT_RULES]
-        default_zone = next(
-            (r.default_time_zone for r in subject.rule_sets if r.default_time_zone), ""
-        )
-        decision = derive_time_zone(
-            explicit=contact.time_zone,
-            postal_code=contact.postal_code,
-            country=contact.country.upper(),
-            phone_zones=phone_zones,
-            default_zone=default_zone,
-        )
-        if decision is None:
-            subject.problem = Denial(
-                decision_pb2.DENIAL_CODE_UNKNOWN_TIME_ZONE,
-                "no time zone can be determined for the contact",
-                "",
-            )
-            return subject
-        zones = decision.candidates or (decision.time_zone,)
-        area_code = subject.address[2:5] if subject.address.startswith("+1") else ""
-        subject.place = Place(
-            zones=tuple(zones),
-            state=contact.state_province.upper(),
-            area_code=area_code,
-            postal_code=contact.postal_code,
-        )
-        subject.zone_label = ",".join(zones)
-        # Tenant-wide lists always; lists bound to this campaign; lists the rules name.
-        named = {
-            s.removeprefix("suppressionLists/")
-            for r in subject.rule_sets
-            for s in r.suppression_lists
-        }
-        subject.suppression_lists = sorted(
-            list_id
-            for list_id, campaigns in bindings.items()
-            if not campaigns or campaign in campaigns or list_id in named
-        )
-        return subject
 
-    def _finish(
-        self,
-        subject: Subject,
-        hits: dict[tuple[str, str], dict[str, str]],
-        histories: dict[str, list[tuple[str, float]]],
-        tenant: str,
-        now: datetime,
-        now_ms: int,
-    ) -> decision_pb2.Decision:
-        revisions = [f"{r.name}@{r.revision}" for r in subject.rule_sets]
-        if subject.problem is not None or subject.place is None:
-            problem = subject.problem or Denial(
-                decision_pb2.DENIAL_CODE_DATA_UNAVAILABLE, "no place", ""
-            )
-            return decision_pb2.Decision(
-                allowed=False, denials=[_denial(problem)], rule_set_revisions=revisions
-            )
-        suppressed_by = sorted(
-            f"suppressionLists/{list_id}"
-            for kind in ("phone", "email", "client")
-            for target in _targets(subject, kind)
-            for list_id, value in hits.get((kind, target), {}).items()
-            if list_id in subject.suppression_lists
-            and suppression_mirror.is_active(value, now_ms, subject.channel)
-        )
-        attempts = []
-        for rule_set in subject.rule_sets:
-            for limit in rule_set.attempt_limits:
-                if subject.channel not in limit.channels:
-                    continue
-                times = []
-                for key in _limit_keys(tenant, subject, limit.scope):
-                    for member, score in histories.get(key, []):
-                        _, result, channel = member.rsplit("|", 2)
-                        if int(result) in limit.counted_results and int(channel) in limit.channels:
-                            times.append(datetime.fromtimestamp(score / 1000, UTC))
-                attempts.append(
-                    AttemptHistory(rule_set.name, limit.index, tuple(sorted(set(times))))
-                )
-        outcome: Outcome = decide(
-            subject.rule_sets,
-            subject.place,
-            now,
-            suppressed_by=sorted(set(suppressed_by)),
-            attempts=attempts,
-        )
-        decision = decision_pb2.Decision(
-            allowed=outcome.allowed,
-            denials=[_denial(d) for d in outcome.denials],
-            time_zone=subject.zone_label,
-            rule_set_revisions=revisions,
-        )
-        if outcome.next_allowed is not None:
-            decision.next_allowed_time.FromDatetime(outcome.next_allowed)
-        return decision
+def _prepare(request: decision_pb2.DecisionRequest, view: _View) -> Subject:
+    contact = request.contact
+    channel = request.channel or channel_pb2.CHANNEL_VOICE
+    profile = view.profile(request.campaign, channel)
+    kind, address, located, problem = _contact_facts(
+        contact.address,
+        contact.country,
+        contact.time_zone,
+        contact.postal_code,
+        contact.state_province,
+        profile.default_zone,
+    )
+    return Subject(profile, channel, address, kind, contact.client_id, located, problem)
 
 
 @lru_cache(maxsize=200_000)
-def _normalize(raw: str, region: str) -> Phone:
-    """Dialers validate the same records again and again: parse each number once."""
-    return normalize_phone(raw, region)
+def _contact_facts(
+    raw_address: str,
+    country: str,
+    explicit_zone: str,
+    postal_code: str,
+    state: str,
+    default_zone: str,
+) -> tuple[str, str, Located | None, Denial | None]:
+    """(kind, normalised address, place, problem) of a contact. Dialers validate the same
+    records again and again: each contact is parsed and placed once."""
+    raw = raw_address.strip()
+    phone_zones: tuple[str, ...] | None = None
+    if "@" in raw:
+        kind, address = "email", raw.lower()
+    else:
+        try:
+            phone = normalize_phone(raw, country or DEFAULT_REGION)
+        except PhoneError as error:
+            return (
+                "phone",
+                "",
+                None,
+                Denial(decision_pb2.DENIAL_CODE_INVALID_ADDRESS, str(error), ""),
+            )
+        kind, address, phone_zones = "phone", phone.e164, phone.time_zones
+    decision = derive_time_zone(
+        explicit=explicit_zone,
+        postal_code=postal_code,
+        country=country.upper(),
+        phone_zones=phone_zones,
+        default_zone=default_zone,
+    )
+    if decision is None:
+        problem = Denial(
+            decision_pb2.DENIAL_CODE_UNKNOWN_TIME_ZONE,
+            "no time zone can be determined for the contact",
+            "",
+        )
+        return kind, address, None, problem
+    zones = decision.candidates or (decision.time_zone,)
+    place = Place(
+        zones=tuple(zones),
+        state=state.upper(),
+        area_code=address[2:5] if address.startswith("+1") else "",
+        postal_code=postal_code,
+    )
+    return kind, address, Located(place, ",".join(zones)), None
 
 
-def _targets(subject: Subject, kind: str) -> list[str]:
-    if subject.place is None:
-        return []
-    if kind == "client":
-        return [subject.request.contact.client_id] if subject.request.contact.client_id else []
-    return [subject.address] if subject.kind == kind else []
+def _suppressed_by(
+    subject: Subject, entries: dict[tuple[str, str], dict[str, str]], now_ms: int
+) -> list[str]:
+    names = set()
+    for list_id in subject.profile.suppression_lists:
+        for kind, target in ((subject.kind, subject.address), ("client", subject.client_id)):
+            value = entries.get((list_id, kind), {}).get(target) if target else None
+            if value is not None and suppression_mirror.is_active(value, now_ms, subject.channel):
+                names.add(f"suppressionLists/{list_id}")
+    return sorted(names)
 
 
-def _limit_keys(tenant: str, subject: Subject, scope: int) -> list[str]:
+def _attempts(
+    tenant: str, subject: Subject, histories: dict[str, list[tuple[str, float]]]
+) -> list[AttemptHistory]:
+    attempts = []
+    for rule_set in subject.profile.rule_sets:
+        for limit in rule_set.attempt_limits:
+            if subject.channel not in limit.channels:
+                continue
+            times = set()
+            keys = _limit_keys(
+                tenant, subject, limit.scope in DEVICE_SCOPES, limit.scope in CLIENT_SCOPES
+            )
+            for key in keys:
+                for member, score in histories.get(key, ()):
+                    _, result, channel = member.rsplit("|", 2)
+                    if int(result) in limit.counted_results and int(channel) in limit.channels:
+                        times.add(datetime.fromtimestamp(score / 1000, UTC))
+            if times:
+                attempts.append(AttemptHistory(rule_set.name, limit.index, tuple(sorted(times))))
+    return attempts
+
+
+def _limit_keys(tenant: str, subject: Subject, devices: bool, clients: bool) -> list[str]:
     keys = []
-    if scope in (
-        rule_set_pb2.ATTEMPT_SCOPE_DEVICE,
-        rule_set_pb2.ATTEMPT_SCOPE_DEVICE_AND_CLIENT,
-        rule_set_pb2.ATTEMPT_SCOPE_UNSPECIFIED,
-    ):
+    if devices:
         keys.append(attempts_key(tenant, "device", subject.address))
-    if (
-        scope in (rule_set_pb2.ATTEMPT_SCOPE_CLIENT, rule_set_pb2.ATTEMPT_SCOPE_DEVICE_AND_CLIENT)
-        and subject.request.contact.client_id
-    ):
-        keys.append(attempts_key(tenant, "client", subject.request.contact.client_id))
+    if clients and subject.client_id:
+        keys.append(attempts_key(tenant, "client", subject.client_id))
     return keys
-
-
-def _attempt_keys(tenant: str, subject: Subject) -> list[str]:
-    if subject.place is None:
-        return []
-    return [
-        k
-        for r in subject.rule_sets
-        for limit in r.attempt_limits
-        for k in _limit_keys(tenant, subject, limit.scope)
-    ]
 
 
 def _denial(denial: Denial) -> decision_pb2.Denial:

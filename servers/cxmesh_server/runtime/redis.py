@@ -6,11 +6,29 @@ so one tenant's keys live on one shard and multi-key commands work.
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
+from redis.connection import HiredisRespSerializer
+
+
+class _HiredisPackingConnection(Connection):
+    """Commands packed by hiredis in C. redis-py's asyncio connection packs them in Python,
+    which dominated the cost of large pipelines (a 1,000-record decision batch sends
+    thousands of arguments); its sync connection already uses hiredis."""
+
+    _serializer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return self._serializer.pack(*args)  # type: ignore[no-any-return]
 
 
 def create_redis(url: str) -> Redis:
-    return Redis.from_url(url, decode_responses=True, health_check_interval=10)
+    options: dict[str, Any] = {"decode_responses": True, "health_check_interval": 10}
+    if url.startswith("redis://"):  # TLS and Unix sockets keep their own connection classes
+        options["connection_class"] = _HiredisPackingConnection
+    return Redis.from_url(url, **options)
 
 
 def tenant_key(tenant: str, service: str, *parts: str) -> str:

@@ -7,6 +7,7 @@ Permissions are named `<service>.<resource>.<verb>` in the contracts (the
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
     # Operators of the whole platform: create and list tenants.
@@ -64,6 +65,7 @@ ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
 API_KEY_ROLES = frozenset({"engagement", "dialer"})
 
 
+@lru_cache(maxsize=4096)  # checked on every RPC, with few distinct role sets
 def grants(roles: frozenset[str], permission: str) -> bool:
     """Whether any of the roles grants the permission. Unknown roles grant nothing."""
     return any(

@@ -182,6 +182,33 @@ def _attempt_lift(
     return max(_local_midnight(now, z, days_later=1) for z in place.zones)
 
 
+@dataclass(frozen=True, slots=True)
+class TimeVerdict:
+    """What the window and date rules say at one instant: the same for every instant of
+    that second (windows are whole seconds, reasons name the minute), so it can be shared
+    by every decision for the same rules and place within the second."""
+
+    denials: tuple[Denial, ...]
+    # When the time rules allow again; only computed when they deny.
+    next_allowed: datetime | None
+
+
+def time_verdict(rule_sets: Sequence[CompiledRuleSet], place: Place, now: datetime) -> TimeVerdict:
+    denials = []
+    for rule_set in rule_sets:
+        verdict = window_verdict(rule_set, place, now)
+        if verdict:
+            denials.append(
+                Denial(decision_pb2.DENIAL_CODE_OUTSIDE_CONTACT_WINDOW, verdict, rule_set.source)
+            )
+        verdict = date_verdict(rule_set, place, now)
+        if verdict:
+            denials.append(Denial(decision_pb2.DENIAL_CODE_BLACKOUT_DATE, verdict, rule_set.source))
+    if not denials:
+        return TimeVerdict((), None)
+    return TimeVerdict(tuple(denials), next_time_allowed(rule_sets, place, now))
+
+
 def decide(
     rule_sets: Sequence[CompiledRuleSet],
     place: Place,
@@ -189,21 +216,14 @@ def decide(
     *,
     suppressed_by: Sequence[str] = (),
     attempts: Sequence[AttemptHistory] = (),
+    time_rules: TimeVerdict | None = None,
 ) -> Outcome:
-    """Every rule that denies, and when the contact becomes callable if time can lift it."""
-    outcome = Outcome(allowed=True)
+    """Every rule that denies, and when the contact becomes callable if time can lift it.
+    `time_rules` is this instant's time verdict when the caller already has it."""
+    timed = time_rules if time_rules is not None else time_verdict(rule_sets, place, now)
+    outcome = Outcome(allowed=True, denials=list(timed.denials))
     lift_after = now
     for rule_set in rule_sets:
-        verdict = window_verdict(rule_set, place, now)
-        if verdict:
-            outcome.denials.append(
-                Denial(decision_pb2.DENIAL_CODE_OUTSIDE_CONTACT_WINDOW, verdict, rule_set.source)
-            )
-        verdict = date_verdict(rule_set, place, now)
-        if verdict:
-            outcome.denials.append(
-                Denial(decision_pb2.DENIAL_CODE_BLACKOUT_DATE, verdict, rule_set.source)
-            )
         for limit in rule_set.attempt_limits:
             history = next(
                 (
@@ -213,7 +233,9 @@ def decide(
                 ),
                 None,
             )
-            counted = counted_in_period(limit.window, history.times if history else (), place, now)
+            if history is None or len(history.times) < limit.max_attempts:
+                continue
+            counted = counted_in_period(limit.window, history.times, place, now)
             if len(counted) >= limit.max_attempts:
                 period = f"in the last {limit.window}" if limit.window else "since local midnight"
                 outcome.denials.append(
@@ -232,5 +254,9 @@ def decide(
         )
     outcome.allowed = not outcome.denials
     if outcome.denials and not suppressed_by:
-        outcome.next_allowed = next_time_allowed(rule_sets, place, lift_after)
+        outcome.next_allowed = (
+            timed.next_allowed
+            if lift_after == now
+            else next_time_allowed(rule_sets, place, lift_after)
+        )
     return outcome

@@ -1,0 +1,85 @@
+"""Concurrent live decisions share one read: each caller gets exactly its own answers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from cxmesh_server.compliance.coalescer import Coalescer
+
+
+class Recorder:
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self.fail_on = fail_on
+
+    async def run(self, key: str, requests: Sequence[str]) -> list[str]:
+        self.batches.append(list(requests))
+        await asyncio.sleep(0.01)  # a round trip, during which more callers arrive
+        if self.fail_on in requests:
+            raise RuntimeError("redis exploded")
+        return [f"{key}:{r}" for r in requests]
+
+
+async def test_callers_arriving_during_a_read_share_the_next_one() -> None:
+    recorder = Recorder()
+    coalescer = Coalescer(recorder.run)
+    first = asyncio.create_task(coalescer.submit("t", ["a"]))
+    await asyncio.sleep(0)  # the first read is now in flight
+    rest = [asyncio.create_task(coalescer.submit("t", [name])) for name in "bcd"]
+    answers = await asyncio.gather(first, *rest)
+    assert answers == [["t:a"], ["t:b"], ["t:c"], ["t:d"]]
+    assert recorder.batches == [["a"], ["b", "c", "d"]]
+
+
+async def test_each_caller_gets_its_own_slice_of_a_batch() -> None:
+    coalescer = Coalescer(Recorder().run)
+    answers = await asyncio.gather(
+        coalescer.submit("t", ["a", "b"]), coalescer.submit("t", ["c"]), coalescer.submit("t", [])
+    )
+    assert list(answers) == [["t:a", "t:b"], ["t:c"], []]
+
+
+async def test_tenants_are_never_mixed_in_one_read() -> None:
+    recorder = Recorder()
+    coalescer = Coalescer(recorder.run)
+    answers = await asyncio.gather(coalescer.submit("t1", ["a"]), coalescer.submit("t2", ["b"]))
+    assert list(answers) == [["t1:a"], ["t2:b"]]
+    assert sorted(recorder.batches) == [["a"], ["b"]]
+
+
+async def test_a_batch_never_exceeds_the_maximum_and_never_splits_a_caller() -> None:
+    recorder = Recorder()
+    coalescer = Coalescer(recorder.run, max_batch=4)
+    calls = [coalescer.submit("t", [f"{n}a", f"{n}b", f"{n}c"]) for n in range(5)]
+    calls.append(coalescer.submit("t", [f"big{n}" for n in range(6)]))  # a batch of its own
+    answers = await asyncio.gather(*calls)
+    assert answers[2] == ["t:2a", "t:2b", "t:2c"]
+    assert len(answers[5]) == 6
+    assert all(len(batch) <= 4 for batch in recorder.batches if not batch[0].startswith("big"))
+
+
+async def test_a_failed_read_fails_its_callers_only() -> None:
+    coalescer = Coalescer(Recorder(fail_on="bad").run)
+    first = asyncio.create_task(coalescer.submit("t", ["x"]))
+    await asyncio.sleep(0)
+    bad = asyncio.create_task(coalescer.submit("t", ["bad"]))
+    await first
+    with pytest.raises(RuntimeError, match="redis exploded"):
+        await bad
+    assert await coalescer.submit("t", ["later"]) == ["t:later"]
+
+
+async def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
+    coalescer = Coalescer(Recorder().run)
+    first = asyncio.create_task(coalescer.submit("t", ["a"]))
+    await asyncio.sleep(0)
+    gone = asyncio.create_task(coalescer.submit("t", ["b"]))
+    kept = asyncio.create_task(coalescer.submit("t", ["c"]))
+    await asyncio.sleep(0)
+    gone.cancel()
+    assert await first == ["t:a"]
+    assert await kept == ["t:c"]
+    assert gone.cancelled()

@@ -1,0 +1,66 @@
+"""What the decision engine remembers between decisions never outlives the rules it was
+computed from, and never crosses the second it was computed for."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from cxmesh.compliance.v1 import rule_set_pb2
+from cxmesh_server.compliance.domain.decide import Place
+from cxmesh_server.compliance.domain.rules import compile_rule_set
+from cxmesh_server.compliance.engine import _TimeVerdicts, _View
+
+NEW_YORK = Place(zones=("America/New_York",))
+# 20:59:59.900 in New York: one tenth of a second before the TCPA window closes.
+BEFORE_NINE = datetime(2026, 11, 24, 1, 59, 59, 900_000, tzinfo=UTC)
+
+
+def view(rule_set: rule_set_pb2.RuleSet) -> _View:
+    return _View("1", [compile_rule_set(rule_set)], "1", {})
+
+
+def tcpa() -> rule_set_pb2.RuleSet:
+    return rule_set_pb2.RuleSet(name="ruleSets/r", display_name="tcpa")
+
+
+def morning_only() -> rule_set_pb2.RuleSet:
+    rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="morning", revision=2)
+    window = rules.contact_windows.add()
+    window.start_time.hours, window.end_time.hours = 8, 12
+    return rules
+
+
+def test_a_verdict_is_shared_within_its_second_only() -> None:
+    verdicts = _TimeVerdicts()
+    profile = view(tcpa()).profile("", 1)
+    second = int(BEFORE_NINE.timestamp())
+    assert not verdicts.get(profile, NEW_YORK, BEFORE_NINE, second).denials
+    at_nine = BEFORE_NINE + timedelta(milliseconds=100)
+    assert verdicts.get(profile, NEW_YORK, at_nine, second + 1).denials
+
+
+def test_a_rule_change_within_the_same_second_is_not_answered_from_the_cache() -> None:
+    verdicts = _TimeVerdicts()
+    second = int(BEFORE_NINE.timestamp())
+    assert not verdicts.get(view(tcpa()).profile("", 1), NEW_YORK, BEFORE_NINE, second).denials
+    changed = view(morning_only()).profile("", 1)
+    assert verdicts.get(changed, NEW_YORK, BEFORE_NINE, second).denials
+
+
+def test_profiles_pick_campaign_rules_and_their_suppression_lists() -> None:
+    bound = rule_set_pb2.RuleSet(name="ruleSets/b", display_name="b", campaigns=["campaigns/x"])
+    bound.suppression_lists.append("suppressionLists/named")
+    tenant_wide = rule_set_pb2.RuleSet(name="ruleSets/t", display_name="t")
+    rules = _View(
+        "1",
+        [compile_rule_set(bound), compile_rule_set(tenant_wide)],
+        "1",
+        {"all": [], "named": ["campaigns/other"], "x-only": ["campaigns/x"], "y-only": ["y"]},
+    )
+    for_x = rules.profile("campaigns/x", 1)
+    assert [r.name for r in for_x.rule_sets] == ["ruleSets/b"]
+    assert for_x.suppression_lists == ("all", "named", "x-only")
+    elsewhere = rules.profile("campaigns/z", 1)
+    assert [r.name for r in elsewhere.rule_sets] == ["ruleSets/t"]
+    assert elsewhere.suppression_lists == ("all",)
+    assert rules.profile("campaigns/x", 1) is for_x  # worked out once
