@@ -58,6 +58,58 @@ def service_names(descriptor_set: Path) -> list[str]:
     )
 
 
+GES_BODY_HEADER = "cxmesh-ges-body"
+GES_PREFIX = "/engagement/v3/"
+# The GES surface (/engagement/v3) answers every error in the GES envelope. The callbacks
+# service sends its envelope as the GES_BODY_HEADER trailer; errors raised before it (auth
+# at the edge or in the runtime, malformed JSON in the transcoder) get one made here from
+# the status and the google.rpc.Status message.
+GES_ENVELOPE_LUA = """
+local texts = {[400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden",
+  [404] = "Not Found", [409] = "Conflict", [413] = "Payload Too Large",
+  [429] = "Too Many Requests", [503] = "Service Unavailable"}
+
+function envoy_on_request(handle)
+  local path = handle:headers():get(":path") or ""
+  if string.sub(path, 1, 15) == "GES_PREFIX" then
+    handle:streamInfo():dynamicMetadata():set("cxmesh.ges", "corr_id",
+      handle:headers():get("x-request-id") or "")
+  end
+end
+
+-- The (still JSON-escaped) value of the first "message" key, or nil.
+local function message_of(body)
+  local first = string.find(body, '"message":"', 1, true)
+  if first == nil then return nil end
+  local i = first + 11
+  while i <= #body do
+    local c = string.sub(body, i, i)
+    if c == "\\\\" then i = i + 2
+    elseif c == '"' then return string.sub(body, first + 11, i - 1)
+    else i = i + 1 end
+  end
+  return nil
+end
+
+function envoy_on_response(handle)
+  local envelope = handle:headers():get("HEADER")
+  if envelope ~= nil then
+    handle:headers():remove("HEADER")
+  else
+    local ges = handle:streamInfo():dynamicMetadata():get("cxmesh.ges")
+    local status = tonumber(handle:headers():get(":status")) or 500
+    if ges == nil or status < 400 then return end
+    local body = handle:body(true)
+    local message = message_of(body:getBytes(0, body:length())) or texts[status] or "Error"
+    envelope = string.format('{"status":{"code":%d,"message":"%s","corrId":"%s"}}',
+      status, message, ges["corr_id"] or "")
+  end
+  handle:headers():replace("content-type", "application/json")
+  handle:body(true):setBytes(envelope)
+end
+""".replace("HEADER", GES_BODY_HEADER).replace("GES_PREFIX", GES_PREFIX)
+
+
 def _typed(type_name: str, **config: Any) -> dict[str, Any]:
     return {"@type": f"type.googleapis.com/{type_name}", **config}
 
@@ -149,6 +201,35 @@ def _access_log() -> list[dict[str, Any]]:
     ]
 
 
+TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+
+
+def _transcoder(config: EdgeConfig, *, print_zero_values: bool) -> dict[str, Any]:
+    return _typed(
+        "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+        proto_descriptor=str(config.descriptor_set),
+        services=service_names(config.descriptor_set),
+        convert_grpc_status=True,
+        print_options={
+            "add_whitespace": False,
+            "always_print_primitive_fields": print_zero_values,
+            "always_print_enums_as_ints": False,
+            "preserve_proto_field_names": False,
+        },
+        request_validation_options={
+            # Unknown REST paths get a 404 here rather than reaching a backend.
+            "reject_unknown_method": True,
+            # GES clients send cache-busters such as `_=`; they are ignored.
+            "reject_unknown_query_parameters": False,
+        },
+        ignore_unknown_query_parameters=True,
+        # REST file uploads (imports) and downloads (exports, error reports) are
+        # buffered whole by the transcoder; larger files go over gRPC streams.
+        max_request_body_size=REST_BODY_LIMIT_BYTES,
+        max_response_body_size=REST_BODY_LIMIT_BYTES,
+    )
+
+
 def _http_filters(config: EdgeConfig) -> list[dict[str, Any]]:
     return [
         {
@@ -212,35 +293,37 @@ def _http_filters(config: EdgeConfig) -> list[dict[str, Any]]:
             ),
         },
         {
-            "name": "envoy.filters.http.grpc_json_transcoder",
+            # GES error envelopes (see GES_ENVELOPE_LUA). Listed before the transcoder, it
+            # sees requests before they are rewritten and responses after they are rendered.
+            "name": "envoy.filters.http.lua",
             "typed_config": _typed(
-                "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
-                proto_descriptor=str(config.descriptor_set),
-                services=service_names(config.descriptor_set),
-                convert_grpc_status=True,
-                print_options={
-                    "add_whitespace": False,
-                    "always_print_primitive_fields": False,
-                    "always_print_enums_as_ints": False,
-                    "preserve_proto_field_names": False,
-                },
-                request_validation_options={
-                    # Unknown REST paths get a 404 here rather than reaching a backend.
-                    "reject_unknown_method": True,
-                    # GES clients send cache-busters such as `_=`; they are ignored.
-                    "reject_unknown_query_parameters": False,
-                },
-                ignore_unknown_query_parameters=True,
-                # REST file uploads (imports) and downloads (exports, error reports) are
-                # buffered whole by the transcoder; larger files go over gRPC streams.
-                max_request_body_size=REST_BODY_LIMIT_BYTES,
-                max_response_body_size=REST_BODY_LIMIT_BYTES,
+                "envoy.extensions.filters.http.lua.v3.Lua",
+                default_source_code={"inline_string": GES_ENVELOPE_LUA},
             ),
+        },
+        {
+            "name": TRANSCODER,
+            "typed_config": _transcoder(config, print_zero_values=False),
         },
         {
             "name": "envoy.filters.http.router",
             "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
         },
+    ]
+
+
+def _ges_routes(config: EdgeConfig) -> list[dict[str, Any]]:
+    """GES clients read `"openFor": 0`, `"offerImmediateCallback": false` and `"slots": []`:
+    the GES paths are transcoded with zero values printed (the transcoder takes its
+    per-route settings from the route of the original path)."""
+    if not any(u.name == "callbacks" for u in config.upstreams):
+        return []
+    return [
+        {
+            "match": {"prefix": GES_PREFIX},
+            "route": {"cluster": "callbacks", "timeout": "30s"},
+            "typed_per_filter_config": {TRANSCODER: _transcoder(config, print_zero_values=True)},
+        }
     ]
 
 
@@ -251,6 +334,7 @@ def render(config: EdgeConfig) -> dict[str, Any]:
         for package in upstream.packages
     ]
     routes += [
+        *_ges_routes(config),
         _grpc_route("/grpc.reflection.", config.reflection_upstream),
         _grpc_route("/grpc.health.v1.Health/", config.reflection_upstream),
         # CORS preflights of REST paths: the cors filter acts only on routes with a route

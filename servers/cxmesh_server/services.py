@@ -6,6 +6,7 @@ their RPCs answer UNIMPLEMENTED.
 
 from __future__ import annotations
 
+from cxmesh_server.callbacks.bootstrap import PROCESS as CALLBACKS
 from cxmesh_server.compliance.bootstrap import PROCESS as COMPLIANCE
 from cxmesh_server.iam.bootstrap import PROCESS as IAM
 from cxmesh_server.lists.bootstrap import PROCESS as LISTS
@@ -14,4 +15,4 @@ from cxmesh_server.runtime.server import ServiceProcess
 
 PROCESSES: dict[str, ServiceProcess] = {
     name: ServiceProcess(name=name) for name in PACKAGES_BY_PROCESS
-} | {"iam": IAM, "lists": LISTS, "compliance": COMPLIANCE}
+} | {"iam": IAM, "lists": LISTS, "compliance": COMPLIANCE, "callbacks": CALLBACKS}

@@ -64,3 +64,32 @@ async def test_service_migrations_apply_to_a_fresh_database_and_again(
     for schema, folder in IAM.migrations:
         await migrate(postgres.dsn, schema, folder)
         assert await migrate(postgres.dsn, schema, folder) == []
+
+
+async def test_every_table_with_a_tenant_id_gets_the_tenant_policy(
+    postgres: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "0001_notes.sql").write_text(
+        "CREATE TABLE notes (tenant_id text NOT NULL, body text);"
+        "CREATE TABLE shared_lookup (code text PRIMARY KEY);"
+    )
+    await migrate(postgres.dsn, "forgetful", folder)
+    connection = await asyncpg.connect(postgres.dsn)
+    try:
+        rows = await connection.fetch(
+            """
+            SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity,
+                   EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid) AS policy
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'forgetful' AND c.relkind = 'r' AND c.relname <> 'schema_migrations'
+            ORDER BY c.relname
+            """
+        )
+    finally:
+        await connection.close()
+    assert [tuple(r) for r in rows] == [
+        ("notes", True, True, True),
+        ("shared_lookup", False, False, False),
+    ]

@@ -8,6 +8,7 @@ matching HTTP code (INVALID_ARGUMENT → 400, NOT_FOUND → 404, …).
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -44,6 +45,8 @@ class DomainError(Exception):
         self.message = message
         self.reason = reason or self.default_reason
         self.metadata = dict(metadata or {})
+        # Extra trailing metadata sent with the status (the GES surface's error body).
+        self.trailers: tuple[tuple[str, str], ...] = ()
 
     def details(self) -> list[any_pb2.Any]:
         info = any_pb2.Any()
@@ -60,7 +63,12 @@ class DomainError(Exception):
             message=self.message,
             details=self.details(),
         )
-        return rpc_status.to_status(status)
+        converted = rpc_status.to_status(status)
+        if not self.trailers:
+            return converted
+        return _Status(
+            converted.code, converted.details, (*converted.trailing_metadata, *self.trailers)
+        )
 
 
 class InvalidArgument(DomainError):
@@ -149,3 +157,10 @@ class Validator:
     def check(self) -> None:
         if self.violations:
             raise InvalidArgument(self.violations)
+
+
+class _Status(
+    collections.namedtuple("_Status", ("code", "details", "trailing_metadata")),
+    grpc.Status,  # type: ignore[misc]
+):
+    """A status with trailing metadata of our own beside the rich error details."""

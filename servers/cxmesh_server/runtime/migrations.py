@@ -93,6 +93,7 @@ async def _apply(
         async with connection.transaction():
             await connection.execute(f"SET LOCAL search_path TO {ident}")
             await connection.execute(migration.sql)
+            await connection.execute(_TENANT_ISOLATION)
             await connection.execute(
                 f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {ident} TO {APP_ROLE};"
                 f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {ident} TO {APP_ROLE};"
@@ -105,6 +106,32 @@ async def _apply(
             )
         done.append(migration.name)
     return done
+
+
+# Every table of the schema with a tenant_id column gets row-level security, forced for its
+# owner too, with the tenant policy: a new table cannot be left open to every tenant.
+# (Older migrations set the same policy themselves; tables that have it are skipped.)
+_TENANT_ISOLATION = """
+DO $$
+DECLARE t regclass;
+BEGIN
+    FOR t IN
+        SELECT c.oid::regclass FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = current_schema()
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+        WHERE c.relkind IN ('r', 'p')
+          AND NOT EXISTS (SELECT 1 FROM pg_policy p
+                          WHERE p.polrelid = c.oid AND p.polname = 'tenant_isolation')
+    LOOP
+        EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', t);
+        EXECUTE format(
+            'CREATE POLICY tenant_isolation ON %s '
+            'USING (tenant_id = current_setting(''cxmesh.tenant'', true)) '
+            'WITH CHECK (tenant_id = current_setting(''cxmesh.tenant'', true))', t);
+    END LOOP;
+END $$;
+"""
 
 
 async def _ensure_app_role(connection: asyncpg.Connection) -> None:

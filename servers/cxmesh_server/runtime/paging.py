@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from cxmesh_server.runtime.errors import FieldViolation, InvalidArgument
+
+Row = TypeVar("Row")
 
 
 def page_size(requested: int, *, default: int = 50, maximum: int = 1000) -> int:
@@ -62,3 +65,14 @@ def offset_page(requested_size: int, token: str, *, default: int = 50) -> Offset
     if offset < 0:
         raise InvalidArgument([FieldViolation("page_token", "is not a token this API issued")])
     return OffsetPage(offset, page_size(requested_size, default=default))
+
+
+async def read_page(
+    requested_size: int,
+    token: str,
+    fetch: Callable[[int, int], Awaitable[Sequence[Row]]],
+) -> tuple[list[Row], str]:
+    """One page of an offset-paged listing: its rows and the next page's token."""
+    page = offset_page(requested_size, token)
+    rows = await fetch(page.offset, page.limit)
+    return list(rows[: page.size]), page.next_token(len(rows))

@@ -1,0 +1,1 @@
+"""Callbacks: the Genesys Engagement Service equivalent."""

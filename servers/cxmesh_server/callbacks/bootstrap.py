@@ -1,0 +1,71 @@
+"""Composition root of the callbacks process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from cxmesh.callbacks.v1 import callback_service_pb2_grpc, engagement_service_pb2_grpc
+from cxmesh_server.callbacks.engagement import EngagementHandlers
+from cxmesh_server.callbacks.handlers import (
+    CallbackConfigHandlers,
+    CallbackHandlers,
+    RoutingHandlers,
+)
+from cxmesh_server.callbacks.store import CallbackStore, run_due_transitions
+from cxmesh_server.callbacks.usecases import Callbacks
+from cxmesh_server.runtime.server import Registration, Resources, ServiceProcess, start_background
+
+log = logging.getLogger(__name__)
+# How often due callbacks are queued, expired leases returned and TTLs enforced: a callback
+# is queued at most this long after its time.
+DISPATCH_SECONDS = 1.0
+
+
+async def build(resources: Resources) -> Sequence[Registration]:
+    callbacks = Callbacks(CallbackStore(resources.require_postgres()))
+    return [
+        (
+            callback_service_pb2_grpc.add_CallbackServiceServicer_to_server,
+            CallbackHandlers(callbacks),
+        ),
+        (
+            callback_service_pb2_grpc.add_CallbackConfigServiceServicer_to_server,
+            CallbackConfigHandlers(callbacks),
+        ),
+        (
+            callback_service_pb2_grpc.add_RoutingServiceServicer_to_server,
+            RoutingHandlers(callbacks),
+        ),
+        (
+            engagement_service_pb2_grpc.add_EngagementServiceServicer_to_server,
+            EngagementHandlers(callbacks),
+        ),
+    ]
+
+
+async def _dispatch(resources: Resources) -> None:
+    """Every replica runs this; each callback moves once (see the migration's functions)."""
+    pool = resources.require_postgres()
+    while True:
+        try:
+            moved = await run_due_transitions(pool)
+            if any(moved.values()):
+                log.info("callbacks moved", extra=moved)
+        except Exception:
+            log.warning("callback dispatch failed; retrying", exc_info=True)
+        await asyncio.sleep(DISPATCH_SECONDS)
+
+
+async def on_start(resources: Resources) -> None:
+    start_background(_dispatch(resources))
+
+
+PROCESS = ServiceProcess(
+    name="callbacks",
+    build=build,
+    migrations=[("callbacks", Path(__file__).parent / "migrations")],
+    on_start=on_start,
+)

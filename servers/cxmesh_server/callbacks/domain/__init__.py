@@ -1,0 +1,1 @@
+"""Pure rules of callbacks: office hours, capacity, states, wait estimates."""

@@ -1,0 +1,192 @@
+"""What both surfaces (native /v1 and GES /engagement/v3) do: create a callback under its
+service's rules, offer slots, estimate waits. Errors are domain errors; each surface words
+them its own way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from prometheus_client import Counter
+
+from cxmesh.callbacks.v1 import callback_pb2
+from cxmesh_server.callbacks.domain.capacity import Slot, slot_starts
+from cxmesh_server.callbacks.domain.services import ServiceRules
+from cxmesh_server.callbacks.domain.states import WAITING_STATES
+from cxmesh_server.callbacks.domain.wait import Estimate, estimate
+from cxmesh_server.callbacks.store import CallbackStore, CapacityFull, NewCallback, Refused
+from cxmesh_server.contacts.phones import PhoneError
+from cxmesh_server.runtime.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+
+# How far ahead an immediate callback looks for a free slot, and how many alternatives a
+# full slot proposes.
+ASAP_HORIZON = timedelta(days=7)
+PROPOSED_SLOTS = 5
+# A desired time this far in the past is taken as "now" (clocks of web clients drift).
+PAST_TOLERANCE = timedelta(minutes=1)
+
+CREATED = Counter(
+    "cxmesh_callbacks_created_total", "Callbacks created.", ("tenant", "callback_service")
+)
+COMPLETED = Counter(
+    "cxmesh_callbacks_completed_total",
+    "Callbacks completed, by reason (CANCELLED included).",
+    ("tenant", "callback_service", "reason"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackRequest:
+    """A create request of either surface, with field names for error messages."""
+
+    service_id: str
+    phone_number: str
+    desired_time: datetime | None
+    priority: int = 0
+    user_data: dict[str, object] | None = None
+    push_targets: tuple[tuple[str, str], ...] = ()
+    request_id: str = ""
+    always_check_capacity: bool = False
+    service_field: str = "callback.callback_service"
+    phone_field: str = "callback.phone_number"
+    time_field: str = "callback.desired_time"
+
+
+class Callbacks:
+    def __init__(self, store: CallbackStore, default_region: str = "US") -> None:
+        self.store = store
+        self.default_region = default_region
+
+    async def rules(self, tenant: str, service_id: str, field: str) -> ServiceRules:
+        try:
+            return await self.store.service_rules(tenant, service_id)
+        except NotFound as error:
+            raise InvalidArgument([FieldViolation(field, "no such callback service")]) from error
+
+    async def create(
+        self, tenant: str, request: CallbackRequest, now: datetime
+    ) -> callback_pb2.Callback:
+        rules = await self.rules(tenant, request.service_id, request.service_field)
+        try:
+            phone = rules.phone(request.phone_number, self.default_region)
+        except PhoneError as error:
+            raise InvalidArgument(
+                [FieldViolation(request.phone_field, str(error))], reason=error.reason
+            ) from error
+        immediate = request.desired_time is None
+        if immediate:
+            if not rules.immediate_enabled:
+                raise InvalidArgument(
+                    [FieldViolation(request.time_field, "immediate callbacks are disabled")]
+                )
+            desired = await self._earliest_free(tenant, rules, now)
+        else:
+            assert request.desired_time is not None
+            desired = max(request.desired_time, now)
+            self._check_desired(rules, request, now)
+        new = NewCallback(
+            rules=rules,
+            phone_number=phone.e164,
+            desired_time=desired,
+            immediate=immediate,
+            priority=request.priority,
+            user_data=request.user_data,
+            push_targets=[{"channel": c, "target": t} for c, t in request.push_targets],
+            request_id=request.request_id,
+            check_capacity=True,
+        )
+        try:
+            created = await self.store.create(tenant, new)
+        except Refused as refused:
+            if refused.kind == "throttled":
+                raise ResourceExhausted(str(refused), reason="THROTTLED") from refused
+            raise InvalidArgument(
+                [FieldViolation(request.phone_field, str(refused))], reason="DUPLICATE_CALLBACK"
+            ) from refused
+        except CapacityFull as full:
+            proposals = await self.availability(
+                tenant, rules, desired, desired + ASAP_HORIZON, PROPOSED_SLOTS, False
+            )
+            raise ResourceExhausted(
+                "no capacity left at the desired time",
+                reason="CAPACITY_FULL",
+                metadata={f"slot_{n}": slot.start.isoformat() for n, slot in enumerate(proposals)},
+            ) from full
+        CREATED.labels(tenant, request.service_id).inc()
+        return created
+
+    def _check_desired(self, rules: ServiceRules, request: CallbackRequest, now: datetime) -> None:
+        desired = request.desired_time
+        assert desired is not None
+        if desired < now - PAST_TOLERANCE:
+            raise InvalidArgument([FieldViolation(request.time_field, "is in the past")])
+        if desired > now + rules.max_ahead:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        request.time_field, f"is more than {rules.max_ahead.days} days ahead"
+                    )
+                ]
+            )
+        if rules.config.reject_outside_office_hours and not rules.hours.is_open(max(desired, now)):
+            raise InvalidArgument([FieldViolation(request.time_field, "is outside office hours")])
+
+    async def _earliest_free(self, tenant: str, rules: ServiceRules, now: datetime) -> datetime:
+        """An immediate callback goes into the first slot with room: now when open."""
+        if rules.config.reject_outside_office_hours and not rules.hours.is_open(now):
+            raise InvalidArgument([FieldViolation("desired_time", "the office is closed now")])
+        free = await self.availability(tenant, rules, now, now + ASAP_HORIZON, 1, False)
+        if not free:
+            raise ResourceExhausted("no capacity in the coming week", reason="CAPACITY_FULL")
+        return max(free[0].start, now)
+
+    async def availability(
+        self,
+        tenant: str,
+        rules: ServiceRules,
+        start: datetime,
+        end: datetime,
+        max_slots: int,
+        report_busy: bool,
+    ) -> list[Slot]:
+        starts = slot_starts(rules.hours, rules.capacity, start, end)
+        slots: list[Slot] = []
+        # Read in chunks so a week of 5-minute buckets stops reading once enough are found.
+        for offset in range(0, len(starts), 500):
+            for slot in await self.store.booked(tenant, rules, starts[offset : offset + 500]):
+                if report_busy or slot.free > 0:
+                    slots.append(slot)
+                    if max_slots and len(slots) >= max_slots:
+                        return slots
+        return slots
+
+    async def wait_of(self, tenant: str, callback: callback_pb2.Callback) -> Estimate | None:
+        if callback.state not in WAITING_STATES:
+            return None
+        queue_id = await self.store.queue_of(tenant, callback.name.removeprefix("callbacks/"))
+        facts = await self.store.queue_facts(tenant, queue_id)
+        position = callback.position_in_queue or 1
+        return estimate("mode2", position, facts.handled, facts.agents_logged_in)
+
+    async def queue_wait(self, tenant: str, queue_id: str, mode: str) -> Estimate:
+        """The wait of a callback queued now at the end of the queue."""
+        facts = await self.store.queue_facts(tenant, queue_id)
+        return estimate(mode, facts.queued + 1, facts.handled, facts.agents_logged_in)
+
+    async def complete(self, tenant: str, callback_id: str, reason: int) -> callback_pb2.Callback:
+        done = await self.store.transition(
+            tenant, callback_id, callback_pb2.CALLBACK_STATE_COMPLETED, reason
+        )
+        COMPLETED.labels(
+            tenant,
+            done.callback_service.removeprefix("callbackServices/"),
+            callback_pb2.CallbackReason.Name(
+                callback_pb2.CallbackReason.ValueType(reason)
+            ).removeprefix("CALLBACK_REASON_"),
+        ).inc()
+        return done

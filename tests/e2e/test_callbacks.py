@@ -1,0 +1,491 @@
+"""Callbacks through the edge: the GES Engagement API v3 wire format (envelopes, status
+codes, dates, quirks of generated clients), capacity under concurrent creates, throttles,
+dispatch at the desired time, the routing side (claims, leases, states), wait estimates and
+Click-to-Call-In."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import grpc
+import httpx
+import pytest
+from google.protobuf.duration_pb2 import Duration
+
+from cxmesh.callbacks.v1 import callback_pb2, callback_service_pb2, callback_service_pb2_grpc
+from cxmesh.iam.v1 import api_key_pb2, api_key_service_pb2, api_key_service_pb2_grpc
+from cxmesh_server.callbacks.bootstrap import DISPATCH_SECONDS
+from cxmesh_server.runtime.devkeys import SigningKey
+from cxmesh_server.stack.datastores import EmbeddedPostgres
+from cxmesh_server.stack.mesh import Mesh, wait_serving
+from tests.conftest import grpc_bearer
+
+S = callback_pb2
+M = callback_service_pb2
+GES_DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+# What clients generated from the published spec send with every create.
+SPEC_DEFAULTS = {
+    "language": "en-US",
+    "cbOfferType": "ASAP if the request does not include the desiredTime parameter and "
+    "SCHEDULED if the request includes the desiredTime parameter.",
+}
+
+
+@dataclass
+class Tenant:
+    tenant: str
+    admin: tuple[tuple[str, str], ...]
+    routing: tuple[tuple[str, str], ...]
+    api_key: str
+    config: callback_service_pb2_grpc.CallbackConfigServiceStub
+    callbacks: callback_service_pb2_grpc.CallbackServiceStub
+    router: callback_service_pb2_grpc.RoutingServiceStub
+    edge: httpx.Client
+
+    def service(self, name: str, queue: str = "", **settings: object) -> str:
+        queue = queue or f"{name}-vq"
+        try:
+            self.config.CreateVirtualQueue(
+                M.CreateVirtualQueueRequest(virtual_queue_id=queue), metadata=self.admin, timeout=10
+            )
+        except grpc.RpcError as error:
+            if error.code() is not grpc.StatusCode.ALREADY_EXISTS:
+                raise
+        self.config.CreateCallbackService(
+            M.CreateCallbackServiceRequest(
+                callback_service_id=name,
+                callback_service=S.CallbackServiceConfig(
+                    virtual_queue=f"virtualQueues/{queue}",
+                    **settings,  # type: ignore[arg-type]
+                ),
+            ),
+            metadata=self.admin,
+            timeout=10,
+        )
+        return name
+
+    def ges(self, method: str, path: str, body: object = None, **options: object) -> httpx.Response:
+        headers = {
+            "x-api-key": self.api_key,
+            "content-type": "application/json",
+            "accept": "application/json",
+        }
+        headers.update(options.pop("headers", {}))  # type: ignore[call-overload]
+        return self.edge.request(
+            method,
+            f"/engagement/v3{path}",
+            headers=headers,
+            content=body
+            if isinstance(body, str)
+            else json.dumps(body)
+            if body is not None
+            else None,
+            **options,  # type: ignore[arg-type]
+        )
+
+    def create(self, service: str, number: str, **fields: object) -> httpx.Response:
+        return self.ges(
+            "POST",
+            "/callbacks/create",
+            {"serviceName": service, "phoneNumber": number, **SPEC_DEFAULTS, **fields},
+        )
+
+    def retrieve(self, callback_id: str) -> dict[str, object]:
+        response = self.ges("POST", "/callbacks/retrieve", {"id": callback_id})
+        assert response.status_code == 200, response.text
+        return response.json()["data"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def tenant(mesh: Mesh, key: SigningKey, new_tenant: Callable[[], str]) -> Iterator[Tenant]:
+    tenant_id = new_tenant()
+    admin = grpc_bearer(key.mint(tenant=tenant_id, roles=["admin"]))
+    with (
+        grpc.insecure_channel(mesh.edge_target) as channel,
+        httpx.Client(base_url=mesh.edge_url, timeout=10) as edge,
+    ):
+        api_key = (
+            api_key_service_pb2_grpc.ApiKeyServiceStub(channel)
+            .CreateApiKey(
+                api_key_service_pb2.CreateApiKeyRequest(
+                    api_key=api_key_pb2.ApiKey(display_name="widget", roles=["engagement"])
+                ),
+                metadata=admin,
+                timeout=10,
+            )
+            .key
+        )
+        yield Tenant(
+            tenant_id,
+            admin,
+            grpc_bearer(key.mint(tenant=tenant_id, roles=["routing"])),
+            api_key,
+            callback_service_pb2_grpc.CallbackConfigServiceStub(channel),
+            callback_service_pb2_grpc.CallbackServiceStub(channel),
+            callback_service_pb2_grpc.RoutingServiceStub(channel),
+            edge,
+        )
+
+
+def in_minutes(minutes: float) -> str:
+    moment = datetime.now(UTC) + timedelta(minutes=minutes)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def wait_for_state(tenant: Tenant, callback_id: str, state: str, seconds: float = 10) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + seconds
+    while True:
+        data = tenant.retrieve(callback_id)
+        if data["callbackState"] == state:
+            return data
+        assert time.monotonic() < deadline, f"still {data['callbackState']}, not {state}"
+        time.sleep(0.2)
+
+
+def test_ges_create_retrieve_and_cancel_in_the_ges_envelope(tenant: Tenant) -> None:
+    service = tenant.service("sales")
+    created = tenant.create(service, "(212) 555-0142", desiredTime=in_minutes(60))
+    assert created.status_code == 200, created.text
+    assert created.headers["content-type"].startswith("application/json")
+    body = created.json()
+    assert body["status"]["code"] == 0 and body["status"]["corrId"]
+    callback_id = body["data"]["id"]
+
+    data = tenant.retrieve(callback_id)
+    assert data["id"] == callback_id
+    assert data["callbackState"] == "SCHEDULED"
+    assert data["phoneNumber"] == "+12125550142"
+    assert GES_DATE.match(str(data["desiredTime"]))
+    assert "callbackReason" not in data and "positionInQueue" not in data
+
+    cancelled = tenant.ges("POST", "/callbacks/cancel", {"id": callback_id})
+    assert cancelled.status_code == 200 and cancelled.json()["data"] == {"id": callback_id}
+    data = tenant.retrieve(callback_id)
+    assert (data["callbackState"], data["callbackReason"]) == ("COMPLETED", "CANCELLED")
+    again = tenant.ges("POST", "/callbacks/cancel", {"id": callback_id})
+    assert again.status_code == 400 and again.json()["status"]["code"] == 400
+
+
+def test_generated_clients_quirks_are_accepted(tenant: Tenant) -> None:
+    service = tenant.service("quirks")
+    response = tenant.ges(
+        "POST",
+        "/callbacks/create?_=1732400000000",
+        {
+            "serviceName": service,
+            "phoneNumber": "+12125550143",
+            **SPEC_DEFAULTS,
+            "userData": {"account": "A-1", "not an identifier": "dropped"},
+            "pushChannel": "FCM",
+            "pushTarget": "device-token",
+            "somethingNew": {"ignored": True},
+        },
+    )
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"phoneNumber": "+12125550100"}, 400, "serviceName"),
+        ({"serviceName": "{service}", "phoneNumber": "12"}, 400, "phoneNumber"),
+        ({"serviceName": "{service}", "phoneNumber": "+19005550100"}, 400, "premium"),
+        ({"serviceName": "nope", "phoneNumber": "+12125550100"}, 400, "no such callback service"),
+        (
+            {"serviceName": "{service}", "phoneNumber": "+12125550100", "desiredTime": "{past}"},
+            400,
+            "in the past",
+        ),
+        (
+            {"serviceName": "{service}", "phoneNumber": "+12125550100", "desiredTime": "{far}"},
+            400,
+            "days ahead",
+        ),
+        (
+            {"serviceName": "{service}", "phoneNumber": "+12125550100", "desiredTime": "soon"},
+            400,
+            "ISO-8601",
+        ),
+        ({"serviceName": "{service}", "phoneNumber": 42}, 400, ""),
+    ],
+)
+def test_bad_creates_get_a_clear_error_in_the_envelope(
+    tenant: Tenant, body: dict[str, object], status: int, words: str
+) -> None:
+    service = tenant.service("strict")
+    filled = json.loads(
+        json.dumps(body)
+        .replace("{service}", service)
+        .replace("{past}", in_minutes(-60))
+        .replace("{far}", in_minutes(60 * 24 * 45))
+    )
+    response = tenant.ges("POST", "/callbacks/create", filled)
+    assert response.status_code == status, response.text
+    envelope = response.json()
+    assert envelope["status"]["code"] == status
+    assert words in envelope["status"]["message"]
+    assert envelope["status"]["corrId"]
+    assert "data" not in envelope
+
+
+def test_transport_errors_keep_the_envelope_too(tenant: Tenant) -> None:
+    malformed = tenant.ges("POST", "/callbacks/create", "{not json")
+    assert malformed.status_code == 400
+    assert malformed.json()["status"]["code"] == 400
+    unknown = tenant.ges("POST", "/callbacks/retrieve", {"id": "0123456789abcdef"})
+    assert unknown.status_code == 404 and unknown.json()["status"]["code"] == 404
+    anonymous = tenant.edge.post(
+        "/engagement/v3/callbacks/retrieve",
+        json={"id": "x"},
+        headers={"x-api-key": "cxk_not-a-key"},
+    )
+    assert anonymous.status_code == 401 and anonymous.json()["status"]["code"] == 401
+
+
+def test_capacity_is_never_oversold_under_concurrent_creates(tenant: Tenant) -> None:
+    service = tenant.service("tight", capacity=S.Capacity(bucket_minutes=60, default_per_bucket=3))
+    desired = (
+        (datetime.now(UTC) + timedelta(days=2))
+        .replace(minute=10, second=0, microsecond=0)
+        .strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    )
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(
+            pool.map(
+                lambda n: tenant.create(service, f"+1212555{n:04d}", desiredTime=desired),
+                range(12),
+            )
+        )
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200] * 3 + [429] * 9, [a.text for a in answers]
+    full = next(a for a in answers if a.status_code == 429).json()
+    assert full["status"]["code"] == 429
+    assert full["data"]["slots"], "a full slot proposes alternatives"
+
+
+def test_throttle_and_duplicate_prevention(tenant: Tenant) -> None:
+    strict = tenant.service("once", in_queue_check=S.IN_QUEUE_CHECK_STRICT, throttle_per_day=5)
+    assert tenant.create(strict, "+12125550150").status_code == 200
+    duplicate = tenant.create(strict, "+12125550150", desiredTime=in_minutes(30))
+    assert duplicate.status_code == 400 and "active" in duplicate.json()["status"]["message"]
+
+    throttled = tenant.service("throttled", in_queue_check=S.IN_QUEUE_CHECK_OFF, throttle_per_day=2)
+    codes = [tenant.create(throttled, "+12125550151").status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    assert tenant.create(throttled, "+12125550152").status_code == 200  # another number
+
+
+def test_a_scheduled_callback_is_queued_at_its_time_claimed_and_completed(tenant: Tenant) -> None:
+    service = tenant.service("flow", queue="flow-vq")
+    soon = (datetime.now(UTC) + timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    callback_id = tenant.create(service, "+12125550160", desiredTime=soon).json()["data"]["id"]
+    queued = wait_for_state(tenant, callback_id, "QUEUED")
+    assert queued["positionInQueue"] == 1 and queued["estimatedWaitTime"] == -1
+
+    claimed = tenant.router.ClaimCallback(
+        M.ClaimCallbackRequest(virtual_queue="virtualQueues/flow-vq"),
+        metadata=tenant.routing,
+        timeout=10,
+    ).callback
+    assert claimed.name == f"callbacks/{callback_id}" and claimed.state == S.CALLBACK_STATE_ROUTING
+    with pytest.raises(grpc.RpcError) as illegal:
+        tenant.router.ReportCallbackState(
+            M.ReportCallbackStateRequest(name=claimed.name, state=S.CALLBACK_STATE_SCHEDULED),
+            metadata=tenant.routing,
+            timeout=10,
+        )
+    assert illegal.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    for state, reason in (
+        (S.CALLBACK_STATE_PROCESSING, 0),
+        (S.CALLBACK_STATE_COMPLETED, S.CALLBACK_REASON_AGENT_CONNECTED),
+    ):
+        tenant.router.ReportCallbackState(
+            M.ReportCallbackStateRequest(name=claimed.name, state=state, reason=reason),  # type: ignore[arg-type]
+            metadata=tenant.routing,
+            timeout=10,
+        )
+    done = tenant.retrieve(callback_id)
+    assert (done["callbackState"], done["callbackReason"]) == ("COMPLETED", "AGENT_CONNECTED")
+    empty = tenant.router.ClaimCallback(
+        M.ClaimCallbackRequest(virtual_queue="virtualQueues/flow-vq"),
+        metadata=tenant.routing,
+        timeout=10,
+    )
+    assert not empty.HasField("callback")
+
+
+def test_an_unreported_lease_returns_the_callback_to_its_queue(tenant: Tenant) -> None:
+    service = tenant.service("lease", queue="lease-vq")
+    callback_id = tenant.create(service, "+12125550170").json()["data"]["id"]
+    wait_for_state(tenant, callback_id, "QUEUED")
+    tenant.router.ClaimCallback(
+        M.ClaimCallbackRequest(
+            virtual_queue="virtualQueues/lease-vq", lease_duration=Duration(seconds=1)
+        ),
+        metadata=tenant.routing,
+        timeout=10,
+    )
+    assert tenant.retrieve(callback_id)["callbackState"] == "ROUTING"
+    wait_for_state(tenant, callback_id, "QUEUED", seconds=6)
+
+
+def test_availability_and_open_for_follow_office_hours_and_bookings(tenant: Tenant) -> None:
+    hours = S.OfficeHours(time_zone="America/New_York")
+    week = hours.weekly_hours.add(days=[1, 2, 3, 4, 5])
+    week.open_time.hours, week.close_time.hours = 9, 17
+    service = tenant.service(
+        "hours", office_hours=hours, capacity=S.Capacity(bucket_minutes=60, default_per_bucket=2)
+    )
+    # Next Monday 10:00–12:00 New York: 10:00 and 11:00 (EST, UTC−5).
+    today = datetime.now(UTC).date()
+    monday = today + timedelta(days=(7 - today.weekday()) % 7 or 7)
+    start = f"{monday}T15:00:00.000Z"
+    booked = tenant.create(service, "+12125550180", desiredTime=start)
+    assert booked.status_code == 200, booked.text
+    response = tenant.ges(
+        "GET",
+        f"/callbacks/availability/{service}",
+        params={"start": start, "end": f"{monday}T17:00:00.000Z", "timezone": "Europe/Paris"},
+    )
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert data["durationMin"] == 60 and data["timezone"] == "Europe/Paris"
+    assert [(s["utcTime"], s["capacity"], s["total"]) for s in data["slots"]] == [
+        (f"{monday}T15:00:00.000Z", 1, 2),
+        (f"{monday}T16:00:00.000Z", 2, 2),
+    ]
+    assert data["slots"][0]["localTime"].startswith(f"{monday}T16:00:00.000+01:00")
+    open_for = tenant.ges(
+        "GET", f"/callbacks/open-for/{service}", params={"start": f"{monday}T21:00:00.000Z"}
+    )
+    assert open_for.json()["data"]["openFor"] == 3600
+    closed = tenant.ges(
+        "GET", f"/callbacks/open-for/{service}", params={"start": f"{monday}T23:00:00.000Z"}
+    )
+    assert closed.json()["data"]["openFor"] == 0
+
+
+def test_wait_estimates_from_routing_statistics(tenant: Tenant) -> None:
+    tenant.service("ewt", queue="ewt-vq")
+    before = tenant.ges("GET", "/estimated-wait-time", params={"virtual-queues": "ewt-vq"})
+    assert before.status_code == 200, before.text
+    assert before.json()["data"][0]["resultCode"] == -2  # no agents logged in yet
+    status = tenant.ges("GET", "/callbacks/queue-status/ewt-vq").json()["data"]
+    assert status == {"ewt": -1, "offerImmediateCallback": False, "offerScheduledCallback": True}
+
+    tenant.router.ReportQueueStatistics(
+        M.ReportQueueStatisticsRequest(
+            virtual_queue="virtualQueues/ewt-vq",
+            agents_logged_in=2,
+            agents_ready=1,
+            handled_interactions=[
+                M.HandledInteraction(
+                    wait_time=Duration(seconds=30), handle_time=Duration(seconds=120)
+                )
+            ]
+            * 4,
+        ),
+        metadata=tenant.routing,
+        timeout=10,
+    )
+    estimates = tenant.ges(
+        "GET", "/estimated-wait-time", params={"virtual-queues": "ewt-vq", "mode": "mode2"}
+    ).json()["data"]
+    assert estimates == [
+        {
+            "virtualQueue": "ewt-vq",
+            "estimatedWaitTime": 60,
+            "message": "mode2: from agents",
+            "resultCode": 0,
+        }
+    ]
+    status = tenant.ges("GET", "/callbacks/queue-status/ewt-vq").json()["data"]
+    assert status["ewt"] == 60 and status["offerImmediateCallback"] is True
+
+
+def test_call_in_codes_match_once_within_their_expiry(tenant: Tenant) -> None:
+    tenant.config.CreateCallInGroup(
+        M.CreateCallInGroupRequest(
+            call_in_group_id="support",
+            call_in_group=S.CallInGroup(phone_numbers=["+18005550100", "+18005550101"]),
+        ),
+        metadata=tenant.admin,
+        timeout=10,
+    )
+    response = tenant.ges(
+        "POST",
+        "/call-in/requests/create",
+        {"groupName": "support", "fromPhoneNumber": "+12125550190"},
+    )
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert data["toPhoneNumber"] in ("+18005550100", "+18005550101")
+    assert 100000 <= data["accessCode"] <= 999999
+    assert int(data["expirationTime"]) > time.time() * 1000
+    match = M.MatchCallInCodeRequest(
+        to_phone_number=data["toPhoneNumber"], access_code=str(data["accessCode"])
+    )
+    matched = tenant.router.MatchCallInCode(match, metadata=tenant.routing, timeout=10)
+    assert matched.from_phone_number == "+12125550190"
+    with pytest.raises(grpc.RpcError) as second:
+        tenant.router.MatchCallInCode(match, metadata=tenant.routing, timeout=10)
+    assert second.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_two_replicas_dispatch_every_due_callback_exactly_once(
+    tenant: Tenant, mesh: Mesh, postgres: EmbeddedPostgres
+) -> None:
+    replica = mesh.start_service("callbacks")
+    try:
+        wait_serving(f"127.0.0.1:{replica.port}", time.monotonic() + 60, replica)
+        service = tenant.service("burst", in_queue_check=S.IN_QUEUE_CHECK_OFF)
+        due = (datetime.now(UTC) + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            created = list(
+                pool.map(
+                    lambda n: tenant.create(service, f"+1646555{n:04d}", desiredTime=due),
+                    range(60),
+                )
+            )
+        assert all(c.status_code == 200 for c in created)
+        deadline = time.monotonic() + 15
+        while True:
+            listed = tenant.callbacks.ListCallbacks(
+                M.ListCallbacksRequest(
+                    callback_service=f"callbackServices/{service}", page_size=100
+                ),
+                metadata=tenant.admin,
+                timeout=10,
+            ).callbacks
+            if len(listed) == 60 and all(c.state == S.CALLBACK_STATE_QUEUED for c in listed):
+                break
+            assert time.monotonic() < deadline, "not every callback was queued in time"
+            time.sleep(0.3)
+        time.sleep(2 * DISPATCH_SECONDS)  # both replicas have had more turns since
+        counts = asyncio.run(_dispatch_counts(postgres.dsn, tenant.tenant, service))
+        assert counts == [1] * 60
+    finally:
+        replica.process.terminate()
+        replica.process.wait(timeout=30)
+
+
+async def _dispatch_counts(dsn: str, tenant: str, service: str) -> list[int]:
+    """How many times each callback was queued, read as the database owner."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT dispatch_count FROM callbacks.callbacks WHERE tenant_id = $1 AND service_id = $2",
+            tenant,
+            service,
+        )
+    finally:
+        await connection.close()
+    return [r["dispatch_count"] for r in rows]
