@@ -489,3 +489,28 @@ async def _dispatch_counts(dsn: str, tenant: str, service: str) -> list[int]:
     finally:
         await connection.close()
     return [r["dispatch_count"] for r in rows]
+
+
+def test_the_demo_seed_serves_callbacks_at_once(mesh: Mesh, key: SigningKey) -> None:
+    from cxmesh_server.stack.demo import seed_demo
+
+    first = seed_demo(mesh, key)
+    second = seed_demo(mesh, key, first)
+    assert second["CXMESH_API_KEY"] == first["CXMESH_API_KEY"]  # the key is reused
+    headers = {"x-api-key": first["CXMESH_API_KEY"], "content-type": "application/json"}
+    with httpx.Client(base_url=first["CXMESH_GES_URL"], headers=headers, timeout=10) as ges:
+        created = ges.post(
+            "/callbacks/create",
+            json={"serviceName": first["CXMESH_CALLBACK_SERVICE"], "phoneNumber": "+12125550111"},
+        )
+        assert created.status_code == 200, created.text
+        callback_id = created.json()["data"]["id"]
+        data = ges.post("/callbacks/retrieve", json={"id": callback_id}).json()["data"]
+        assert data["callbackState"] in ("SCHEDULED", "QUEUED")
+        status = ges.get(f"/callbacks/queue-status/{first['CXMESH_VIRTUAL_QUEUE']}")
+        assert status.status_code == 200, status.text
+        call_in = ges.post(
+            "/call-in/requests/create", json={"groupName": first["CXMESH_CALLIN_GROUP"]}
+        )
+        assert call_in.status_code == 200, call_in.text
+        assert ges.post("/callbacks/cancel", json={"id": callback_id}).status_code == 200

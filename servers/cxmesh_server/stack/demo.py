@@ -1,15 +1,18 @@
 """The demo tenant of `make run`, seeded idempotently through the public API: the tenant,
-the default rule set (US TCPA window + Regulation F 7-in-7), a demo suppression list, and a
-dialer API key for the OCS pre-dial validation endpoints."""
+the default rule set (US TCPA window + Regulation F 7-in-7), a demo suppression list, a
+dialer API key for the OCS pre-dial validation endpoints, and for callbacks a service open
+around the clock with its virtual queue, a call-in group and an API key for the GES API."""
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import httpx
 
+from cxmesh.callbacks.v1 import callback_pb2, callback_service_pb2, callback_service_pb2_grpc
 from cxmesh.compliance.v1 import rule_set_pb2, rule_set_service_pb2, rule_set_service_pb2_grpc
 from cxmesh.iam.v1 import (
     api_key_pb2,
@@ -26,6 +29,10 @@ from cxmesh_server.stack.mesh import Mesh
 
 DEMO_TENANT = "demo"
 DEMO_SUPPRESSED_NUMBER = "+12125550199"
+DEMO_CALLBACK_SERVICE = "demo-callbacks"
+DEMO_QUEUE = "demo-callbacks-vq"
+DEMO_CALLIN_GROUP = "demo-call-in"
+DEMO_CALLIN_NUMBERS = ["+18885550100", "+18885550101", "+18885550102"]
 
 
 def _metadata(token: str) -> tuple[tuple[str, str], ...]:
@@ -101,6 +108,7 @@ def seed_demo(
                 )
                 .key
             )
+        callbacks = _seed_callbacks(mesh, channel, _metadata(admin), previous or {})
     return {
         "CXMESH_TENANT": DEMO_TENANT,
         "CXMESH_TOKEN": admin,
@@ -108,6 +116,78 @@ def seed_demo(
         "CXMESH_OCS_HISTORY_URL": f"{mesh.edge_url}/ocs/v1/history",
         "CXMESH_OCS_AUTH_HEADER": f"x-api-key: {dialer_key}",
         "CXMESH_DEMO_SUPPRESSED_NUMBER": DEMO_SUPPRESSED_NUMBER,
+        **callbacks,
+    }
+
+
+def _created_or_existing(create: Callable[[], object]) -> None:
+    try:
+        create()
+    except grpc.RpcError as error:
+        if error.code() is not grpc.StatusCode.ALREADY_EXISTS:
+            raise
+
+
+def _seed_callbacks(
+    mesh: Mesh,
+    channel: grpc.Channel,
+    admin: tuple[tuple[str, str], ...],
+    previous: dict[str, str],
+) -> dict[str, str]:
+    """A callback service open around the clock on its virtual queue, a call-in group with
+    a pool of numbers, and an API key for the GES surface."""
+    config = callback_service_pb2_grpc.CallbackConfigServiceStub(channel)
+    _created_or_existing(
+        lambda: config.CreateVirtualQueue(
+            callback_service_pb2.CreateVirtualQueueRequest(virtual_queue_id=DEMO_QUEUE),
+            metadata=admin,
+            timeout=10,
+        )
+    )
+    _created_or_existing(
+        lambda: config.CreateCallbackService(
+            callback_service_pb2.CreateCallbackServiceRequest(
+                callback_service_id=DEMO_CALLBACK_SERVICE,
+                callback_service=callback_pb2.CallbackServiceConfig(
+                    virtual_queue=f"virtualQueues/{DEMO_QUEUE}",
+                    office_hours=callback_pb2.OfficeHours(time_zone="America/New_York"),
+                ),
+            ),
+            metadata=admin,
+            timeout=10,
+        )
+    )
+    _created_or_existing(
+        lambda: config.CreateCallInGroup(
+            callback_service_pb2.CreateCallInGroupRequest(
+                call_in_group_id=DEMO_CALLIN_GROUP,
+                call_in_group=callback_pb2.CallInGroup(phone_numbers=DEMO_CALLIN_NUMBERS),
+            ),
+            metadata=admin,
+            timeout=10,
+        )
+    )
+    api_key = previous.get("CXMESH_API_KEY", "")
+    if not api_key or not _key_works(mesh, api_key):
+        api_key = (
+            api_key_service_pb2_grpc.ApiKeyServiceStub(channel)
+            .CreateApiKey(
+                api_key_service_pb2.CreateApiKeyRequest(
+                    api_key=api_key_pb2.ApiKey(
+                        display_name="demo web widget (GES)", roles=["engagement"]
+                    )
+                ),
+                metadata=admin,
+                timeout=10,
+            )
+            .key
+        )
+    return {
+        "CXMESH_API_KEY": api_key,
+        "CXMESH_CALLBACK_SERVICE": DEMO_CALLBACK_SERVICE,
+        "CXMESH_VIRTUAL_QUEUE": DEMO_QUEUE,
+        "CXMESH_CALLIN_GROUP": DEMO_CALLIN_GROUP,
+        "CXMESH_GES_URL": f"{mesh.edge_url}/engagement/v3",
     }
 
 

@@ -44,7 +44,8 @@ class MeshOptions:
     # First gRPC port of the services; None picks free ports.
     base_port: int | None = None
     services: Sequence[str] = tuple(PACKAGES_BY_PROCESS)
-    replicas: Mapping[str, int] = field(default_factory=dict)
+    # Replicas per service (default one); callbacks runs two, as GES does for HA.
+    replicas: Mapping[str, int] = field(default_factory=lambda: {"callbacks": 2})
     extra_env: Mapping[str, str] = field(default_factory=dict)
     shutdown_grace_seconds: float = 10.0
     rate_limit_per_second: int = 20000
