@@ -6,7 +6,13 @@ import argparse
 from collections.abc import Callable
 from contextlib import ExitStack
 
-from bench import baselines, compliance_decisions, lists_import, runtime_overhead
+from bench import (
+    baselines,
+    callbacks_load,
+    compliance_decisions,
+    lists_import,
+    runtime_overhead,
+)
 from bench.environment import Environment, start
 from bench.harness import Run, require_tool, save
 
@@ -16,6 +22,7 @@ GROUPS: dict[str, Callable[[Run, Environment], None]] = {
     runtime_overhead.GROUP: runtime_overhead.measure,
     lists_import.GROUP: lists_import.measure,
     compliance_decisions.GROUP: compliance_decisions.measure,
+    callbacks_load.GROUP: callbacks_load.measure,
 }
 
 
@@ -28,7 +35,7 @@ def main() -> None:
         require_tool(tool)
     run = Run()
     with ExitStack() as stack:
-        env = start(stack, services=("iam", "lists", "compliance"))
+        env = start(stack, services=("iam", "lists", "compliance", "callbacks"))
         print("baselines")
         baselines.measure(run, env)
         for name in selected:

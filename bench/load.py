@@ -95,6 +95,22 @@ wrk.method = "POST"
 wrk.body = [==[{body}]==]
 {headers}
 """
+# With `numbered`: each request's body is the template with %d replaced by a counter, so
+# that no two requests carry the same phone number (or other key).
+_WRK_NUMBERED = """
+counter = math.random(0, 1000000)
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, string.format(wrk.body, counter % 10000))
+end
+"""
+# With `delay_ms`: each connection waits this long before its next request, which paces
+# the load (wrk has no rate option of its own).
+_WRK_DELAY = """
+delay = function()
+  return {delay_ms}
+end
+"""
 
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
@@ -113,12 +129,18 @@ def wrk_post(
     headers: dict[str, str],
     seconds: int = 10,
     connections: int = 16,
+    numbered: bool = False,
+    delay_ms: float | None = None,
 ) -> LoadResult:
     """POSTs with wrk (HTTP/1.1 keep-alive); fails on any non-2xx answer."""
     wrk = require_tool("wrk")
     header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(_WRK_SCRIPT.format(body=body, headers=header_lines))
+        if numbered:
+            script.write(_WRK_NUMBERED)
+        if delay_ms is not None:
+            script.write(_WRK_DELAY.format(delay_ms=delay_ms))
     # Warm up connections and caches, then measure.
     subprocess.run(
         [wrk, "-t1", f"-c{connections}", "-d2s", "-s", script.name, url],

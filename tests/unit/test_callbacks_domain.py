@@ -76,8 +76,10 @@ def test_buckets_align_on_the_local_clock_and_take_weekly_rule_sizes() -> None:
 
 def test_slots_cover_opening_hours_only_starting_with_the_current_bucket() -> None:
     capacity = Capacity.compile(S.Capacity(bucket_minutes=60), NEW_YORK)
-    starts = slot_starts(
-        weekdays_nine_to_five(), capacity, local(2026, 11, 24, 15, 20), local(2026, 11, 25, 11)
+    starts = list(
+        slot_starts(
+            weekdays_nine_to_five(), capacity, local(2026, 11, 24, 15, 20), local(2026, 11, 25, 11)
+        )
     )
     assert starts == [
         local(2026, 11, 24, 15),

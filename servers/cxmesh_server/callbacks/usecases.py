@@ -5,6 +5,7 @@ them its own way."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 from datetime import datetime, timedelta
 
 from prometheus_client import Counter
@@ -156,13 +157,15 @@ class Callbacks:
     ) -> list[Slot]:
         starts = slot_starts(rules.hours, rules.capacity, start, end)
         slots: list[Slot] = []
-        # Read in chunks so a week of 5-minute buckets stops reading once enough are found.
-        for offset in range(0, len(starts), 500):
-            for slot in await self.store.booked(tenant, rules, starts[offset : offset + 500]):
+        # Bookings are read a few buckets at a time: most answers need the first ones only.
+        chunk = 4
+        while batch := list(islice(starts, chunk)):
+            for slot in await self.store.booked(tenant, rules, batch):
                 if report_busy or slot.free > 0:
                     slots.append(slot)
                     if max_slots and len(slots) >= max_slots:
                         return slots
+            chunk = 200
         return slots
 
     async def wait_of(self, tenant: str, callback: callback_pb2.Callback) -> Estimate | None:

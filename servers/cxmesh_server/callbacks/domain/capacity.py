@@ -3,6 +3,7 @@ the weekly rules (or the default), and the slots offered from them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -77,16 +78,17 @@ class Slot:
 
 def slot_starts(
     hours: OfficeHours, capacity: Capacity, start: datetime, end: datetime
-) -> list[datetime]:
+) -> Iterator[datetime]:
     """The starts of the buckets that overlap an opening in [start, end), the bucket holding
-    `start` included (a callback booked now goes into the current bucket)."""
-    starts: list[datetime] = []
+    `start` included (a callback booked now goes into the current bucket). Lazy: an
+    immediate callback usually needs only the first."""
+    last: datetime | None = None
     for begin, finish in hours.intervals(start, end):
         moment = capacity.bucket_start(begin)
         while moment < finish:
-            if not starts or moment > starts[-1]:
-                starts.append(moment)
+            if last is None or moment > last:
+                last = moment
+                yield moment
             following = capacity.bucket_start(moment + capacity.bucket)
             # A DST change can pull the realigned start back; never step backwards.
             moment = following if following > moment else moment + capacity.bucket
-    return starts
