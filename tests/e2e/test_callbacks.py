@@ -19,6 +19,7 @@ import grpc
 import httpx
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.field_mask_pb2 import FieldMask
 
 from cxmesh.callbacks.v1 import callback_pb2, callback_service_pb2, callback_service_pb2_grpc
 from cxmesh.iam.v1 import api_key_pb2, api_key_service_pb2, api_key_service_pb2_grpc
@@ -514,3 +515,22 @@ def test_the_demo_seed_serves_callbacks_at_once(mesh: Mesh, key: SigningKey) -> 
         )
         assert call_in.status_code == 200, call_in.text
         assert ges.post("/callbacks/cancel", json={"id": callback_id}).status_code == 200
+
+
+def test_a_settings_change_applies_to_the_next_create_on_every_replica(tenant: Tenant) -> None:
+    service = tenant.service("changing", in_queue_check=S.IN_QUEUE_CHECK_OFF)
+    for _ in range(4):  # both replicas behind the edge have read (and kept) the settings
+        assert tenant.create(service, "+12125550200", desiredTime=in_minutes(90)).status_code == 200
+    tenant.config.UpdateCallbackService(
+        M.UpdateCallbackServiceRequest(
+            callback_service=S.CallbackServiceConfig(
+                name=f"callbackServices/{service}", in_queue_check=S.IN_QUEUE_CHECK_STRICT
+            ),
+            update_mask=FieldMask(paths=["in_queue_check"]),
+        ),
+        metadata=tenant.admin,
+        timeout=10,
+    )
+    for _ in range(4):
+        refused = tenant.create(service, "+12125550200", desiredTime=in_minutes(90))
+        assert refused.status_code == 400, refused.text

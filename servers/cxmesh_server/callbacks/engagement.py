@@ -137,6 +137,8 @@ class EngagementHandlers(engagement_service_pb2_grpc.EngagementServiceServicer):
     def __init__(self, callbacks: Callbacks) -> None:
         self._callbacks = callbacks
 
+    # `alwaysCheckCapacity` is accepted and has no effect: every callback, immediate ones
+    # included, takes a place in a capacity bucket.
     @ges
     async def GesCreateCallback(
         self, request: E.GesCreateCallbackRequest, context: GrpcContext
@@ -152,12 +154,6 @@ class EngagementHandlers(engagement_service_pb2_grpc.EngagementServiceServicer):
         if missing:
             raise InvalidArgument(missing)
         tenant = current_tenant()
-        rules = await self._callbacks.rules(tenant, request.service_name, "serviceName")
-        if rules.config.captcha_required:
-            # Verification is not wired yet: a service that demands it refuses (fail closed).
-            raise InvalidArgument(
-                [FieldViolation("captchaToken", "captcha verification is not available")]
-            )
         targets = [(t.channel.upper(), t.target) for t in request.push_targets if t.target]
         if request.push_target:
             targets.append(((request.push_channel or "FCM").upper(), request.push_target))
@@ -178,7 +174,7 @@ class EngagementHandlers(engagement_service_pb2_grpc.EngagementServiceServicer):
                 priority=request.priority,
                 user_data=user_data,
                 push_targets=tuple(targets),
-                always_check_capacity=request.always_check_capacity,
+                captcha_token=request.captcha_token,
                 service_field="serviceName",
                 phone_field="phoneNumber",
                 time_field="desiredTime",

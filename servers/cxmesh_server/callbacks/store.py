@@ -18,7 +18,7 @@ import asyncpg
 from cxmesh.callbacks.v1 import callback_pb2
 from cxmesh_server.callbacks.domain.capacity import Slot
 from cxmesh_server.callbacks.domain.services import ServiceRules, with_defaults
-from cxmesh_server.callbacks.domain.states import ACTIVE_STATES, transition_problem
+from cxmesh_server.callbacks.domain.states import transition_problem
 from cxmesh_server.callbacks.domain.wait import Handled
 from cxmesh_server.runtime.errors import AlreadyExists, FailedPrecondition, NotFound
 from cxmesh_server.runtime.postgres import Db, tenant_transaction
@@ -28,6 +28,10 @@ S = callback_pb2
 
 class CapacityFull(Exception):
     """The bucket of the desired time has no place left."""
+
+
+class StaleService(Exception):
+    """The service's settings changed since they were read."""
 
 
 class Refused(Exception):
@@ -42,13 +46,15 @@ class Refused(Exception):
 class NewCallback:
     rules: ServiceRules
     phone_number: str
-    desired_time: datetime
+    # The desired time (scheduled) or now (immediate): never earlier than this.
+    desired_floor: datetime
     immediate: bool
     priority: int
     user_data: dict[str, object] | None
     push_targets: list[dict[str, str]]
     request_id: str
-    check_capacity: bool
+    # The capacity buckets to book, tried in order.
+    buckets: list[datetime]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +160,13 @@ class CallbackStore:
         return _service(row)
 
     async def service_rules(self, tenant: str, service_id: str) -> ServiceRules:
-        return ServiceRules.compile(service_id, await self.get_service(tenant, service_id))
+        async with tenant_transaction(self.pool, tenant) as db:
+            row = await db.fetchrow(
+                "SELECT * FROM callbacks.callback_services WHERE service_id = $1", service_id
+            )
+        if row is None:
+            raise NotFound(f"callbackServices/{service_id} not found")
+        return ServiceRules.compile(service_id, _service(row), row["version"])
 
     async def services_of_queue(self, tenant: str, queue_id: str) -> list[ServiceRules]:
         async with tenant_transaction(self.pool, tenant) as db:
@@ -162,7 +174,7 @@ class CallbackStore:
                 "SELECT * FROM callbacks.callback_services WHERE queue_id = $1 ORDER BY service_id",
                 queue_id,
             )
-        return [ServiceRules.compile(r["service_id"], _service(r)) for r in rows]
+        return [ServiceRules.compile(r["service_id"], _service(r), r["version"]) for r in rows]
 
     async def list_services(
         self, tenant: str, offset: int, limit: int
@@ -404,87 +416,51 @@ class CallbackStore:
     # --- callbacks ---------------------------------------------------------------------
 
     async def create(self, tenant: str, new: NewCallback) -> callback_pb2.Callback:
+        """One round trip (callbacks.create_callback): raises StaleService when the
+        service's settings changed since `new.rules` were read, Refused or CapacityFull."""
         rules = new.rules
-        async with tenant_transaction(self.pool, tenant) as db:
-            if new.request_id:
-                row = await db.fetchrow(
-                    "SELECT * FROM callbacks.callbacks WHERE request_id = $1", new.request_id
-                )
-                if row is not None:
-                    return _callback(row)
-            # Creates for one number of one service queue behind each other here, so the
-            # duplicate and throttle counts below cannot be raced.
-            await db.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                f"{tenant}/{rules.service_id}/{new.phone_number}",
-            )
-            counts = await db.fetchrow(
+        try:
+            row = await self.pool.fetchrow(
                 """
-                SELECT count(*) FILTER (WHERE state = ANY($3::smallint[])) AS active,
-                       count(*) FILTER (WHERE immediate AND create_time > now() - interval '24 hours')
-                           AS immediate_today
-                FROM callbacks.callbacks WHERE service_id = $1 AND phone_number = $2
+                SELECT * FROM callbacks.create_callback($1, $2, $3, $4, $5, $6, $7, $8, $9,
+                    $10, $11, $12, $13, $14, $15, $16, $17)
                 """,
+                tenant,
                 rules.service_id,
-                new.phone_number,
-                list(ACTIVE_STATES),
-            )
-            assert counts is not None
-            if rules.duplicate_limit and counts["active"] >= rules.duplicate_limit:
-                raise Refused(
-                    "duplicate",
-                    f"the number already has {counts['active']} active callbacks for this service",
-                )
-            if (
-                new.immediate
-                and rules.throttle_per_day
-                and counts["immediate_today"] >= rules.throttle_per_day
-            ):
-                raise Refused(
-                    "throttled",
-                    f"at most {rules.throttle_per_day} immediate callbacks per number in 24 hours",
-                )
-            bucket = None
-            if new.check_capacity:
-                bucket = rules.capacity.bucket_start(new.desired_time)
-                booked = await db.fetchval(
-                    """
-                    INSERT INTO callbacks.capacity_bookings AS b (tenant_id, service_id, bucket_start, booked)
-                    VALUES (current_setting('cxmesh.tenant'), $1, $2, 1)
-                    ON CONFLICT (tenant_id, service_id, bucket_start)
-                    DO UPDATE SET booked = b.booked + 1 WHERE b.booked < $3
-                    RETURNING booked
-                    """,
-                    rules.service_id,
-                    bucket,
-                    rules.capacity.size_at(bucket),
-                )
-                if booked is None or booked > rules.capacity.size_at(bucket):
-                    raise CapacityFull()
-            row = await db.fetchrow(
-                """
-                INSERT INTO callbacks.callbacks (tenant_id, callback_id, service_id, queue_id,
-                    phone_number, desired_time, immediate, state, priority, user_data,
-                    push_targets, bucket_start, expires, request_id)
-                VALUES (current_setting('cxmesh.tenant'), $1, $2, $3, $4, $5, $6, 1, $7, $8,
-                    $9, $10, $11, NULLIF($12, ''))
-                RETURNING *
-                """,
-                uuid.uuid4().hex,
-                rules.service_id,
+                rules.version,
                 rules.queue_id,
+                uuid.uuid4().hex,
                 new.phone_number,
-                new.desired_time,
                 new.immediate,
+                new.desired_floor,
                 new.priority,
                 json.dumps(new.user_data) if new.user_data else None,
                 json.dumps(new.push_targets),
-                bucket,
-                new.desired_time + rules.ttl,
                 new.request_id,
+                rules.ttl,
+                rules.duplicate_limit,
+                rules.throttle_per_day,
+                new.buckets,
+                [rules.capacity.size_at(b) for b in new.buckets],
             )
-            assert row is not None
-            return _callback(row)
+        except asyncpg.RaiseError as error:
+            kind, _, detail = str(error).removeprefix("cxmesh:").partition(":")
+            if kind == "stale_service":
+                raise StaleService() from error
+            if kind == "capacity":
+                raise CapacityFull() from error
+            if kind == "duplicate":
+                raise Refused(
+                    kind, f"the number already has {detail} active callbacks for this service"
+                ) from error
+            if kind == "throttled":
+                raise Refused(
+                    kind,
+                    f"at most {rules.throttle_per_day} immediate callbacks per number in 24 hours",
+                ) from error
+            raise
+        assert row is not None
+        return _callback(row)
 
     async def booked(self, tenant: str, rules: ServiceRules, starts: list[datetime]) -> list[Slot]:
         async with tenant_transaction(self.pool, tenant) as db:

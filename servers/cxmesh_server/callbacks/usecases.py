@@ -4,9 +4,9 @@ them its own way."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from itertools import islice
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from itertools import islice
 
 from prometheus_client import Counter
 
@@ -15,7 +15,13 @@ from cxmesh_server.callbacks.domain.capacity import Slot, slot_starts
 from cxmesh_server.callbacks.domain.services import ServiceRules
 from cxmesh_server.callbacks.domain.states import WAITING_STATES
 from cxmesh_server.callbacks.domain.wait import Estimate, estimate
-from cxmesh_server.callbacks.store import CallbackStore, CapacityFull, NewCallback, Refused
+from cxmesh_server.callbacks.store import (
+    CallbackStore,
+    CapacityFull,
+    NewCallback,
+    Refused,
+    StaleService,
+)
 from cxmesh_server.contacts.phones import PhoneError
 from cxmesh_server.runtime.errors import (
     FieldViolation,
@@ -30,6 +36,9 @@ ASAP_HORIZON = timedelta(days=7)
 PROPOSED_SLOTS = 5
 # A desired time this far in the past is taken as "now" (clocks of web clients drift).
 PAST_TOLERANCE = timedelta(minutes=1)
+# Buckets an immediate callback tries in its one round trip before looking further ahead.
+ASAP_CANDIDATES = 24
+RULES_CACHE_ENTRIES = 10_000
 
 CREATED = Counter(
     "cxmesh_callbacks_created_total", "Callbacks created.", ("tenant", "callback_service")
@@ -52,7 +61,8 @@ class CallbackRequest:
     user_data: dict[str, object] | None = None
     push_targets: tuple[tuple[str, str], ...] = ()
     request_id: str = ""
-    always_check_capacity: bool = False
+    # The GES surface's reCAPTCHA token ("" when absent); None where captcha does not apply.
+    captcha_token: str | None = None
     service_field: str = "callback.callback_service"
     phone_field: str = "callback.phone_number"
     time_field: str = "callback.desired_time"
@@ -62,47 +72,96 @@ class Callbacks:
     def __init__(self, store: CallbackStore, default_region: str = "US") -> None:
         self.store = store
         self.default_region = default_region
+        # (tenant, service) → its compiled settings. A create names their version and the
+        # database refuses a stale one, so a change applies to the next request everywhere.
+        self._rules: dict[tuple[str, str], ServiceRules] = {}
 
-    async def rules(self, tenant: str, service_id: str, field: str) -> ServiceRules:
+    async def rules(
+        self, tenant: str, service_id: str, field: str, *, cached: bool = False
+    ) -> ServiceRules:
+        """The service's settings; `cached` only where the database checks their version."""
+        key = (tenant, service_id)
+        found = self._rules.get(key) if cached else None
+        if found is not None:
+            return found
         try:
-            return await self.store.service_rules(tenant, service_id)
+            rules = await self.store.service_rules(tenant, service_id)
         except NotFound as error:
+            self._rules.pop(key, None)
             raise InvalidArgument([FieldViolation(field, "no such callback service")]) from error
+        if len(self._rules) >= RULES_CACHE_ENTRIES:
+            self._rules.clear()
+        self._rules[key] = rules
+        return rules
 
     async def create(
         self, tenant: str, request: CallbackRequest, now: datetime
     ) -> callback_pb2.Callback:
-        rules = await self.rules(tenant, request.service_id, request.service_field)
+        rules = await self.rules(tenant, request.service_id, request.service_field, cached=True)
+        try:
+            return await self._create(tenant, rules, request, now)
+        except StaleService:
+            rules = await self.rules(tenant, request.service_id, request.service_field)
+            return await self._create(tenant, rules, request, now)
+
+    async def _create(
+        self, tenant: str, rules: ServiceRules, request: CallbackRequest, now: datetime
+    ) -> callback_pb2.Callback:
         try:
             phone = rules.phone(request.phone_number, self.default_region)
         except PhoneError as error:
             raise InvalidArgument(
                 [FieldViolation(request.phone_field, str(error))], reason=error.reason
             ) from error
+        if request.captcha_token is not None and rules.config.captcha_required:
+            # Verification is not wired yet: a service that demands it refuses (fail closed).
+            raise InvalidArgument(
+                [FieldViolation("captchaToken", "captcha verification is not available")]
+            )
         immediate = request.desired_time is None
         if immediate:
             if not rules.immediate_enabled:
                 raise InvalidArgument(
                     [FieldViolation(request.time_field, "immediate callbacks are disabled")]
                 )
-            desired = await self._earliest_free(tenant, rules, now)
+            if rules.config.reject_outside_office_hours and not rules.hours.is_open(now):
+                raise InvalidArgument(
+                    [FieldViolation(request.time_field, "the office is closed now")]
+                )
+            floor = now
+            buckets = list(
+                islice(
+                    slot_starts(rules.hours, rules.capacity, now, now + ASAP_HORIZON),
+                    ASAP_CANDIDATES,
+                )
+            )
         else:
             assert request.desired_time is not None
-            desired = max(request.desired_time, now)
             self._check_desired(rules, request, now)
+            floor = max(request.desired_time, now)
+            buckets = [rules.capacity.bucket_start(floor)]
         new = NewCallback(
             rules=rules,
             phone_number=phone.e164,
-            desired_time=desired,
+            desired_floor=floor,
             immediate=immediate,
             priority=request.priority,
             user_data=request.user_data,
             push_targets=[{"channel": c, "target": t} for c, t in request.push_targets],
             request_id=request.request_id,
-            check_capacity=True,
+            buckets=buckets,
         )
         try:
-            created = await self.store.create(tenant, new)
+            try:
+                created = await self.store.create(tenant, new)
+            except CapacityFull:
+                if not immediate:
+                    raise
+                # The next buckets are full: book into the first free one further ahead.
+                free = await self.availability(tenant, rules, now, now + ASAP_HORIZON, 1, False)
+                if not free:
+                    raise
+                created = await self.store.create(tenant, replace(new, buckets=[free[0].start]))
         except Refused as refused:
             if refused.kind == "throttled":
                 raise ResourceExhausted(str(refused), reason="THROTTLED") from refused
@@ -111,7 +170,7 @@ class Callbacks:
             ) from refused
         except CapacityFull as full:
             proposals = await self.availability(
-                tenant, rules, desired, desired + ASAP_HORIZON, PROPOSED_SLOTS, False
+                tenant, rules, floor, floor + ASAP_HORIZON, PROPOSED_SLOTS, False
             )
             raise ResourceExhausted(
                 "no capacity left at the desired time",
@@ -136,15 +195,6 @@ class Callbacks:
             )
         if rules.config.reject_outside_office_hours and not rules.hours.is_open(max(desired, now)):
             raise InvalidArgument([FieldViolation(request.time_field, "is outside office hours")])
-
-    async def _earliest_free(self, tenant: str, rules: ServiceRules, now: datetime) -> datetime:
-        """An immediate callback goes into the first slot with room: now when open."""
-        if rules.config.reject_outside_office_hours and not rules.hours.is_open(now):
-            raise InvalidArgument([FieldViolation("desired_time", "the office is closed now")])
-        free = await self.availability(tenant, rules, now, now + ASAP_HORIZON, 1, False)
-        if not free:
-            raise ResourceExhausted("no capacity in the coming week", reason="CAPACITY_FULL")
-        return max(free[0].start, now)
 
     async def availability(
         self,

@@ -108,6 +108,7 @@ class ServiceRules:
     """A stored service, compiled for requests."""
 
     service_id: str
+    version: int  # of the stored settings; a create names it, so it never uses stale ones
     queue_id: str
     config: callback_pb2.CallbackServiceConfig
     hours: OfficeHours
@@ -119,11 +120,14 @@ class ServiceRules:
     immediate_enabled: bool
 
     @classmethod
-    def compile(cls, service_id: str, config: callback_pb2.CallbackServiceConfig) -> ServiceRules:
+    def compile(
+        cls, service_id: str, config: callback_pb2.CallbackServiceConfig, version: int = 0
+    ) -> ServiceRules:
         config = with_defaults(config)
         hours = OfficeHours.compile(config.office_hours)
         return cls(
             service_id=service_id,
+            version=version,
             queue_id=config.virtual_queue.removeprefix("virtualQueues/"),
             config=config,
             hours=hours,
