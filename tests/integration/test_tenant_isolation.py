@@ -44,3 +44,24 @@ async def test_rows_of_other_tenants_are_invisible_and_unwritable(
             assert await db.fetchval("SELECT count(*) FROM iam.api_keys") == 0
     finally:
         await pool.close()
+
+
+async def test_a_pooled_connection_carries_no_tenant_into_its_next_use(
+    postgres: EmbeddedPostgres,
+) -> None:
+    pool = await create_pool(postgres.dsn, max_size=1)  # every use gets the same connection
+    try:
+        async with tenant_transaction(pool, "tenant-a") as db:
+            assert await db.fetchval("SELECT current_setting('cxmesh.tenant', true)") == "tenant-a"
+        with_failure = None
+        try:
+            async with tenant_transaction(pool, "tenant-b") as db:
+                await db.execute("SELECT 1 / 0")
+        except asyncpg.DivisionByZeroError as error:
+            with_failure = error
+        assert with_failure is not None
+        async with pool.acquire() as connection:
+            assert not await connection.fetchval("SELECT current_setting('cxmesh.tenant', true)")
+            assert await connection.fetchval("SELECT pg_current_xact_id_if_assigned()") is None
+    finally:
+        await pool.close()

@@ -37,7 +37,7 @@ PROPOSED_SLOTS = 5
 # A desired time this far in the past is taken as "now" (clocks of web clients drift).
 PAST_TOLERANCE = timedelta(minutes=1)
 # Buckets an immediate callback tries in its one round trip before looking further ahead.
-ASAP_CANDIDATES = 24
+ASAP_CANDIDATES = 6
 RULES_CACHE_ENTRIES = 10_000
 
 CREATED = Counter(
