@@ -534,3 +534,51 @@ def test_a_settings_change_applies_to_the_next_create_on_every_replica(tenant: T
     for _ in range(4):
         refused = tenant.create(service, "+12125550200", desiredTime=in_minutes(90))
         assert refused.status_code == 400, refused.text
+
+
+def test_kill_9_of_a_replica_under_load_loses_no_accepted_callback_and_queues_none_twice(
+    tenant: Tenant, mesh: Mesh, postgres: EmbeddedPostgres
+) -> None:
+    service = tenant.service("survivor", in_queue_check=S.IN_QUEUE_CHECK_OFF)
+    victim = next(i for i in mesh.instances if i.name == "callbacks")
+    due = (datetime.now(UTC) + timedelta(seconds=6)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    accepted: list[str] = []
+    stop_at = time.monotonic() + 3
+
+    def load(worker: int) -> None:
+        n = 0
+        while time.monotonic() < stop_at:
+            n += 1
+            try:
+                answer = tenant.create(
+                    service, f"+1347555{worker:02d}{n % 100:02d}", desiredTime=due
+                )
+            except httpx.HTTPError:
+                continue  # the connection itself broke: the caller would retry
+            if answer.status_code == 200:
+                accepted.append(answer.json()["data"]["id"])
+
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            running = [pool.submit(load, w) for w in range(8)]
+            time.sleep(1)
+            victim.process.kill()  # kill -9: whatever it was doing is cut short
+            for future in running:
+                future.result()
+        assert len(accepted) > 20
+        for callback_id in accepted:
+            assert tenant.retrieve(callback_id)["id"] == callback_id
+        deadline = time.monotonic() + 20
+        while True:
+            counts = asyncio.run(_dispatch_counts(postgres.dsn, tenant.tenant, service))
+            if len(counts) >= len(accepted) and all(c >= 1 for c in counts):
+                break
+            assert time.monotonic() < deadline, "due callbacks were not all queued"
+            time.sleep(0.5)
+        time.sleep(2 * DISPATCH_SECONDS)
+        assert set(asyncio.run(_dispatch_counts(postgres.dsn, tenant.tenant, service))) == {1}
+    finally:
+        victim.process.wait(timeout=10)
+        mesh.instances.remove(victim)
+        replacement = mesh.start_service("callbacks", port=victim.port)
+        wait_serving(f"127.0.0.1:{replacement.port}", time.monotonic() + 60, replacement)
