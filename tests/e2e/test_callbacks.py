@@ -20,6 +20,7 @@ import httpx
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from cxmesh.callbacks.v1 import callback_pb2, callback_service_pb2, callback_service_pb2_grpc
 from cxmesh.iam.v1 import api_key_pb2, api_key_service_pb2, api_key_service_pb2_grpc
@@ -582,3 +583,115 @@ def test_kill_9_of_a_replica_under_load_loses_no_accepted_callback_and_queues_no
         mesh.instances.remove(victim)
         replacement = mesh.start_service("callbacks", port=victim.port)
         wait_serving(f"127.0.0.1:{replacement.port}", time.monotonic() + 60, replacement)
+
+
+def test_publishing_replaces_the_whole_table_with_a_new_version(tenant: Tenant) -> None:
+    tenant.service("seed", queue="pub-vq")
+    active = tenant.create("seed", "+12125550211").json()["data"]["id"]
+
+    def publish(*services: S.CallbackServiceConfig) -> M.PublishCallbackServicesResponse:
+        return tenant.config.PublishCallbackServices(
+            M.PublishCallbackServicesRequest(callback_services=services),
+            metadata=tenant.admin,
+            timeout=10,
+        )
+
+    def config(name: str, **settings: object) -> S.CallbackServiceConfig:
+        return S.CallbackServiceConfig(
+            name=f"callbackServices/{name}",
+            virtual_queue="virtualQueues/pub-vq",
+            **settings,  # type: ignore[arg-type]
+        )
+
+    with pytest.raises(grpc.RpcError) as busy:
+        publish(config("alpha"), config("beta"))  # would drop seed, which has a callback
+    assert busy.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "seed" in (busy.value.details() or "")
+    assert tenant.create("seed", "+12125550212").status_code == 200  # nothing changed
+
+    for callback in tenant.callbacks.ListCallbacks(
+        M.ListCallbacksRequest(callback_service="callbackServices/seed"),
+        metadata=tenant.admin,
+        timeout=10,
+    ).callbacks:
+        tenant.callbacks.CancelCallback(
+            M.CancelCallbackRequest(name=callback.name), metadata=tenant.admin, timeout=10
+        )
+    first = publish(config("alpha"), config("beta"))
+    assert first.version == 1
+    assert [s.name for s in first.callback_services] == [
+        "callbackServices/alpha",
+        "callbackServices/beta",
+    ]
+    assert tenant.create("alpha", "+12125550210").status_code == 200
+    assert tenant.create("seed", "+12125550213").status_code == 400
+    assert tenant.retrieve(active)["callbackReason"] == "CANCELLED"
+
+    second = publish(config("alpha", reject_outside_office_hours=True), config("gamma"))
+    assert second.version == 2
+    assert second.callback_services[0].reject_outside_office_hours
+    gone = tenant.create("beta", "+12125550214")
+    assert (
+        gone.status_code == 400 and "no such callback service" in gone.json()["status"]["message"]
+    )
+    assert tenant.create("gamma", "+12125550215").status_code == 200
+    with pytest.raises(grpc.RpcError) as invalid:
+        publish(config("twice"), config("twice"))
+    assert invalid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_rescheduling_moves_a_callback_and_its_place_in_capacity(tenant: Tenant) -> None:
+    service = tenant.service("moving", capacity=S.Capacity(bucket_minutes=60, default_per_bucket=1))
+    day = (datetime.now(UTC) + timedelta(days=3)).date()
+    first, second = f"{day}T10:00:00.000Z", f"{day}T14:00:00.000Z"
+    callback_id = tenant.create(service, "+12125550220", desiredTime=first).json()["data"]["id"]
+    assert tenant.create(service, "+12125550221", desiredTime=first).status_code == 429
+
+    moved = tenant.callbacks.RescheduleCallback(
+        M.RescheduleCallbackRequest(
+            name=f"callbacks/{callback_id}",
+            desired_time=Timestamp(seconds=int(datetime.fromisoformat(second).timestamp())),
+        ),
+        metadata=tenant.admin,
+        timeout=10,
+    ).callback
+    assert moved.desired_time.ToDatetime(tzinfo=UTC) == datetime.fromisoformat(second)
+    assert tenant.create(service, "+12125550221", desiredTime=first).status_code == 200
+    with pytest.raises(grpc.RpcError) as full:
+        tenant.callbacks.RescheduleCallback(
+            M.RescheduleCallbackRequest(
+                name=f"callbacks/{callback_id}",
+                desired_time=Timestamp(seconds=int(datetime.fromisoformat(first).timestamp())),
+            ),
+            metadata=tenant.admin,
+            timeout=10,
+        )
+    assert full.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_callbacks_are_listed_by_number_and_desired_time_and_counted(tenant: Tenant) -> None:
+    service = tenant.service("listed", in_queue_check=S.IN_QUEUE_CHECK_OFF)
+    day = (datetime.now(UTC) + timedelta(days=2)).date()
+    for number, hour in (("+12125550230", 9), ("+12125550230", 15), ("+12125550231", 9)):
+        created = tenant.create(service, number, desiredTime=f"{day}T{hour:02d}:00:00.000Z")
+        assert created.status_code == 200, created.text
+    morning = M.ListCallbacksRequest(
+        callback_service=f"callbackServices/{service}",
+        phone_number="(212) 555-0230",
+        desired_after=Timestamp(
+            seconds=int(datetime.fromisoformat(f"{day}T08:00:00+00:00").timestamp())
+        ),
+        desired_before=Timestamp(
+            seconds=int(datetime.fromisoformat(f"{day}T12:00:00+00:00").timestamp())
+        ),
+    )
+    found = tenant.callbacks.ListCallbacks(morning, metadata=tenant.admin, timeout=10).callbacks
+    assert [(c.phone_number, c.desired_time.ToDatetime().hour) for c in found] == [
+        ("+12125550230", 9)
+    ]
+    counts = tenant.callbacks.GetCallbackStatistics(
+        M.GetCallbackStatisticsRequest(), metadata=tenant.admin, timeout=10
+    ).counts
+    assert [(c.callback_service, c.state, c.count) for c in counts] == [
+        (f"callbackServices/{service}", S.CALLBACK_STATE_SCHEDULED, 3)
+    ]

@@ -13,7 +13,9 @@ from cxmesh.callbacks.v1 import (
     callback_service_pb2_grpc,
 )
 from cxmesh_server.callbacks.domain.services import NAME, validate_service
+from cxmesh_server.callbacks.store import CallbackFilter
 from cxmesh_server.callbacks.usecases import CallbackRequest, Callbacks
+from cxmesh_server.contacts.phones import PhoneError, normalize_phone
 from cxmesh_server.runtime import paging
 from cxmesh_server.runtime.context import GrpcContext, current_tenant
 from cxmesh_server.runtime.convert import resource_id
@@ -35,6 +37,15 @@ def _identifier(value: str, field: str) -> str:
     if not NAME.match(value):
         raise InvalidArgument([FieldViolation(field, "1-64 letters, digits, _ or -")])
     return value
+
+
+def _e164_filter(number: str) -> str:
+    if not number.strip():
+        return ""
+    try:
+        return normalize_phone(number, "US").e164
+    except PhoneError as error:
+        raise InvalidArgument([FieldViolation("phone_number", str(error))]) from error
 
 
 def user_data_of(message: S.Callback) -> dict[str, object] | None:
@@ -95,18 +106,63 @@ class CallbackHandlers(callback_service_pb2_grpc.CallbackServiceServicer):
     async def ListCallbacks(
         self, request: M.ListCallbacksRequest, context: GrpcContext
     ) -> M.ListCallbacksResponse:
-        service = ""
-        if request.callback_service:
-            service = resource_id(request.callback_service, "callbackServices", "callback_service")
-        tenant, states = current_tenant(), [int(s) for s in request.states]
+        where = CallbackFilter(
+            service_id=(
+                resource_id(request.callback_service, "callbackServices", "callback_service")
+                if request.callback_service
+                else ""
+            ),
+            states=[int(s) for s in request.states],
+            phone_number=_e164_filter(request.phone_number),
+            desired_after=(
+                request.desired_after.ToDatetime(tzinfo=UTC)
+                if request.HasField("desired_after")
+                else None
+            ),
+            desired_before=(
+                request.desired_before.ToDatetime(tzinfo=UTC)
+                if request.HasField("desired_before")
+                else None
+            ),
+        )
+        tenant = current_tenant()
         rows, token = await paging.read_page(
             request.page_size,
             request.page_token,
             lambda offset, limit: self._callbacks.store.list_callbacks(
-                tenant, service, states, offset, limit
+                tenant, where, offset, limit
             ),
         )
         return M.ListCallbacksResponse(callbacks=rows, next_page_token=token)
+
+    async def RescheduleCallback(
+        self, request: M.RescheduleCallbackRequest, context: GrpcContext
+    ) -> M.RescheduleCallbackResponse:
+        if not request.HasField("desired_time"):
+            raise InvalidArgument([FieldViolation("desired_time", "is required")])
+        moved = await self._callbacks.reschedule(
+            current_tenant(),
+            resource_id(request.name, "callbacks", "name"),
+            request.desired_time.ToDatetime(tzinfo=UTC),
+            datetime.now(UTC),
+        )
+        return M.RescheduleCallbackResponse(callback=moved)
+
+    async def GetCallbackStatistics(
+        self, request: M.GetCallbackStatisticsRequest, context: GrpcContext
+    ) -> M.GetCallbackStatisticsResponse:
+        rows = await self._callbacks.store.statistics(current_tenant())
+        return M.GetCallbackStatisticsResponse(
+            counts=[
+                M.CallbackCount(
+                    callback_service=f"callbackServices/{r['service_id']}",
+                    state=r["state"],
+                    reason=r["reason"],
+                    count=r["callbacks"],
+                )
+                for r in rows
+            ]
+        )
 
     async def CancelCallback(
         self, request: M.CancelCallbackRequest, context: GrpcContext
@@ -178,6 +234,27 @@ class CallbackConfigHandlers(callback_service_pb2_grpc.CallbackConfigServiceServ
         check.check()
         updated = await self._store.replace_service(tenant, service_id, merged)
         return M.UpdateCallbackServiceResponse(callback_service=updated)
+
+    async def PublishCallbackServices(
+        self, request: M.PublishCallbackServicesRequest, context: GrpcContext
+    ) -> M.PublishCallbackServicesResponse:
+        check = Validator()
+        table = []
+        seen: set[str] = set()
+        for n, config in enumerate(request.callback_services):
+            service_id = config.name.removeprefix("callbackServices/")
+            check.require(
+                config.name.startswith("callbackServices/") and bool(NAME.match(service_id)),
+                f"callback_services[{n}].name",
+                "must be callbackServices/<1-64 letters, digits, _ or ->",
+            )
+            check.require(service_id not in seen, f"callback_services[{n}].name", "appears twice")
+            seen.add(service_id)
+            validate_service(config, check, f"callback_services[{n}]")
+            table.append((service_id, config))
+        check.check()
+        version, stored = await self._store.publish_services(current_tenant(), table)
+        return M.PublishCallbackServicesResponse(version=version, callback_services=stored)
 
     async def DeleteCallbackService(
         self, request: M.DeleteCallbackServiceRequest, context: GrpcContext

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -55,6 +55,15 @@ class NewCallback:
     request_id: str
     # The capacity buckets to book, tried in order.
     buckets: list[datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackFilter:
+    service_id: str = ""
+    states: list[int] = field(default_factory=list)
+    phone_number: str = ""  # E.164
+    desired_after: datetime | None = None
+    desired_before: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +158,57 @@ class CallbackStore:
             if row is None:
                 raise NotFound(f"callbackServices/{service_id} not found")
             return _service(row)
+
+    async def publish_services(
+        self, tenant: str, table: list[tuple[str, callback_pb2.CallbackServiceConfig]]
+    ) -> tuple[int, list[callback_pb2.CallbackServiceConfig]]:
+        """Replaces the tenant's whole table of services in one transaction."""
+        names = [service_id for service_id, _ in table]
+        async with tenant_transaction(self.pool, tenant) as db:
+            version = await db.fetchval(
+                """
+                INSERT INTO callbacks.service_tables AS t (tenant_id, version)
+                VALUES (current_setting('cxmesh.tenant'), 1)
+                ON CONFLICT (tenant_id) DO UPDATE SET version = t.version + 1, publish_time = now()
+                RETURNING version
+                """
+            )
+            busy = await db.fetch(
+                """
+                SELECT service_id, count(*) AS active FROM callbacks.callbacks
+                WHERE state <> 5 AND NOT (service_id = ANY($1::text[]))
+                GROUP BY service_id ORDER BY service_id
+                """,
+                names,
+            )
+            if busy:
+                raise FailedPrecondition(
+                    "these services have active callbacks and cannot be left out: "
+                    + ", ".join(f"{r['service_id']} ({r['active']})" for r in busy)
+                )
+            await db.execute(
+                "DELETE FROM callbacks.callback_services WHERE NOT (service_id = ANY($1::text[]))",
+                names,
+            )
+            stored = []
+            for service_id, config in table:
+                queue_id, body = _stored_settings(config)
+                await self._require_queue(db, queue_id)
+                row = await db.fetchrow(
+                    """
+                    INSERT INTO callbacks.callback_services AS s (tenant_id, service_id, queue_id, body)
+                    VALUES (current_setting('cxmesh.tenant'), $1, $2, $3)
+                    ON CONFLICT (tenant_id, service_id) DO UPDATE SET queue_id = $2, body = $3,
+                        version = s.version + 1, update_time = now()
+                    RETURNING *
+                    """,
+                    service_id,
+                    queue_id,
+                    body,
+                )
+                assert row is not None
+                stored.append(_service(row))
+        return int(version), stored
 
     async def get_service(self, tenant: str, service_id: str) -> callback_pb2.CallbackServiceConfig:
         async with tenant_transaction(self.pool, tenant) as db:
@@ -503,21 +563,83 @@ class CallbackStore:
         return queue_id
 
     async def list_callbacks(
-        self, tenant: str, service_id: str, states: list[int], offset: int, limit: int
+        self, tenant: str, where: CallbackFilter, offset: int, limit: int
     ) -> list[callback_pb2.Callback]:
         async with tenant_transaction(self.pool, tenant) as db:
             rows = await db.fetch(
                 """
                 SELECT * FROM callbacks.callbacks
-                WHERE ($1 = '' OR service_id = $1) AND (cardinality($2::smallint[]) = 0 OR state = ANY($2))
-                ORDER BY create_time DESC, callback_id OFFSET $3 LIMIT $4
+                WHERE ($1 = '' OR service_id = $1)
+                  AND (cardinality($2::smallint[]) = 0 OR state = ANY($2))
+                  AND ($3 = '' OR phone_number = $3)
+                  AND ($4::timestamptz IS NULL OR desired_time >= $4)
+                  AND ($5::timestamptz IS NULL OR desired_time < $5)
+                ORDER BY create_time DESC, callback_id OFFSET $6 LIMIT $7
                 """,
-                service_id,
-                states,
+                where.service_id,
+                where.states,
+                where.phone_number,
+                where.desired_after,
+                where.desired_before,
                 offset,
                 limit,
             )
         return [_callback(r) for r in rows]
+
+    async def reschedule(
+        self, tenant: str, callback_id: str, rules: ServiceRules, desired: datetime
+    ) -> callback_pb2.Callback:
+        """Moves a SCHEDULED callback and its place in capacity to `desired`."""
+        bucket = rules.capacity.bucket_start(desired)
+        async with tenant_transaction(self.pool, tenant) as db:
+            row = await db.fetchrow(
+                "SELECT * FROM callbacks.callbacks WHERE callback_id = $1 FOR UPDATE", callback_id
+            )
+            if row is None or row["service_id"] != rules.service_id:
+                raise NotFound(f"callbacks/{callback_id} not found")
+            if row["state"] != S.CALLBACK_STATE_SCHEDULED:
+                raise FailedPrecondition("only a SCHEDULED callback can be rescheduled")
+            if row["bucket_start"] != bucket:
+                booked = await db.fetchval(
+                    """
+                    INSERT INTO callbacks.capacity_bookings AS b (tenant_id, service_id, bucket_start, booked)
+                    SELECT current_setting('cxmesh.tenant'), $1, $2, 1 WHERE $3 > 0
+                    ON CONFLICT (tenant_id, service_id, bucket_start)
+                    DO UPDATE SET booked = b.booked + 1 WHERE b.booked < $3
+                    RETURNING booked
+                    """,
+                    rules.service_id,
+                    bucket,
+                    rules.capacity.size_at(bucket),
+                )
+                if booked is None:
+                    raise CapacityFull()
+                await self._release(db, rules.service_id, row["bucket_start"])
+            moved = await db.fetchrow(
+                """
+                UPDATE callbacks.callbacks SET desired_time = $2::timestamptz, bucket_start = $3,
+                    expires = $2::timestamptz + $4::interval, update_time = now()
+                WHERE callback_id = $1 RETURNING *
+                """,
+                callback_id,
+                desired,
+                bucket,
+                rules.ttl,
+            )
+            assert moved is not None
+            return _callback(moved)
+
+    async def _release(self, db: Db, service_id: str, bucket: datetime | None) -> None:
+        """Gives a place back to a bucket that has not started yet."""
+        if bucket is not None:
+            await db.execute(
+                """
+                UPDATE callbacks.capacity_bookings SET booked = booked - 1
+                WHERE service_id = $1 AND bucket_start = $2 AND bucket_start > now() AND booked > 0
+                """,
+                service_id,
+                bucket,
+            )
 
     async def transition(
         self,
@@ -554,16 +676,9 @@ class CallbackStore:
                 lease or timedelta(seconds=60),
             )
             assert moved is not None
-            if target == S.CALLBACK_STATE_COMPLETED and moved["bucket_start"] is not None:
+            if target == S.CALLBACK_STATE_COMPLETED:
                 # A callback that ends before its time gives its place back.
-                await db.execute(
-                    """
-                    UPDATE callbacks.capacity_bookings SET booked = booked - 1
-                    WHERE service_id = $1 AND bucket_start = $2 AND bucket_start > now()
-                    """,
-                    moved["service_id"],
-                    moved["bucket_start"],
-                )
+                await self._release(db, moved["service_id"], moved["bucket_start"])
             return _callback(moved)
 
     async def claim(

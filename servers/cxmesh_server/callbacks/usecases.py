@@ -180,6 +180,26 @@ class Callbacks:
         CREATED.labels(tenant, request.service_id).inc()
         return created
 
+    async def reschedule(
+        self, tenant: str, callback_id: str, desired: datetime, now: datetime
+    ) -> callback_pb2.Callback:
+        current = await self.store.get(tenant, callback_id)
+        service_id = current.callback_service.removeprefix("callbackServices/")
+        rules = await self.rules(tenant, service_id, "name")
+        request = CallbackRequest(
+            service_id=service_id,
+            phone_number=current.phone_number,
+            desired_time=desired,
+            time_field="desired_time",
+        )
+        self._check_desired(rules, request, now)
+        try:
+            return await self.store.reschedule(tenant, callback_id, rules, max(desired, now))
+        except CapacityFull as full:
+            raise ResourceExhausted(
+                "no capacity left at the desired time", reason="CAPACITY_FULL"
+            ) from full
+
     def _check_desired(self, rules: ServiceRules, request: CallbackRequest, now: datetime) -> None:
         desired = request.desired_time
         assert desired is not None
