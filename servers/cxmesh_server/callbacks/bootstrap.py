@@ -14,7 +14,8 @@ from cxmesh_server.callbacks.handlers import (
     CallbackHandlers,
     RoutingHandlers,
 )
-from cxmesh_server.callbacks.store import CallbackStore, run_due_transitions
+from cxmesh_server.callbacks.metrics import QUEUED
+from cxmesh_server.callbacks.store import CallbackStore, queue_lengths, run_due_transitions
 from cxmesh_server.callbacks.usecases import Callbacks
 from cxmesh_server.runtime.server import Registration, Resources, ServiceProcess, start_background
 
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 # How often due callbacks are queued, expired leases returned and TTLs enforced: a callback
 # is queued at most this long after its time.
 DISPATCH_SECONDS = 1.0
+# The queue-length metric is refreshed every this many turns.
+QUEUE_METRIC_TURNS = 5
 
 
 async def build(resources: Resources) -> Sequence[Registration]:
@@ -49,13 +52,18 @@ async def build(resources: Resources) -> Sequence[Registration]:
 async def _dispatch(resources: Resources) -> None:
     """Every replica runs this; each callback moves once (see the migration's functions)."""
     pool = resources.require_postgres()
+    turns = 0
     while True:
         try:
             moved = await run_due_transitions(pool)
             if any(moved.values()):
                 log.info("callbacks moved", extra=moved)
+            if turns % QUEUE_METRIC_TURNS == 0:
+                for row in await queue_lengths(pool):
+                    QUEUED.labels(row["tenant_id"], row["queue_id"]).set(row["queued"])
         except Exception:
             log.warning("callback dispatch failed; retrying", exc_info=True)
+        turns += 1
         await asyncio.sleep(DISPATCH_SECONDS)
 
 

@@ -20,6 +20,7 @@ from cxmesh_server.callbacks.domain.capacity import Slot
 from cxmesh_server.callbacks.domain.services import ServiceRules, with_defaults
 from cxmesh_server.callbacks.domain.states import transition_problem
 from cxmesh_server.callbacks.domain.wait import Handled
+from cxmesh_server.callbacks.metrics import COMPLETED
 from cxmesh_server.runtime.errors import AlreadyExists, FailedPrecondition, NotFound
 from cxmesh_server.runtime.postgres import Db, tenant_transaction
 
@@ -724,4 +725,16 @@ async def run_due_transitions(pool: asyncpg.Pool, max_rows: int = 10_000) -> dic
                 max_rows,
             )
             moved[function] = len(rows)
+            if function == "expire_callbacks":
+                for row in rows:
+                    COMPLETED.labels(row["tenant_id"], row["service_id"], "FAIL_TIMEOUT_TTL").inc()
     return moved
+
+
+async def queue_lengths(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """(tenant_id, queue_id, queued) of every virtual queue of every tenant."""
+    async with pool.acquire() as connection:
+        rows: list[asyncpg.Record] = await connection.fetch(
+            "SELECT * FROM callbacks.queue_lengths()"
+        )
+    return rows

@@ -8,13 +8,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from itertools import islice
 
-from prometheus_client import Counter
-
 from cxmesh.callbacks.v1 import callback_pb2
 from cxmesh_server.callbacks.domain.capacity import Slot, slot_starts
 from cxmesh_server.callbacks.domain.services import ServiceRules
 from cxmesh_server.callbacks.domain.states import WAITING_STATES
 from cxmesh_server.callbacks.domain.wait import Estimate, estimate
+from cxmesh_server.callbacks.metrics import COMPLETED, CREATED, ESTIMATED_WAIT
 from cxmesh_server.callbacks.store import (
     CallbackStore,
     CapacityFull,
@@ -39,15 +38,6 @@ PAST_TOLERANCE = timedelta(minutes=1)
 # Buckets an immediate callback tries in its one round trip before looking further ahead.
 ASAP_CANDIDATES = 6
 RULES_CACHE_ENTRIES = 10_000
-
-CREATED = Counter(
-    "cxmesh_callbacks_created_total", "Callbacks created.", ("tenant", "callback_service")
-)
-COMPLETED = Counter(
-    "cxmesh_callbacks_completed_total",
-    "Callbacks completed, by reason (CANCELLED included).",
-    ("tenant", "callback_service", "reason"),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +239,10 @@ class Callbacks:
     async def queue_wait(self, tenant: str, queue_id: str, mode: str) -> Estimate:
         """The wait of a callback queued now at the end of the queue."""
         facts = await self.store.queue_facts(tenant, queue_id)
-        return estimate(mode, facts.queued + 1, facts.handled, facts.agents_logged_in)
+        wait = estimate(mode, facts.queued + 1, facts.handled, facts.agents_logged_in)
+        if mode == "mode2":
+            ESTIMATED_WAIT.labels(tenant, queue_id).set(wait.seconds)
+        return wait
 
     async def complete(self, tenant: str, callback_id: str, reason: int) -> callback_pb2.Callback:
         done = await self.store.transition(

@@ -128,7 +128,8 @@ CREATE FUNCTION release_expired_leases(max_rows integer) RETURNS TABLE (tenant_i
     $$;
 
 -- SCHEDULED or QUEUED past the service's TTL → COMPLETED(FAIL_TIMEOUT_TTL).
-CREATE FUNCTION expire_callbacks(max_rows integer) RETURNS TABLE (tenant_id text, callback_id text)
+CREATE FUNCTION expire_callbacks(max_rows integer)
+    RETURNS TABLE (tenant_id text, callback_id text, service_id text)
     LANGUAGE sql SECURITY DEFINER SET search_path = callbacks
     AS $$
     UPDATE callbacks.callbacks AS c SET state = 5, reason = 4, update_time = now()
@@ -136,14 +137,25 @@ CREATE FUNCTION expire_callbacks(max_rows integer) RETURNS TABLE (tenant_id text
           WHERE e.state IN (1, 2) AND e.expires <= now()
           LIMIT max_rows FOR UPDATE SKIP LOCKED) AS gone
     WHERE c.tenant_id = gone.tenant_id AND c.callback_id = gone.callback_id
-    RETURNING c.tenant_id, c.callback_id
+    RETURNING c.tenant_id, c.callback_id, c.service_id
+    $$;
+
+-- Callbacks waiting on each virtual queue of every tenant (for the queue-length metric).
+CREATE FUNCTION queue_lengths() RETURNS TABLE (tenant_id text, queue_id text, queued bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = callbacks
+    AS $$
+    SELECT q.tenant_id, q.queue_id, count(c.callback_id)
+    FROM callbacks.virtual_queues q
+    LEFT JOIN callbacks.callbacks c
+      ON c.tenant_id = q.tenant_id AND c.queue_id = q.queue_id AND c.state = 2
+    GROUP BY q.tenant_id, q.queue_id
     $$;
 
 DO $$
 DECLARE f text;
 BEGIN
     FOREACH f IN ARRAY ARRAY['dispatch_due(integer)', 'release_expired_leases(integer)',
-                             'expire_callbacks(integer)'] LOOP
+                             'expire_callbacks(integer)', 'queue_lengths()'] LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO cxmesh_app', f);
     END LOOP;
