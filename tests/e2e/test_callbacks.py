@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -22,16 +23,24 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cxmesh.callbacks.v1 import callback_pb2, callback_service_pb2, callback_service_pb2_grpc
+from cxmesh.callbacks.v1 import (
+    callback_pb2,
+    callback_service_pb2,
+    callback_service_pb2_grpc,
+    engagement_service_pb2,
+    engagement_service_pb2_grpc,
+)
 from cxmesh.iam.v1 import api_key_pb2, api_key_service_pb2, api_key_service_pb2_grpc
 from cxmesh_server.callbacks.bootstrap import DISPATCH_SECONDS
 from cxmesh_server.runtime.devkeys import SigningKey
 from cxmesh_server.stack.datastores import EmbeddedPostgres
 from cxmesh_server.stack.mesh import Mesh, wait_serving
 from tests.conftest import grpc_bearer
+from tests.e2e.fake_google import GOOD_TOKEN, SECRET, FakeGoogle
 
 S = callback_pb2
 M = callback_service_pb2
+E = engagement_service_pb2
 GES_DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 # What clients generated from the published spec send with every create.
 SPEC_DEFAULTS = {
@@ -739,3 +748,90 @@ def test_metrics_count_callbacks_by_tenant_service_and_reason_and_show_queues(
     )
     tenant.ges("POST", "/callbacks/cancel", {"id": callback_id})
     assert _metric(mesh, "cxmesh_callbacks_completed_total", reason="CANCELLED", **labels) == 1
+
+
+def test_captcha_and_push_notifications_speak_to_googles_endpoints(
+    tenant: Tenant, mesh: Mesh, tmp_path: Path
+) -> None:
+    google = FakeGoogle(tmp_path)
+    replica = mesh.start_service(
+        "callbacks",
+        env={
+            "CXMESH_CALLBACKS_RECAPTCHA_VERIFY_URL": f"{google.url}/siteverify",
+            "CXMESH_CALLBACKS_RECAPTCHA_SECRET": SECRET,
+            "CXMESH_CALLBACKS_FCM_SERVICE_ACCOUNT_FILE": str(google.account_file),
+            "CXMESH_CALLBACKS_FCM_URL": google.url,
+            "CXMESH_CALLBACKS_PUSH_BACKOFF_SECONDS": "0.1",
+        },
+    )
+    try:
+        wait_serving(f"127.0.0.1:{replica.port}", time.monotonic() + 60, replica)
+        service = tenant.service(
+            "guarded",
+            queue="guarded-vq",
+            captcha_required=True,
+            # States this replica itself moves to (the dispatcher may run on another one).
+            push_states=[S.CALLBACK_STATE_SCHEDULED, S.CALLBACK_STATE_COMPLETED],
+        )
+        key = (("x-api-key", tenant.api_key),)
+        with grpc.insecure_channel(f"127.0.0.1:{replica.port}") as channel:
+            ges = engagement_service_pb2_grpc.EngagementServiceStub(channel)
+
+            def create(token: str) -> str:
+                return ges.GesCreateCallback(
+                    E.GesCreateCallbackRequest(
+                        service_name=service,
+                        phone_number="+12125550250",
+                        captcha_token=token,
+                        push_targets=[E.GesPushTarget(channel="FCM", target="device-1")],
+                    ),
+                    metadata=key,
+                    timeout=10,
+                ).data.id
+
+            for bad in ("", "forged"):
+                with pytest.raises(grpc.RpcError) as refused:
+                    create(bad)
+                assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            callback_id = create(GOOD_TOKEN)
+            routing = callback_service_pb2_grpc.RoutingServiceStub(channel)
+            deadline = time.monotonic() + 10
+            while not google.messages:
+                assert time.monotonic() < deadline, "no notification of SCHEDULED"
+                time.sleep(0.2)
+            wait_for_state(tenant, callback_id, "QUEUED")
+            claimed = routing.ClaimCallback(
+                M.ClaimCallbackRequest(virtual_queue="virtualQueues/guarded-vq"),
+                metadata=tenant.routing,
+                timeout=10,
+            ).callback
+            routing.ReportCallbackState(
+                M.ReportCallbackStateRequest(
+                    name=claimed.name,
+                    state=S.CALLBACK_STATE_COMPLETED,
+                    reason=S.CALLBACK_REASON_AGENT_CONNECTED,
+                ),
+                metadata=tenant.routing,
+                timeout=10,
+            )
+            deadline = time.monotonic() + 10
+            while len(google.messages) < 2:
+                assert time.monotonic() < deadline, "no notification of COMPLETED"
+                time.sleep(0.2)
+        assert google.messages == [
+            {"token": "device-1", "data": {"id": callback_id, "callbackState": "SCHEDULED"}},
+            {
+                "token": "device-1",
+                "data": {
+                    "id": callback_id,
+                    "callbackState": "COMPLETED",
+                    "callbackReason": "AGENT_CONNECTED",
+                },
+            },
+        ]
+        assert google.failures_left == 0  # the first send failed and was retried
+    finally:
+        replica.process.terminate()
+        replica.process.wait(timeout=30)
+        mesh.instances.remove(replica)
+        google.close()

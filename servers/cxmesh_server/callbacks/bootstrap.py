@@ -7,7 +7,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
+
 from cxmesh.callbacks.v1 import callback_service_pb2_grpc, engagement_service_pb2_grpc
+from cxmesh_server.callbacks.captcha import CaptchaVerifier
 from cxmesh_server.callbacks.engagement import EngagementHandlers
 from cxmesh_server.callbacks.handlers import (
     CallbackConfigHandlers,
@@ -15,6 +18,8 @@ from cxmesh_server.callbacks.handlers import (
     RoutingHandlers,
 )
 from cxmesh_server.callbacks.metrics import QUEUED
+from cxmesh_server.callbacks.push import PushNotifier
+from cxmesh_server.callbacks.settings import CallbackSettings
 from cxmesh_server.callbacks.store import CallbackStore, queue_lengths, run_due_transitions
 from cxmesh_server.callbacks.usecases import Callbacks
 from cxmesh_server.runtime.server import Registration, Resources, ServiceProcess, start_background
@@ -27,8 +32,25 @@ DISPATCH_SECONDS = 1.0
 QUEUE_METRIC_TURNS = 5
 
 
+def _callbacks(resources: Resources) -> Callbacks:
+    """One per process: the handlers and the background tasks share it."""
+    global _shared
+    if _shared is None:
+        settings = CallbackSettings()
+        client = httpx.AsyncClient(timeout=settings.http_timeout_seconds)
+        _shared = Callbacks(
+            CallbackStore(resources.require_postgres()),
+            captcha=CaptchaVerifier(settings, client),
+            push=PushNotifier(settings, client),
+        )
+    return _shared
+
+
+_shared: Callbacks | None = None
+
+
 async def build(resources: Resources) -> Sequence[Registration]:
-    callbacks = Callbacks(CallbackStore(resources.require_postgres()))
+    callbacks = _callbacks(resources)
     return [
         (
             callback_service_pb2_grpc.add_CallbackServiceServicer_to_server,
@@ -52,12 +74,14 @@ async def build(resources: Resources) -> Sequence[Registration]:
 async def _dispatch(resources: Resources) -> None:
     """Every replica runs this; each callback moves once (see the migration's functions)."""
     pool = resources.require_postgres()
+    callbacks = _callbacks(resources)
     turns = 0
     while True:
         try:
             moved = await run_due_transitions(pool)
             if any(moved.values()):
-                log.info("callbacks moved", extra=moved)
+                log.info("callbacks moved", extra={k: len(v) for k, v in moved.items()})
+                await callbacks.announce_moved([row for rows in moved.values() for row in rows])
             if turns % QUEUE_METRIC_TURNS == 0:
                 for row in await queue_lengths(pool):
                     QUEUED.labels(row["tenant_id"], row["queue_id"]).set(row["queued"])
@@ -69,6 +93,9 @@ async def _dispatch(resources: Resources) -> None:
 
 async def on_start(resources: Resources) -> None:
     start_background(_dispatch(resources))
+    push = _callbacks(resources).push
+    if push is not None and push.enabled:
+        start_background(push.run())
 
 
 PROCESS = ServiceProcess(

@@ -327,7 +327,10 @@ class RoutingHandlers(callback_service_pb2_grpc.RoutingServiceServicer):
         lease = request.lease_duration.ToTimedelta() or DEFAULT_LEASE
         if not timedelta(seconds=1) <= lease <= MAX_LEASE:
             raise InvalidArgument([FieldViolation("lease_duration", "1 s to 30 min")])
-        claimed = await self._callbacks.store.claim(current_tenant(), queue_id, lease)
+        tenant = current_tenant()
+        claimed = await self._callbacks.store.claim(tenant, queue_id, lease)
+        if claimed is not None:
+            await self._callbacks.announce(tenant, claimed)
         return M.ClaimCallbackResponse(callback=claimed)
 
     async def ReportCallbackState(
@@ -340,9 +343,7 @@ class RoutingHandlers(callback_service_pb2_grpc.RoutingServiceServicer):
                 raise InvalidArgument([FieldViolation("reason", "is required to complete")])
             moved = await self._callbacks.complete(tenant, callback_id, request.reason)
         else:
-            moved = await self._callbacks.store.transition(
-                tenant, callback_id, request.state, request.reason
-            )
+            moved = await self._callbacks.move(tenant, callback_id, request.state, request.reason)
         return M.ReportCallbackStateResponse(callback=moved)
 
     async def ReportQueueStatistics(

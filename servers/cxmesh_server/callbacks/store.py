@@ -714,9 +714,11 @@ class CallbackStore:
         return rows
 
 
-async def run_due_transitions(pool: asyncpg.Pool, max_rows: int = 10_000) -> dict[str, int]:
+async def run_due_transitions(
+    pool: asyncpg.Pool, max_rows: int = 10_000
+) -> dict[str, list[tuple[str, str]]]:
     """Moves every tenant's due callbacks (dispatch, expired leases, TTL); any replica may
-    call it at any time: a callback moves once."""
+    call it at any time: a callback moves once. Returns (tenant, callback id) moved, by kind."""
     moved = {}
     async with pool.acquire() as connection:
         for function in ("dispatch_due", "release_expired_leases", "expire_callbacks"):
@@ -724,7 +726,7 @@ async def run_due_transitions(pool: asyncpg.Pool, max_rows: int = 10_000) -> dic
                 f"SELECT * FROM callbacks.{function}($1)",
                 max_rows,
             )
-            moved[function] = len(rows)
+            moved[function] = [(r["tenant_id"], r["callback_id"]) for r in rows]
             if function == "expire_callbacks":
                 for row in rows:
                     COMPLETED.labels(row["tenant_id"], row["service_id"], "FAIL_TIMEOUT_TTL").inc()

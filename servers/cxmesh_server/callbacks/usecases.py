@@ -4,16 +4,19 @@ them its own way."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from itertools import islice
 
 from cxmesh.callbacks.v1 import callback_pb2
+from cxmesh_server.callbacks.captcha import CaptchaVerifier
 from cxmesh_server.callbacks.domain.capacity import Slot, slot_starts
 from cxmesh_server.callbacks.domain.services import ServiceRules
 from cxmesh_server.callbacks.domain.states import WAITING_STATES
 from cxmesh_server.callbacks.domain.wait import Estimate, estimate
 from cxmesh_server.callbacks.metrics import COMPLETED, CREATED, ESTIMATED_WAIT
+from cxmesh_server.callbacks.push import PushNotifier
 from cxmesh_server.callbacks.store import (
     CallbackStore,
     CapacityFull,
@@ -28,6 +31,8 @@ from cxmesh_server.runtime.errors import (
     NotFound,
     ResourceExhausted,
 )
+
+log = logging.getLogger(__name__)
 
 # How far ahead an immediate callback looks for a free slot, and how many alternatives a
 # full slot proposes.
@@ -59,8 +64,17 @@ class CallbackRequest:
 
 
 class Callbacks:
-    def __init__(self, store: CallbackStore, default_region: str = "US") -> None:
+    def __init__(
+        self,
+        store: CallbackStore,
+        *,
+        captcha: CaptchaVerifier | None = None,
+        push: PushNotifier | None = None,
+        default_region: str = "US",
+    ) -> None:
         self.store = store
+        self.captcha = captcha
+        self.push = push
         self.default_region = default_region
         # (tenant, service) → its compiled settings. A create names their version and the
         # database refuses a stale one, so a change applies to the next request everywhere.
@@ -104,10 +118,11 @@ class Callbacks:
                 [FieldViolation(request.phone_field, str(error))], reason=error.reason
             ) from error
         if request.captcha_token is not None and rules.config.captcha_required:
-            # Verification is not wired yet: a service that demands it refuses (fail closed).
-            raise InvalidArgument(
-                [FieldViolation("captchaToken", "captcha verification is not available")]
-            )
+            if self.captcha is None:
+                raise InvalidArgument(
+                    [FieldViolation("captchaToken", "captcha verification is not configured")]
+                )
+            await self.captcha.verify(request.captcha_token)
         immediate = request.desired_time is None
         if immediate:
             if not rules.immediate_enabled:
@@ -168,6 +183,7 @@ class Callbacks:
                 metadata={f"slot_{n}": slot.start.isoformat() for n, slot in enumerate(proposals)},
             ) from full
         CREATED.labels(tenant, request.service_id).inc()
+        await self.announce(tenant, created)
         return created
 
     async def reschedule(
@@ -244,15 +260,43 @@ class Callbacks:
             ESTIMATED_WAIT.labels(tenant, queue_id).set(wait.seconds)
         return wait
 
+    async def move(
+        self, tenant: str, callback_id: str, state: int, reason: int = 0
+    ) -> callback_pb2.Callback:
+        """A state change along the state machine, announced to the callback's push targets."""
+        moved = await self.store.transition(tenant, callback_id, state, reason)
+        if state == callback_pb2.CALLBACK_STATE_COMPLETED:
+            COMPLETED.labels(
+                tenant,
+                moved.callback_service.removeprefix("callbackServices/"),
+                callback_pb2.CallbackReason.Name(
+                    callback_pb2.CallbackReason.ValueType(reason)
+                ).removeprefix("CALLBACK_REASON_"),
+            ).inc()
+        await self.announce(tenant, moved)
+        return moved
+
     async def complete(self, tenant: str, callback_id: str, reason: int) -> callback_pb2.Callback:
-        done = await self.store.transition(
-            tenant, callback_id, callback_pb2.CALLBACK_STATE_COMPLETED, reason
-        )
-        COMPLETED.labels(
-            tenant,
-            done.callback_service.removeprefix("callbackServices/"),
-            callback_pb2.CallbackReason.Name(
-                callback_pb2.CallbackReason.ValueType(reason)
-            ).removeprefix("CALLBACK_REASON_"),
-        ).inc()
-        return done
+        return await self.move(tenant, callback_id, callback_pb2.CALLBACK_STATE_COMPLETED, reason)
+
+    async def announce(self, tenant: str, callback: callback_pb2.Callback) -> None:
+        """Queues push notifications of the callback's new state, if its service sends them
+        for that state; never fails the change it announces."""
+        if self.push is None or not self.push.enabled or not callback.push_targets:
+            return
+        try:
+            service_id = callback.callback_service.removeprefix("callbackServices/")
+            rules = await self.rules(tenant, service_id, "callback_service")
+            self.push.notify(tenant, callback, {int(s) for s in rules.config.push_states})
+        except Exception:
+            log.warning("push notification not queued", exc_info=True)
+
+    async def announce_moved(self, rows: list[tuple[str, str]]) -> None:
+        """Announces callbacks moved by the time-driven transitions (tenant, callback id)."""
+        if self.push is None or not self.push.enabled:
+            return
+        for tenant, callback_id in rows:
+            try:
+                await self.announce(tenant, await self.store.get(tenant, callback_id))
+            except Exception:
+                log.warning("push notification not queued", exc_info=True)
