@@ -486,6 +486,7 @@ def test_two_replicas_dispatch_every_due_callback_exactly_once(
     finally:
         replica.process.terminate()
         replica.process.wait(timeout=30)
+        mesh.instances.remove(replica)
 
 
 async def _dispatch_counts(dsn: str, tenant: str, service: str) -> list[int]:
@@ -835,3 +836,76 @@ def test_captcha_and_push_notifications_speak_to_googles_endpoints(
         replica.process.wait(timeout=30)
         mesh.instances.remove(replica)
         google.close()
+
+
+def test_service_limits_scheduled_flag_lead_time_and_max_queued(tenant: Tenant) -> None:
+    service = tenant.service(
+        "limited",
+        in_queue_check=S.IN_QUEUE_CHECK_OFF,
+        scheduled_callbacks_enabled=False,
+        max_queued=2,
+    )
+    no_scheduled = tenant.create(service, "+12125550260", desiredTime=in_minutes(90))
+    assert no_scheduled.status_code == 400
+    assert "scheduled callbacks are disabled" in no_scheduled.json()["status"]["message"]
+    assert [tenant.create(service, f"+1212555026{n}").status_code for n in range(3)] == [
+        200,
+        200,
+        429,
+    ]
+    lead = tenant.service("lead", min_lead_time=Duration(seconds=3600))
+    early = tenant.create(lead, "+12125550270", desiredTime=in_minutes(30))
+    assert early.status_code == 400 and "at least 60 min ahead" in early.json()["status"]["message"]
+    assert tenant.create(lead, "+12125550270", desiredTime=in_minutes(90)).status_code == 200
+
+
+def test_a_customer_not_reached_is_retried_until_the_last_dial_attempt(tenant: Tenant) -> None:
+    service = tenant.service(
+        "retries", queue="retries-vq", max_dial_attempts=2, retry_timeout=Duration(seconds=1)
+    )
+    callback_id = tenant.create(service, "+12125550280").json()["data"]["id"]
+    for attempt in (1, 2):
+        wait_for_state(tenant, callback_id, "QUEUED", seconds=15)
+        claimed = tenant.router.ClaimCallback(
+            M.ClaimCallbackRequest(virtual_queue="virtualQueues/retries-vq"),
+            metadata=tenant.routing,
+            timeout=10,
+        ).callback
+        for state, reason in (
+            (S.CALLBACK_STATE_PROCESSING, 0),
+            (S.CALLBACK_STATE_COMPLETED, S.CALLBACK_REASON_NOT_AVAILABLE),
+        ):
+            moved = tenant.router.ReportCallbackState(
+                M.ReportCallbackStateRequest(name=claimed.name, state=state, reason=reason),  # type: ignore[arg-type]
+                metadata=tenant.routing,
+                timeout=10,
+            ).callback
+        if attempt == 1:
+            assert moved.state == S.CALLBACK_STATE_SCHEDULED and moved.attempt_count == 1
+    done = tenant.retrieve(callback_id)
+    assert (done["callbackState"], done["callbackReason"]) == ("COMPLETED", "FAIL_MAX_ATTEMPTS")
+
+
+def test_offices_are_closed_on_public_holidays(tenant: Tenant) -> None:
+    hours = S.OfficeHours(time_zone="America/New_York")
+    hours.holiday_calendars.add(country="US")
+    service = tenant.service(
+        "holidays",
+        office_hours=hours,
+        reject_outside_office_hours=True,
+        max_schedule_ahead=Duration(seconds=400 * 86400),
+    )
+    christmas = datetime(datetime.now(UTC).year + 1, 12, 25, 17, tzinfo=UTC)  # noon in New York
+    refused = tenant.create(
+        service, "+12125550290", desiredTime=christmas.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    )
+    assert refused.status_code == 400, refused.text
+    assert "outside office hours" in refused.json()["status"]["message"]
+    assert (
+        tenant.ges(
+            "GET",
+            f"/callbacks/open-for/{service}",
+            params={"start": christmas.strftime("%Y-%m-%dT%H:%M:%S.000Z")},
+        ).json()["data"]["openFor"]
+        == 0
+    )

@@ -19,7 +19,13 @@ from cxmesh_server.contacts.phones import PhoneError, normalize_phone
 from cxmesh_server.runtime import paging
 from cxmesh_server.runtime.context import GrpcContext, current_tenant
 from cxmesh_server.runtime.convert import resource_id
-from cxmesh_server.runtime.errors import FieldViolation, InvalidArgument, NotFound, Validator
+from cxmesh_server.runtime.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Validator,
+)
 from cxmesh_server.runtime.masks import update_paths
 
 S = callback_pb2
@@ -338,6 +344,12 @@ class RoutingHandlers(callback_service_pb2_grpc.RoutingServiceServicer):
     ) -> M.ReportCallbackStateResponse:
         tenant = current_tenant()
         callback_id = resource_id(request.name, "callbacks", "name")
+        if request.state == S.CALLBACK_STATE_SCHEDULED:
+            raise FailedPrecondition(
+                "routing does not schedule callbacks: report COMPLETED with NOT_AVAILABLE "
+                "and the service schedules the retry",
+                reason="ILLEGAL_TRANSITION",
+            )
         if request.state == S.CALLBACK_STATE_COMPLETED:
             if request.reason == S.CALLBACK_REASON_UNSPECIFIED:
                 raise InvalidArgument([FieldViolation("reason", "is required to complete")])

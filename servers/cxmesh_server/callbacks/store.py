@@ -484,7 +484,7 @@ class CallbackStore:
             row = await self.pool.fetchrow(
                 """
                 SELECT * FROM callbacks.create_callback($1, $2, $3, $4, $5, $6, $7, $8, $9,
-                    $10, $11, $12, $13, $14, $15, $16, $17)
+                    $10, $11, $12, $13, $14, $15, $16, $17, $18)
                 """,
                 tenant,
                 rules.service_id,
@@ -501,6 +501,7 @@ class CallbackStore:
                 rules.ttl,
                 rules.duplicate_limit,
                 rules.throttle_per_day,
+                rules.max_queued,
                 new.buckets,
                 [rules.capacity.size_at(b) for b in new.buckets],
             )
@@ -513,6 +514,10 @@ class CallbackStore:
             if kind == "duplicate":
                 raise Refused(
                     kind, f"the number already has {detail} active callbacks for this service"
+                ) from error
+            if kind == "service_full":
+                raise Refused(
+                    kind, f"the service holds its maximum of {detail} callbacks"
                 ) from error
             if kind == "throttled":
                 raise Refused(
@@ -650,8 +655,10 @@ class CallbackStore:
         reason: int = S.CALLBACK_REASON_UNSPECIFIED,
         *,
         lease: timedelta | None = None,
+        retry_at: datetime | None = None,
     ) -> callback_pb2.Callback:
-        """Moves a callback along the state machine; an illegal move is refused."""
+        """Moves a callback along the state machine; an illegal move is refused. A move back
+        to SCHEDULED (a retry) gives its new desired time in `retry_at`."""
         async with tenant_transaction(self.pool, tenant) as db:
             row = await db.fetchrow(
                 "SELECT * FROM callbacks.callbacks WHERE callback_id = $1 FOR UPDATE", callback_id
@@ -668,13 +675,15 @@ class CallbackStore:
                     lease_expires = CASE WHEN $2::smallint = 3 THEN now() + $4::interval END,
                     queued_time = CASE WHEN $2::smallint = 2 AND state <> 3 THEN now()
                                        ELSE queued_time END,
-                    attempt_count = attempt_count + CASE WHEN $2::smallint = 4 THEN 1 ELSE 0 END
+                    attempt_count = attempt_count + CASE WHEN $2::smallint = 4 THEN 1 ELSE 0 END,
+                    desired_time = coalesce($5::timestamptz, desired_time)
                 WHERE callback_id = $1 RETURNING *
                 """,
                 callback_id,
                 target,
                 reason,
                 lease or timedelta(seconds=60),
+                retry_at if target == S.CALLBACK_STATE_SCHEDULED else None,
             )
             assert moved is not None
             if target == S.CALLBACK_STATE_COMPLETED:

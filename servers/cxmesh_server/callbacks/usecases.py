@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 
 from cxmesh.callbacks.v1 import callback_pb2
@@ -170,6 +170,8 @@ class Callbacks:
         except Refused as refused:
             if refused.kind == "throttled":
                 raise ResourceExhausted(str(refused), reason="THROTTLED") from refused
+            if refused.kind == "service_full":
+                raise ResourceExhausted(str(refused), reason="SERVICE_FULL") from refused
             raise InvalidArgument(
                 [FieldViolation(request.phone_field, str(refused))], reason="DUPLICATE_CALLBACK"
             ) from refused
@@ -209,8 +211,17 @@ class Callbacks:
     def _check_desired(self, rules: ServiceRules, request: CallbackRequest, now: datetime) -> None:
         desired = request.desired_time
         assert desired is not None
+        if not rules.scheduled_enabled:
+            raise InvalidArgument(
+                [FieldViolation(request.time_field, "scheduled callbacks are disabled")]
+            )
         if desired < now - PAST_TOLERANCE:
             raise InvalidArgument([FieldViolation(request.time_field, "is in the past")])
+        if rules.min_lead and desired < now + rules.min_lead:
+            minutes = int(rules.min_lead.total_seconds() // 60)
+            raise InvalidArgument(
+                [FieldViolation(request.time_field, f"must be at least {minutes} min ahead")]
+            )
         if desired > now + rules.max_ahead:
             raise InvalidArgument(
                 [
@@ -263,8 +274,23 @@ class Callbacks:
     async def move(
         self, tenant: str, callback_id: str, state: int, reason: int = 0
     ) -> callback_pb2.Callback:
-        """A state change along the state machine, announced to the callback's push targets."""
-        moved = await self.store.transition(tenant, callback_id, state, reason)
+        """A state change along the state machine, announced to the callback's push targets.
+        A customer not reached is tried again after the service's retry timeout until its
+        last dial attempt, then the callback completes with FAIL_MAX_ATTEMPTS."""
+        retry_at = None
+        if (
+            state == callback_pb2.CALLBACK_STATE_COMPLETED
+            and reason == callback_pb2.CALLBACK_REASON_NOT_AVAILABLE
+        ):
+            current = await self.store.get(tenant, callback_id)
+            service_id = current.callback_service.removeprefix("callbackServices/")
+            rules = await self.rules(tenant, service_id, "name")
+            if current.attempt_count < rules.max_dial_attempts:
+                state, reason = callback_pb2.CALLBACK_STATE_SCHEDULED, 0
+                retry_at = datetime.now(UTC) + rules.retry_timeout
+            else:
+                reason = callback_pb2.CALLBACK_REASON_FAIL_MAX_ATTEMPTS
+        moved = await self.store.transition(tenant, callback_id, state, reason, retry_at=retry_at)
         if state == callback_pb2.CALLBACK_STATE_COMPLETED:
             COMPLETED.labels(
                 tenant,

@@ -13,6 +13,7 @@ from functools import cache
 from zoneinfo import ZoneInfo
 
 from cxmesh.callbacks.v1 import callback_pb2
+from cxmesh_server.public_holidays import holiday_name
 
 DAY_SECONDS = 24 * 3600
 Span = tuple[int, int]
@@ -37,6 +38,7 @@ class OfficeHours:
     time_zone: str
     week: tuple[tuple[Span, ...], ...]  # Monday = 0
     exceptions: dict[date, tuple[Span, ...]]  # a closed day has no spans
+    holidays: tuple[tuple[str, str], ...] = ()  # (country, subdivision): closed on them
 
     @classmethod
     def compile(cls, message: callback_pb2.OfficeHours) -> OfficeHours:
@@ -62,11 +64,18 @@ class OfficeHours:
                     ),
                 )
             )
-        return cls(message.time_zone or "UTC", week, exceptions)
+        return cls(
+            message.time_zone or "UTC",
+            week,
+            exceptions,
+            tuple((h.country.upper(), h.subdivision.upper()) for h in message.holiday_calendars),
+        )
 
     def spans_on(self, day: date) -> tuple[Span, ...]:
         if day in self.exceptions:
             return self.exceptions[day]
+        if any(holiday_name(country, subdivision, day) for country, subdivision in self.holidays):
+            return ()
         return self.week[day.weekday()]
 
     def intervals(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:

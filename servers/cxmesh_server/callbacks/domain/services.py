@@ -20,6 +20,8 @@ NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_TTL = timedelta(hours=24)
 DEFAULT_MAX_AHEAD = timedelta(days=30)
 DEFAULT_THROTTLE_PER_DAY = 6
+DEFAULT_MAX_DIAL_ATTEMPTS = 3
+DEFAULT_RETRY_TIMEOUT = timedelta(seconds=300)
 # Active callbacks one number may have per service, by in-queue check.
 DUPLICATE_LIMITS = {
     callback_pb2.IN_QUEUE_CHECK_UNSPECIFIED: 2,
@@ -96,6 +98,12 @@ def with_defaults(config: callback_pb2.CallbackServiceConfig) -> callback_pb2.Ca
         stored.throttle_per_day = DEFAULT_THROTTLE_PER_DAY
     if not stored.HasField("immediate_callbacks_enabled"):
         stored.immediate_callbacks_enabled = True
+    if not stored.HasField("scheduled_callbacks_enabled"):
+        stored.scheduled_callbacks_enabled = True
+    if not stored.HasField("max_dial_attempts"):
+        stored.max_dial_attempts = DEFAULT_MAX_DIAL_ATTEMPTS
+    if not stored.HasField("retry_timeout"):
+        stored.retry_timeout.FromTimedelta(DEFAULT_RETRY_TIMEOUT)
     if not stored.HasField("callback_ttl"):
         stored.callback_ttl.FromTimedelta(DEFAULT_TTL)
     if not stored.HasField("max_schedule_ahead"):
@@ -118,6 +126,11 @@ class ServiceRules:
     duplicate_limit: int
     throttle_per_day: int  # 0: no throttle
     immediate_enabled: bool
+    scheduled_enabled: bool
+    max_queued: int  # 0: no limit
+    min_lead: timedelta
+    max_dial_attempts: int
+    retry_timeout: timedelta
 
     @classmethod
     def compile(
@@ -137,6 +150,11 @@ class ServiceRules:
             duplicate_limit=DUPLICATE_LIMITS[config.in_queue_check],
             throttle_per_day=config.throttle_per_day,
             immediate_enabled=config.immediate_callbacks_enabled,
+            scheduled_enabled=config.scheduled_callbacks_enabled,
+            max_queued=config.max_queued,
+            min_lead=config.min_lead_time.ToTimedelta(),
+            max_dial_attempts=config.max_dial_attempts,
+            retry_timeout=config.retry_timeout.ToTimedelta(),
         )
 
     def phone(self, raw: str, tenant_region: str) -> Phone:

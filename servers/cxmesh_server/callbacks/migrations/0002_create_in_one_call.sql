@@ -3,15 +3,15 @@
 --
 -- The caller passes what it decided from the service's settings at `p_service_version`; if
 -- the settings changed since, nothing is written and 'cxmesh:stale_service' is raised so the
--- caller reads them again. Refusals raise 'cxmesh:duplicate', 'cxmesh:throttled' or
--- 'cxmesh:capacity'. `p_bucket_starts` are the capacity buckets to try in order (one for a
+-- caller reads them again. Refusals raise 'cxmesh:duplicate', 'cxmesh:throttled',
+-- 'cxmesh:service_full' (p_max_queued active callbacks) or 'cxmesh:capacity'. `p_bucket_starts` are the capacity buckets to try in order (one for a
 -- scheduled callback, the next free ones for an immediate one), `p_bucket_sizes` their sizes.
 CREATE FUNCTION create_callback(
     p_tenant text, p_service_id text, p_service_version bigint, p_queue_id text,
     p_callback_id text, p_phone text, p_immediate boolean, p_desired_floor timestamptz,
     p_priority integer, p_user_data jsonb, p_push_targets jsonb, p_request_id text,
     p_ttl interval, p_duplicate_limit integer, p_throttle integer,
-    p_bucket_starts timestamptz[], p_bucket_sizes integer[]
+    p_max_queued integer, p_bucket_starts timestamptz[], p_bucket_sizes integer[]
 ) RETURNS SETOF callbacks
     LANGUAGE plpgsql SET search_path = callbacks
     AS $$
@@ -22,6 +22,7 @@ DECLARE
     immediate_today bigint;
     booked_now integer;
     chosen timestamptz;
+    service_active bigint;
 BEGIN
     PERFORM set_config('cxmesh.tenant', p_tenant, true);
     IF p_request_id <> '' THEN
@@ -34,6 +35,15 @@ BEGIN
     SELECT version INTO version_now FROM callback_services WHERE service_id = p_service_id;
     IF version_now IS DISTINCT FROM p_service_version THEN
         RAISE EXCEPTION 'cxmesh:stale_service';
+    END IF;
+    IF p_max_queued > 0 THEN
+        -- Only with a limit do all creates of the service queue behind each other.
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_tenant || '/' || p_service_id, 0));
+        SELECT count(*) INTO service_active FROM callbacks
+         WHERE service_id = p_service_id AND state IN (1, 2, 3, 4);
+        IF service_active >= p_max_queued THEN
+            RAISE EXCEPTION 'cxmesh:service_full:%', service_active;
+        END IF;
     END IF;
     -- Creates for one number of one service queue behind each other from here on.
     PERFORM pg_advisory_xact_lock(hashtextextended(p_tenant || '/' || p_service_id || '/' || p_phone, 0));

@@ -12,10 +12,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
 from zoneinfo import ZoneInfo
 
-import holidays
-
 from cxmesh.compliance.v1 import decision_pb2
 from cxmesh_server.compliance.domain.rules import CompiledRuleSet, Span, Week
+from cxmesh_server.public_holidays import holiday_name
 
 # How far ahead the next allowed instant is searched.
 SEARCH_DAYS = 14
@@ -59,11 +58,6 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-@cache
-def _holidays(country: str, subdivision: str, year: int) -> holidays.HolidayBase:
-    return holidays.country_holidays(country, subdiv=subdivision or None, years=year)
-
-
 def _in(spans: Sequence[Span], second: int) -> bool:
     return any(start <= second < end for start, end in spans)
 
@@ -103,7 +97,7 @@ def date_verdict(rule_set: CompiledRuleSet, place: Place, moment: datetime) -> s
             return f"{day} ({zone}) is a blackout date"
         for calendar in rule_set.holidays:
             subdivision = place.state if calendar.by_contact_state else calendar.subdivision
-            name = _holidays(calendar.country, subdivision, day.year).get(day)
+            name = holiday_name(calendar.country, subdivision, day)
             if name:
                 return f"{day} ({zone}) is a holiday: {name}"
     return None
