@@ -909,3 +909,21 @@ def test_offices_are_closed_on_public_holidays(tenant: Tenant) -> None:
         ).json()["data"]["openFor"]
         == 0
     )
+
+
+def test_the_throttle_can_count_by_a_request_header_instead_of_the_number(
+    tenant: Tenant,
+) -> None:
+    service = tenant.service("by-ip", throttle_header="X-Client-IP", throttle_per_day=1)
+
+    def create(number: str, client_ip: str) -> int:
+        return tenant.ges(
+            "POST",
+            "/callbacks/create",
+            {"serviceName": service, "phoneNumber": number},
+            headers={"x-client-ip": client_ip},
+        ).status_code
+
+    assert create("+12125550300", "203.0.113.7") == 200
+    assert create("+12125550301", "203.0.113.7") == 429  # another number, the same client
+    assert create("+12125550302", "203.0.113.8") == 200

@@ -175,6 +175,9 @@ class EngagementHandlers(engagement_service_pb2_grpc.EngagementServiceServicer):
                 user_data=user_data,
                 push_targets=tuple(targets),
                 captcha_token=request.captcha_token,
+                headers={
+                    k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)
+                },
                 service_field="serviceName",
                 phone_field="phoneNumber",
                 time_field="desiredTime",

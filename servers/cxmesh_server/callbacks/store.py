@@ -56,6 +56,8 @@ class NewCallback:
     request_id: str
     # The capacity buckets to book, tried in order.
     buckets: list[datetime]
+    # What the per-day throttle counts by: the number unless the service names a header.
+    throttle_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,7 +486,7 @@ class CallbackStore:
             row = await self.pool.fetchrow(
                 """
                 SELECT * FROM callbacks.create_callback($1, $2, $3, $4, $5, $6, $7, $8, $9,
-                    $10, $11, $12, $13, $14, $15, $16, $17, $18)
+                    $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
                 """,
                 tenant,
                 rules.service_id,
@@ -492,6 +494,7 @@ class CallbackStore:
                 rules.queue_id,
                 uuid.uuid4().hex,
                 new.phone_number,
+                new.throttle_key or new.phone_number,
                 new.immediate,
                 new.desired_floor,
                 new.priority,

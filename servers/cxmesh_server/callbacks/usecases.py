@@ -5,7 +5,7 @@ them its own way."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 
@@ -58,6 +58,8 @@ class CallbackRequest:
     request_id: str = ""
     # The GES surface's reCAPTCHA token ("" when absent); None where captcha does not apply.
     captcha_token: str | None = None
+    # The request's headers (lower-case names), for a service that throttles by one.
+    headers: dict[str, str] = field(default_factory=dict)
     service_field: str = "callback.callback_service"
     phone_field: str = "callback.phone_number"
     time_field: str = "callback.desired_time"
@@ -155,6 +157,9 @@ class Callbacks:
             push_targets=[{"channel": c, "target": t} for c, t in request.push_targets],
             request_id=request.request_id,
             buckets=buckets,
+            throttle_key=request.headers.get(rules.config.throttle_header.lower(), "")
+            if rules.config.throttle_header
+            else "",
         )
         try:
             try:

@@ -36,6 +36,7 @@ CREATE TABLE callbacks (
     service_id text NOT NULL,
     queue_id text NOT NULL,
     phone_number text NOT NULL,
+    throttle_key text NOT NULL,        -- the number, or the value of the service's throttle header
     desired_time timestamptz NOT NULL,
     immediate boolean NOT NULL,
     state smallint NOT NULL,           -- cxmesh.callbacks.v1.CallbackState
@@ -61,6 +62,8 @@ CREATE INDEX callbacks_queued ON callbacks (tenant_id, queue_id, priority DESC, 
 CREATE INDEX callbacks_leased ON callbacks (lease_expires) WHERE state = 3;
 CREATE INDEX callbacks_active_expiry ON callbacks (expires) WHERE state IN (1, 2);
 CREATE INDEX callbacks_by_number ON callbacks (tenant_id, service_id, phone_number, create_time);
+CREATE INDEX callbacks_by_throttle_key ON callbacks (tenant_id, service_id, throttle_key, create_time)
+    WHERE immediate;
 
 -- Places taken in each capacity bucket; a booking only succeeds while one is free.
 CREATE TABLE capacity_bookings (

@@ -8,7 +8,8 @@
 -- scheduled callback, the next free ones for an immediate one), `p_bucket_sizes` their sizes.
 CREATE FUNCTION create_callback(
     p_tenant text, p_service_id text, p_service_version bigint, p_queue_id text,
-    p_callback_id text, p_phone text, p_immediate boolean, p_desired_floor timestamptz,
+    p_callback_id text, p_phone text, p_throttle_key text, p_immediate boolean,
+    p_desired_floor timestamptz,
     p_priority integer, p_user_data jsonb, p_push_targets jsonb, p_request_id text,
     p_ttl interval, p_duplicate_limit integer, p_throttle integer,
     p_max_queued integer, p_bucket_starts timestamptz[], p_bucket_sizes integer[]
@@ -47,15 +48,22 @@ BEGIN
     END IF;
     -- Creates for one number of one service queue behind each other from here on.
     PERFORM pg_advisory_xact_lock(hashtextextended(p_tenant || '/' || p_service_id || '/' || p_phone, 0));
-    SELECT count(*) FILTER (WHERE state IN (1, 2, 3, 4)),
-           count(*) FILTER (WHERE immediate AND create_time > now() - interval '24 hours')
-      INTO active, immediate_today
-      FROM callbacks WHERE service_id = p_service_id AND phone_number = p_phone;
+    SELECT count(*) INTO active FROM callbacks
+     WHERE service_id = p_service_id AND phone_number = p_phone AND state IN (1, 2, 3, 4);
     IF p_duplicate_limit > 0 AND active >= p_duplicate_limit THEN
         RAISE EXCEPTION 'cxmesh:duplicate:%', active;
     END IF;
-    IF p_immediate AND p_throttle > 0 AND immediate_today >= p_throttle THEN
-        RAISE EXCEPTION 'cxmesh:throttled';
+    IF p_immediate AND p_throttle > 0 THEN
+        IF p_throttle_key <> p_phone THEN  -- a header value: its own queue of creates
+            PERFORM pg_advisory_xact_lock(
+                hashtextextended(p_tenant || '/' || p_service_id || '/key/' || p_throttle_key, 0));
+        END IF;
+        SELECT count(*) INTO immediate_today FROM callbacks
+         WHERE service_id = p_service_id AND throttle_key = p_throttle_key AND immediate
+           AND create_time > now() - interval '24 hours';
+        IF immediate_today >= p_throttle THEN
+            RAISE EXCEPTION 'cxmesh:throttled';
+        END IF;
     END IF;
     FOR i IN 1 .. coalesce(array_length(p_bucket_starts, 1), 0) LOOP
         CONTINUE WHEN p_bucket_sizes[i] <= 0;
@@ -75,9 +83,9 @@ BEGIN
     END IF;
     RETURN QUERY
     INSERT INTO callbacks (tenant_id, callback_id, service_id, queue_id, phone_number,
-        desired_time, immediate, state, priority, user_data, push_targets, bucket_start,
-        expires, request_id)
-    VALUES (p_tenant, p_callback_id, p_service_id, p_queue_id, p_phone,
+        throttle_key, desired_time, immediate, state, priority, user_data, push_targets,
+        bucket_start, expires, request_id)
+    VALUES (p_tenant, p_callback_id, p_service_id, p_queue_id, p_phone, p_throttle_key,
         greatest(chosen, p_desired_floor), p_immediate, 1, p_priority, p_user_data,
         p_push_targets, chosen, greatest(chosen, p_desired_floor) + p_ttl,
         NULLIF(p_request_id, ''))
