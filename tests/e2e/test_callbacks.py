@@ -927,3 +927,20 @@ def test_the_throttle_can_count_by_a_request_header_instead_of_the_number(
     assert create("+12125550300", "203.0.113.7") == 200
     assert create("+12125550301", "203.0.113.7") == 429  # another number, the same client
     assert create("+12125550302", "203.0.113.8") == 200
+
+
+def test_statistics_are_served_from_a_cache_as_ges_does(tenant: Tenant, mesh: Mesh) -> None:
+    service = tenant.service("counted", in_queue_check=S.IN_QUEUE_CHECK_OFF)
+    assert tenant.create(service, "+12125550310", desiredTime=in_minutes(60)).status_code == 200
+    replica = next(i for i in mesh.instances if i.name == "callbacks")
+    key = (("x-api-key", tenant.api_key), ("cache-control", "max-age=1"))  # below 15 s: 15 s
+    with grpc.insecure_channel(f"127.0.0.1:{replica.port}") as channel:
+        ges = engagement_service_pb2_grpc.EngagementServiceStub(channel)
+
+        def scheduled() -> float:
+            data = ges.GesGetStatistics(E.GesGetStatisticsRequest(), metadata=key, timeout=10).data
+            return float(data["callbacks"][service]["SCHEDULED"])  # type: ignore[index,arg-type]
+
+        assert scheduled() == 1
+        assert tenant.create(service, "+12125550311", desiredTime=in_minutes(60)).status_code == 200
+        assert scheduled() == 1  # the same figures until they are 15 s old

@@ -9,6 +9,8 @@ response body.
 from __future__ import annotations
 
 import json
+import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -47,6 +49,9 @@ HTTP_STATUS = {
 # What clients generated from the published spec send as cbOfferType: "not given".
 SPEC_OFFER_TYPE_SENTENCE = "ASAP if the request does not include"
 DEFAULT_CALL_IN_TTL = timedelta(minutes=10)
+# Statistics are cached for 5 min; a client may ask for fresher ones, down to 15 s.
+STATISTICS_MAX_AGE = 300
+STATISTICS_MIN_AGE = 15
 
 Response = TypeVar("Response")
 
@@ -136,6 +141,8 @@ def _ges_callback(callback: callback_pb2.Callback) -> E.GesCallback:
 class EngagementHandlers(engagement_service_pb2_grpc.EngagementServiceServicer):
     def __init__(self, callbacks: Callbacks) -> None:
         self._callbacks = callbacks
+        # tenant → (when computed, statistics)
+        self._statistics: dict[str, tuple[float, struct_pb2.Struct]] = {}
 
     # `alwaysCheckCapacity` is accepted and has no effect: every callback, immediate ones
     # included, takes a place in a capacity bucket.
@@ -362,7 +369,22 @@ class EngagementHandlers(engagement_service_pb2_grpc.EngagementServiceServicer):
     async def GesGetStatistics(
         self, request: E.GesGetStatisticsRequest, context: GrpcContext
     ) -> E.GesGetStatisticsResponse:
+        """Served from a per-tenant cache up to 5 min old, or as fresh as a
+        `cache-control: max-age=N` header asks (N at least 15 s), as GES does."""
         tenant = current_tenant()
+        max_age = STATISTICS_MAX_AGE
+        for key, value in context.invocation_metadata() or ():
+            if key == "cache-control" and isinstance(value, str):
+                match = re.search(r"max-age=(\d+)", value)
+                if match:
+                    max_age = min(max(int(match.group(1)), STATISTICS_MIN_AGE), max_age)
+        cached = self._statistics.get(tenant)
+        if cached is None or time.monotonic() - cached[0] > max_age:
+            cached = (time.monotonic(), await self._statistics_of(tenant))
+            self._statistics[tenant] = cached
+        return E.GesGetStatisticsResponse(status=_ok(context), data=cached[1])
+
+    async def _statistics_of(self, tenant: str) -> struct_pb2.Struct:
         by_service: dict[str, dict[str, float]] = {}
         for row in await self._callbacks.store.statistics(tenant):
             state = callback_pb2.CallbackState.Name(row["state"]).removeprefix("CALLBACK_STATE_")
@@ -372,4 +394,4 @@ class EngagementHandlers(engagement_service_pb2_grpc.EngagementServiceServicer):
             by_service.setdefault(row["service_id"], {})[state] = float(row["callbacks"])
         data = struct_pb2.Struct()
         data.update({"callbacks": by_service})
-        return E.GesGetStatisticsResponse(status=_ok(context), data=data)
+        return data
