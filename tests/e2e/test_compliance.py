@@ -27,7 +27,7 @@ from cxmesh.compliance.v1 import (
 from cxmesh.iam.v1 import api_key_pb2, api_key_service_pb2, api_key_service_pb2_grpc
 from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2, suppression_service_pb2_grpc
 from cxmesh.types.v1 import call_result_pb2
-from cxmesh_server.compliance.mirror import LOADED_KEY
+from cxmesh_server.compliance.mirror import LOADED_KEY, attempt_index_key
 from cxmesh_server.mirrors.suppression import LOADED_KEY as SUPPRESSION_LOADED
 from cxmesh_server.runtime.devkeys import SigningKey
 from cxmesh_server.stack.datastores import EmbeddedRedis, start_redis
@@ -449,3 +449,39 @@ def test_the_demo_seed_is_idempotent_and_serves_ocs(
         url, json={"GSW_PHONE": first["CXMESH_DEMO_SUPPRESSED_NUMBER"]}, headers={name: value}
     )
     assert block.status_code == 409
+
+
+def test_attempts_written_before_the_attempt_index_still_count_after_the_rebuild(
+    compliance: Compliance, redis_server: EmbeddedRedis
+) -> None:
+    limited = all_day("indexed")
+    rule = limited.attempt_rules.add(max_attempts=1)
+    rule.window.FromTimedelta(timedelta(hours=1))
+    compliance.create(limited)
+    compliance.decisions.RecordAttempts(
+        decision_service_pb2.RecordAttemptsRequest(
+            attempts=[
+                decision_pb2.Attempt(
+                    attempt_id="before-the-index",
+                    contact=decision_pb2.Contact(address="+14155550161"),
+                    call_result=call_result_pb2.CALL_RESULT_BUSY,
+                )
+            ]
+        ),
+        metadata=compliance.md,
+        timeout=10,
+    )
+    assert not compliance.check("+1 415 555 0161").allowed
+    # As Redis holds them after an upgrade: the sets, no index, the old loaded marker.
+    client = redis.Redis(port=redis_server.port)
+    client.delete(attempt_index_key(compliance.tenant), LOADED_KEY)
+    deadline = time.monotonic() + 15
+    while True:
+        decision = compliance.check("+1 415 555 0161")
+        codes = [d.code for d in decision.denials]
+        assert not decision.allowed, "an attempt was forgotten: a wrong yes"
+        if codes == [decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT]:
+            break
+        assert codes == [decision_pb2.DENIAL_CODE_DATA_UNAVAILABLE]
+        assert time.monotonic() < deadline, "compliance did not rebuild the attempt index"
+        time.sleep(0.2)

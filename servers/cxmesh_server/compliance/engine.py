@@ -37,6 +37,7 @@ from cxmesh_server.compliance.domain.decide import (
 from cxmesh_server.compliance.domain.rules import CompiledRuleSet, compile_rule_set
 from cxmesh_server.compliance.mirror import LOADED_KEY as RULES_LOADED
 from cxmesh_server.compliance.mirror import (
+    attempt_index_key,
     attempts_key,
     decode_rule_set,
     rules_key,
@@ -266,7 +267,8 @@ class DecisionEngine:
                 # One command for every attempt history of the batch, however many keys.
                 pipe.eval(
                     _READ_ATTEMPTS,
-                    len(attempt_keys),
+                    len(attempt_keys) + 1,
+                    attempt_index_key(tenant),
                     *attempt_keys,
                     int((now - ATTEMPT_LOOKBACK).timestamp() * 1000),
                 )
@@ -291,9 +293,12 @@ class DecisionEngine:
                 entries[(list_id, kind)] = found
         histories: dict[str, list[tuple[str, float]]] = {}
         if attempt_keys:
-            for key, flat in zip(attempt_keys, replies[len(plan)], strict=True):
+            found = replies[len(plan)]  # position, members, position, members, …
+            for position, flat in zip(found[::2], found[1::2], strict=True):
                 if flat:
-                    histories[key] = [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
+                    histories[attempt_keys[position]] = [
+                        (flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)
+                    ]
         second = int(now.timestamp())
         decisions = []
         for subject in subjects:
@@ -475,11 +480,21 @@ def _unavailable(reason: str) -> decision_pb2.Decision:
     )
 
 
-# KEYS: attempt sorted sets; ARGV[1]: oldest score. Each key's members with their scores.
+# KEYS[1]: the attempt index, KEYS[2..]: attempt sorted sets; ARGV[1]: oldest score.
+# Only the sets in the index are read; the answer is flat, for those only:
+# position of the set among KEYS[2..] (0-based), its members with their scores, and so on.
 _READ_ATTEMPTS = """
 local out = {}
-for i = 1, #KEYS do
-  out[i] = redis.call('ZRANGEBYSCORE', KEYS[i], ARGV[1], '+inf', 'WITHSCORES')
+for first = 2, #KEYS, 1000 do
+  local last = math.min(first + 999, #KEYS)
+  local found = redis.call('HMGET', KEYS[1], unpack(KEYS, first, last))
+  for j = 1, #found do
+    if found[j] then
+      local i = first + j - 1
+      out[#out + 1] = i - 2
+      out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[i], ARGV[1], '+inf', 'WITHSCORES')
+    end
+  end
 end
 return out
 """

@@ -4,11 +4,15 @@
 - `cx:{t}:compliance:version`: incremented by every rule change; a replica whose compiled
   rules carry another version reloads them before deciding (so a change reaches every
   replica on its next decision).
-- `cx:compliance:loaded`: set once every tenant's rules are mirrored since Redis started;
-  missing means Redis lost them: decisions are denied until the rebuild.
+- `cx:compliance:loaded:v2`: set once every tenant's rules are mirrored and the attempt index
+  is complete since Redis started; missing means Redis lost them (or they predate the index):
+  decisions are denied until the rebuild.
 - Attempts: `cx:{t}:compliance:attempts:device:<address>` and `…:client:<id>` sorted sets
   (member attempt id, score epoch ms) and `cx:{t}:compliance:attempt_results` hash (attempt
   id → "<call result>:<channel>"). A second report of an attempt replaces the first.
+- `cx:{t}:compliance:attempt_index` hash: attempts key → last attempt (epoch ms), for every
+  device and client with an attempt: a decision reads the sorted sets of those only (most
+  contacts have none, and one HMGET is far cheaper than a read of each set).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from redis.asyncio import Redis
 
 from cxmesh.compliance.v1 import rule_set_pb2
 
-LOADED_KEY = "cx:compliance:loaded"
+# v2: the attempt index came with it; an older marker must not count as loaded.
+LOADED_KEY = "cx:compliance:loaded:v2"
 # Attempts older than the longest attempt window (31 days) are dropped.
 ATTEMPT_RETENTION = timedelta(days=32)
 
@@ -36,6 +41,10 @@ def version_key(tenant: str) -> str:
 
 def attempts_key(tenant: str, scope: str, value: str) -> str:
     return f"cx:{{{tenant}}}:compliance:attempts:{scope}:{value}"
+
+
+def attempt_index_key(tenant: str) -> str:
+    return f"cx:{{{tenant}}}:compliance:attempt_index"
 
 
 def results_key(tenant: str) -> str:
@@ -97,7 +106,11 @@ class RulesMirror:
     ) -> bool:
         """Stores or replaces an attempt; True when it was new. One script, so a second
         report of the same attempt never counts twice, whatever interleaves."""
-        keys = [results_key(tenant), *(attempts_key(tenant, "device", d) for d in devices)]
+        keys = [
+            results_key(tenant),
+            attempt_index_key(tenant),
+            *(attempts_key(tenant, "device", d) for d in devices),
+        ]
         if client_id:
             keys.append(attempts_key(tenant, "client", client_id))
         member = f"{attempt_id}|{call_result}|{channel}"
@@ -114,22 +127,38 @@ class RulesMirror:
         )
         return bool(created)
 
+    async def index_attempts(self) -> int:
+        """Puts every existing attempts set in its tenant's index (sets written before the
+        index existed); returns how many."""
+        keys = [
+            key
+            async for key in self.redis.scan_iter(match="cx:{*}:compliance:attempts:*", count=1000)
+        ]
+        for first in range(0, len(keys), 1000):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys[first : first + 1000]:
+                    pipe.hsetnx(attempt_index_key(key[len("cx:{") : key.index("}")]), key, "0")
+                await pipe.execute()
+        return len(keys)
 
-# KEYS[1] results hash, KEYS[2..] sorted sets; ARGV: attempt id, member, score, oldest, ttl.
+
+# KEYS[1] results hash, KEYS[2] attempt index, KEYS[3..] sorted sets;
+# ARGV: attempt id, member, score, oldest, ttl.
 _RECORD_ATTEMPT = """
 local previous = redis.call('HGET', KEYS[1], ARGV[1])
 local score = ARGV[3]
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   if previous then
     local first = redis.call('ZSCORE', KEYS[i], previous)
     if first then score = first end
     redis.call('ZREM', KEYS[i], previous)
   end
 end
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   redis.call('ZADD', KEYS[i], score, ARGV[2])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[4])
   redis.call('EXPIRE', KEYS[i], ARGV[5])
+  redis.call('HSET', KEYS[2], KEYS[i], score)
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if previous then return 0 else return 1 end

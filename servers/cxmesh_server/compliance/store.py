@@ -160,6 +160,7 @@ class RuleSetStore:
             async with tenant_transaction(self.pool, tenant) as db:
                 rows = await db.fetch("SELECT * FROM compliance.rule_sets")
             await self.mirror.replace(tenant, [_message(r) for r in rows])
+        await self.mirror.index_attempts()
         await self.mirror.mark_loaded()
         return len(tenants)
 
