@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import grpc
-import httpx
 
 from bench.baselines import GROUP as BASELINE
 from bench.baselines import SECONDS
@@ -129,15 +128,15 @@ def measure(run: Run, env: Environment) -> None:
         Figure(
             GROUP,
             "due_queued_seconds",
-            _due_burst(env, admin, api_key, full.requests_per_second),
+            _due_burst(env, admin, full.requests_per_second),
             "s",
             note=f"{DUE_COUNT:,} callbacks due at the same instant: desired time → the last "
-            "one QUEUED (GES statistics polled every 0.1 s), two callbacks replicas",
+            "one QUEUED (GetCallbackStatistics polled every 0.1 s), two callbacks replicas",
         )
     )
 
 
-def _due_burst(env: Environment, admin: Metadata, api_key: str, create_rate: float) -> float:
+def _due_burst(env: Environment, admin: Metadata, create_rate: float) -> float:
     # Every callback is created before they all fall due together.
     lead = timedelta(seconds=max(30.0, 1.5 * DUE_COUNT / create_rate + 10))
     due = (datetime.now(UTC) + lead).replace(microsecond=0)
@@ -159,16 +158,22 @@ def _due_burst(env: Environment, admin: Metadata, api_key: str, create_rate: flo
             list(pool.map(create, range(DUE_COUNT)))
     if datetime.now(UTC) >= due:
         raise RuntimeError("creating the callbacks took longer than the lead time")
-    with httpx.Client(base_url=env.mesh.edge_url, timeout=30) as edge:
+    with grpc.insecure_channel(env.mesh.edge_target) as channel:
+        statistics = callback_service_pb2_grpc.CallbackServiceStub(channel)
         while datetime.now(UTC) < due:
             time.sleep(0.05)
         while True:
-            stats = edge.post(
-                "/engagement/v3/statistics/operations/get-statistic-ex",
-                headers={"x-api-key": api_key, "content-type": "application/json"},
-            ).json()["data"]["callbacks"]
-            if stats.get("due", {}).get("QUEUED", 0) >= DUE_COUNT:
+            counts = statistics.GetCallbackStatistics(
+                callback_service_pb2.GetCallbackStatisticsRequest(), metadata=admin, timeout=30
+            ).counts
+            queued = sum(
+                c.count
+                for c in counts
+                if c.callback_service == "callbackServices/due"
+                and c.state == callback_pb2.CALLBACK_STATE_QUEUED
+            )
+            if queued >= DUE_COUNT:
                 return (datetime.now(UTC) - due).total_seconds()
             if (datetime.now(UTC) - due).total_seconds() > 120:
-                raise RuntimeError(f"not queued after 120 s: {stats.get('due')}")
+                raise RuntimeError(f"{queued} of {DUE_COUNT} queued after 120 s")
             time.sleep(0.1)

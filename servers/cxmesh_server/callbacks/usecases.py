@@ -42,6 +42,7 @@ PROPOSED_SLOTS = 5
 PAST_TOLERANCE = timedelta(minutes=1)
 # Buckets an immediate callback tries in its one round trip before looking further ahead.
 ASAP_CANDIDATES = 6
+ASAP_FIRST_LOOK = timedelta(days=1)
 RULES_CACHE_ENTRIES = 10_000
 
 
@@ -136,9 +137,10 @@ class Callbacks:
                     [FieldViolation(request.time_field, "the office is closed now")]
                 )
             floor = now
+            # The next open buckets of the coming day; further ahead only if all are full.
             buckets = list(
                 islice(
-                    slot_starts(rules.hours, rules.capacity, now, now + ASAP_HORIZON),
+                    slot_starts(rules.hours, rules.capacity, now, now + ASAP_FIRST_LOOK),
                     ASAP_CANDIDATES,
                 )
             )
