@@ -15,14 +15,6 @@ from bench.environment import Environment
 from bench.harness import Figure, Run
 from bench.load import wrk_post
 from cxmesh.callbacks.v1 import callback_pb2, callback_service_pb2, callback_service_pb2_grpc
-from cxmesh.iam.v1 import (
-    api_key_pb2,
-    api_key_service_pb2,
-    api_key_service_pb2_grpc,
-    tenant_pb2,
-    tenant_service_pb2,
-    tenant_service_pb2_grpc,
-)
 
 GROUP = "callbacks"
 TENANT = "bench-callbacks"
@@ -57,30 +49,12 @@ def _service(
 
 
 def measure(run: Run, env: Environment) -> None:
-    admin = (("authorization", f"Bearer {env.token(TENANT)}"),)
-    operator = (
-        ("authorization", f"Bearer {env.key.mint(tenant=TENANT, roles=['platform-admin'])}"),
-    )
+    admin = env.new_tenant(TENANT)
+    api_key = env.api_key(admin, "engagement")
     with grpc.insecure_channel(env.mesh.edge_target) as channel:
-        tenant_service_pb2_grpc.TenantServiceStub(channel).CreateTenant(
-            tenant_service_pb2.CreateTenantRequest(
-                tenant_id=TENANT, tenant=tenant_pb2.Tenant(display_name="bench")
-            ),
-            metadata=operator,
-        )
         config = callback_service_pb2_grpc.CallbackConfigServiceStub(channel)
         _service(config, "rest", admin)
         _service(config, "due", admin)
-        api_key = (
-            api_key_service_pb2_grpc.ApiKeyServiceStub(channel)
-            .CreateApiKey(
-                api_key_service_pb2.CreateApiKeyRequest(
-                    api_key=api_key_pb2.ApiKey(display_name="bench", roles=["engagement"])
-                ),
-                metadata=admin,
-            )
-            .key
-        )
 
     url = f"{env.mesh.edge_url}/engagement/v3/callbacks/create"
     body = '{"serviceName":"rest","phoneNumber":"+1646555%04d","language":"en-US"}'

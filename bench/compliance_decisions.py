@@ -24,14 +24,6 @@ from cxmesh.compliance.v1 import (
     rule_set_service_pb2,
     rule_set_service_pb2_grpc,
 )
-from cxmesh.iam.v1 import (
-    api_key_pb2,
-    api_key_service_pb2,
-    api_key_service_pb2_grpc,
-    tenant_pb2,
-    tenant_service_pb2,
-    tenant_service_pb2_grpc,
-)
 from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2, suppression_service_pb2_grpc
 from cxmesh.types.v1 import channel_pb2
 from cxmesh_server.stack.mesh import wait_serving
@@ -52,17 +44,9 @@ def _contact(n: int) -> decision_pb2.DecisionRequest:
 
 
 def measure(run: Run, env: Environment) -> None:
-    admin = (("authorization", f"Bearer {env.token(TENANT)}"),)
-    operator = (
-        ("authorization", f"Bearer {env.key.mint(tenant=TENANT, roles=['platform-admin'])}"),
-    )
+    admin = env.new_tenant(TENANT)
+    dialer_key = env.api_key(admin, "dialer")
     with grpc.insecure_channel(env.mesh.edge_target) as channel:
-        tenant_service_pb2_grpc.TenantServiceStub(channel).CreateTenant(
-            tenant_service_pb2.CreateTenantRequest(
-                tenant_id=TENANT, tenant=tenant_pb2.Tenant(display_name="bench")
-            ),
-            metadata=operator,
-        )
         # Open all day so every decision does the full work; a 7-in-7 attempt rule as Reg F.
         rules = rule_set_pb2.RuleSet(display_name="bench")
         window = rules.contact_windows.add()
@@ -99,16 +83,6 @@ def measure(run: Run, env: Environment) -> None:
             ),
             metadata=admin,
             timeout=600,
-        )
-        dialer_key = (
-            api_key_service_pb2_grpc.ApiKeyServiceStub(channel)
-            .CreateApiKey(
-                api_key_service_pb2.CreateApiKeyRequest(
-                    api_key=api_key_pb2.ApiKey(display_name="bench", roles=["dialer"])
-                ),
-                metadata=admin,
-            )
-            .key
         )
         decisions = decision_service_pb2_grpc.DecisionServiceStub(channel)
         check = decisions.PreValidate(

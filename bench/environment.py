@@ -10,6 +10,16 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
+from cxmesh.iam.v1 import (
+    api_key_pb2,
+    api_key_service_pb2,
+    api_key_service_pb2_grpc,
+    tenant_pb2,
+    tenant_service_pb2,
+    tenant_service_pb2_grpc,
+)
 from cxmesh_server.runtime.devkeys import SigningKey, ensure_dev_key
 from cxmesh_server.stack.datastores import (
     EmbeddedPostgres,
@@ -35,6 +45,32 @@ class Environment:
 
     def instance_port(self, service: str) -> int:
         return next(i.port for i in self.mesh.instances if i.name == service)
+
+    def new_tenant(self, tenant: str) -> tuple[tuple[str, str], ...]:
+        """Creates a tenant through the edge; returns an admin's call metadata for it."""
+        operator = self.key.mint(tenant=tenant, roles=["platform-admin"])
+        with grpc.insecure_channel(self.mesh.edge_target) as channel:
+            tenant_service_pb2_grpc.TenantServiceStub(channel).CreateTenant(
+                tenant_service_pb2.CreateTenantRequest(
+                    tenant_id=tenant, tenant=tenant_pb2.Tenant(display_name="bench")
+                ),
+                metadata=(("authorization", f"Bearer {operator}"),),
+            )
+        return (("authorization", f"Bearer {self.token(tenant)}"),)
+
+    def api_key(self, admin: tuple[tuple[str, str], ...], role: str) -> str:
+        """A new API key of the admin's tenant with one role."""
+        with grpc.insecure_channel(self.mesh.edge_target) as channel:
+            return (
+                api_key_service_pb2_grpc.ApiKeyServiceStub(channel)
+                .CreateApiKey(
+                    api_key_service_pb2.CreateApiKeyRequest(
+                        api_key=api_key_pb2.ApiKey(display_name="bench", roles=[role])
+                    ),
+                    metadata=admin,
+                )
+                .key
+            )
 
 
 def start(stack: ExitStack, services: tuple[str, ...] = ("iam",)) -> Environment:
