@@ -483,6 +483,8 @@ def _unavailable(reason: str) -> decision_pb2.Decision:
 # KEYS[1]: the attempt index, KEYS[2..]: attempt sorted sets; ARGV[1]: oldest score.
 # Only the sets in the index are read; the answer is flat, for those only:
 # position of the set among KEYS[2..] (0-based), its members with their scores, and so on.
+# A set with nothing left since the oldest score leaves the index (its entries can never
+# count again; the next attempt puts it back).
 _READ_ATTEMPTS = """
 local out = {}
 for first = 2, #KEYS, 1000 do
@@ -491,8 +493,13 @@ for first = 2, #KEYS, 1000 do
   for j = 1, #found do
     if found[j] then
       local i = first + j - 1
-      out[#out + 1] = i - 2
-      out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[i], ARGV[1], '+inf', 'WITHSCORES')
+      local members = redis.call('ZRANGEBYSCORE', KEYS[i], ARGV[1], '+inf', 'WITHSCORES')
+      if #members > 0 then
+        out[#out + 1] = i - 2
+        out[#out + 1] = members
+      else
+        redis.call('HDEL', KEYS[1], KEYS[i])
+      end
     end
   end
 end

@@ -8,8 +8,9 @@
   is complete since Redis started; missing means Redis lost them (or they predate the index):
   decisions are denied until the rebuild.
 - Attempts: `cx:{t}:compliance:attempts:device:<address>` and `…:client:<id>` sorted sets
-  (member attempt id, score epoch ms) and `cx:{t}:compliance:attempt_results` hash (attempt
-  id → "<call result>:<channel>"). A second report of an attempt replaces the first.
+  (member "<attempt id>|<call result>|<channel>", score epoch ms) and one
+  `cx:{t}:compliance:attempt:<attempt id>` string per attempt (its current member), so a
+  second report of an attempt replaces the first. Everything expires after the retention.
 - `cx:{t}:compliance:attempt_index` hash: attempts key → last attempt (epoch ms), for every
   device and client with an attempt: a decision reads the sorted sets of those only (most
   contacts have none, and one HMGET is far cheaper than a read of each set).
@@ -47,8 +48,9 @@ def attempt_index_key(tenant: str) -> str:
     return f"cx:{{{tenant}}}:compliance:attempt_index"
 
 
-def results_key(tenant: str) -> str:
-    return f"cx:{{{tenant}}}:compliance:attempt_results"
+def attempt_key(tenant: str, attempt_id: str) -> str:
+    """One key per attempt, expiring with it (a hash of every attempt would only grow)."""
+    return f"cx:{{{tenant}}}:compliance:attempt:{attempt_id}"
 
 
 def _ms(moment: datetime) -> int:
@@ -107,7 +109,7 @@ class RulesMirror:
         """Stores or replaces an attempt; True when it was new. One script, so a second
         report of the same attempt never counts twice, whatever interleaves."""
         keys = [
-            results_key(tenant),
+            attempt_key(tenant, attempt_id),
             attempt_index_key(tenant),
             *(attempts_key(tenant, "device", d) for d in devices),
         ]
@@ -142,10 +144,10 @@ class RulesMirror:
         return len(keys)
 
 
-# KEYS[1] results hash, KEYS[2] attempt index, KEYS[3..] sorted sets;
+# KEYS[1] the attempt's key, KEYS[2] attempt index, KEYS[3..] sorted sets;
 # ARGV: attempt id, member, score, oldest, ttl.
 _RECORD_ATTEMPT = """
-local previous = redis.call('HGET', KEYS[1], ARGV[1])
+local previous = redis.call('GET', KEYS[1])
 local score = ARGV[3]
 for i = 3, #KEYS do
   if previous then
@@ -160,7 +162,7 @@ for i = 3, #KEYS do
   redis.call('EXPIRE', KEYS[i], ARGV[5])
   redis.call('HSET', KEYS[2], KEYS[i], score)
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[5])
 if previous then return 0 else return 1 end
 """
 
