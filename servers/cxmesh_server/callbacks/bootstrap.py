@@ -32,25 +32,18 @@ DISPATCH_SECONDS = 1.0
 QUEUE_METRIC_TURNS = 5
 
 
-def _callbacks(resources: Resources) -> Callbacks:
-    """One per process: the handlers and the background tasks share it."""
-    global _shared
-    if _shared is None:
-        settings = CallbackSettings()
-        client = httpx.AsyncClient(timeout=settings.http_timeout_seconds)
-        _shared = Callbacks(
-            CallbackStore(resources.require_postgres()),
-            captcha=CaptchaVerifier(settings, client),
-            push=PushNotifier(settings, client),
-        )
-    return _shared
-
-
-_shared: Callbacks | None = None
-
-
 async def build(resources: Resources) -> Sequence[Registration]:
-    callbacks = _callbacks(resources)
+    """The handlers and the background tasks (dispatch, push) share one Callbacks."""
+    settings = CallbackSettings()
+    client = httpx.AsyncClient(timeout=settings.http_timeout_seconds)
+    callbacks = Callbacks(
+        CallbackStore(resources.require_postgres()),
+        captcha=CaptchaVerifier(settings, client),
+        push=PushNotifier(settings, client),
+    )
+    start_background(_dispatch(resources, callbacks))
+    if callbacks.push is not None and callbacks.push.enabled:
+        start_background(callbacks.push.run())
     return [
         (
             callback_service_pb2_grpc.add_CallbackServiceServicer_to_server,
@@ -71,10 +64,9 @@ async def build(resources: Resources) -> Sequence[Registration]:
     ]
 
 
-async def _dispatch(resources: Resources) -> None:
+async def _dispatch(resources: Resources, callbacks: Callbacks) -> None:
     """Every replica runs this; each callback moves once (see the migration's functions)."""
     pool = resources.require_postgres()
-    callbacks = _callbacks(resources)
     turns = 0
     while True:
         try:
@@ -91,16 +83,8 @@ async def _dispatch(resources: Resources) -> None:
         await asyncio.sleep(DISPATCH_SECONDS)
 
 
-async def on_start(resources: Resources) -> None:
-    start_background(_dispatch(resources))
-    push = _callbacks(resources).push
-    if push is not None and push.enabled:
-        start_background(push.run())
-
-
 PROCESS = ServiceProcess(
     name="callbacks",
     build=build,
     migrations=[("callbacks", Path(__file__).parent / "migrations")],
-    on_start=on_start,
 )
