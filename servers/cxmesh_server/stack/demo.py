@@ -93,21 +93,14 @@ def seed_demo(
             metadata=_metadata(admin),
             timeout=10,
         )
-        dialer_key = (previous or {}).get("CXMESH_OCS_AUTH_HEADER", "").removeprefix("x-api-key: ")
-        if not dialer_key or not _key_works(mesh, dialer_key):
-            dialer_key = (
-                api_key_service_pb2_grpc.ApiKeyServiceStub(channel)
-                .CreateApiKey(
-                    api_key_service_pb2.CreateApiKeyRequest(
-                        api_key=api_key_pb2.ApiKey(
-                            display_name="demo dialer (OCS)", roles=["dialer"]
-                        )
-                    ),
-                    metadata=_metadata(admin),
-                    timeout=10,
-                )
-                .key
-            )
+        dialer_key = _reused_or_new_key(
+            mesh,
+            channel,
+            _metadata(admin),
+            (previous or {}).get("CXMESH_OCS_AUTH_HEADER", "").removeprefix("x-api-key: "),
+            "demo dialer (OCS)",
+            "dialer",
+        )
         callbacks = _seed_callbacks(mesh, channel, _metadata(admin), previous or {})
     return {
         "CXMESH_TENANT": DEMO_TENANT,
@@ -167,21 +160,14 @@ def _seed_callbacks(
             timeout=10,
         )
     )
-    api_key = previous.get("CXMESH_API_KEY", "")
-    if not api_key or not _key_works(mesh, api_key):
-        api_key = (
-            api_key_service_pb2_grpc.ApiKeyServiceStub(channel)
-            .CreateApiKey(
-                api_key_service_pb2.CreateApiKeyRequest(
-                    api_key=api_key_pb2.ApiKey(
-                        display_name="demo web widget (GES)", roles=["engagement"]
-                    )
-                ),
-                metadata=admin,
-                timeout=10,
-            )
-            .key
-        )
+    api_key = _reused_or_new_key(
+        mesh,
+        channel,
+        admin,
+        previous.get("CXMESH_API_KEY", ""),
+        "demo web widget (GES)",
+        "engagement",
+    )
     return {
         "CXMESH_API_KEY": api_key,
         "CXMESH_CALLBACK_SERVICE": DEMO_CALLBACK_SERVICE,
@@ -189,6 +175,30 @@ def _seed_callbacks(
         "CXMESH_CALLIN_GROUP": DEMO_CALLIN_GROUP,
         "CXMESH_GES_URL": f"{mesh.edge_url}/engagement/v3",
     }
+
+
+def _reused_or_new_key(
+    mesh: Mesh,
+    channel: grpc.Channel,
+    admin: tuple[tuple[str, str], ...],
+    previous: str,
+    display_name: str,
+    role: str,
+) -> str:
+    """The key of the previous run while it still works, else a new one with `role`."""
+    if previous and _key_works(mesh, previous):
+        return previous
+    return (
+        api_key_service_pb2_grpc.ApiKeyServiceStub(channel)
+        .CreateApiKey(
+            api_key_service_pb2.CreateApiKeyRequest(
+                api_key=api_key_pb2.ApiKey(display_name=display_name, roles=[role])
+            ),
+            metadata=admin,
+            timeout=10,
+        )
+        .key
+    )
 
 
 def _key_works(mesh: Mesh, api_key: str) -> bool:
