@@ -15,7 +15,7 @@ from cxmesh_server.runtime.auth import Authenticator, JwtVerifier
 from cxmesh_server.runtime.client import service_channel
 from cxmesh_server.runtime.context import GrpcContext
 from cxmesh_server.runtime.devkeys import SigningKey
-from cxmesh_server.runtime.interceptor import RuntimeInterceptor
+from cxmesh_server.runtime.interceptor import Runtime, runtime_server
 from cxmesh_server.runtime.logging import configure_logging
 from cxmesh_server.runtime.settings import AuthSettings
 
@@ -52,8 +52,9 @@ async def two_hops(
     servers, relays, target = [], [], None
     for _ in range(2):
         relay = Relay(target)
-        server = grpc.aio.server(interceptors=[RuntimeInterceptor(Authenticator(verifier, None))])
-        echo_service_pb2_grpc.add_EchoServiceServicer_to_server(relay, server)  # type: ignore[no-untyped-call]
+        server = grpc.aio.server()
+        runtime = runtime_server(server, Runtime(Authenticator(verifier, None)))
+        echo_service_pb2_grpc.add_EchoServiceServicer_to_server(relay, runtime)  # type: ignore[no-untyped-call]
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         servers.append(server)

@@ -1,7 +1,7 @@
 """Builds and runs one service process from its settings.
 
 Every process serves grpc.health.v1 and server reflection listing every cxmesh service
-(so one edge address is enough for grpcurl-style tools), behind the runtime interceptor.
+(so one edge address is enough for grpcurl-style tools), every handler wrapped by the runtime.
 On SIGTERM: health goes NOT_SERVING, new calls are refused, in-flight calls get the grace
 period to finish.
 """
@@ -22,12 +22,12 @@ import asyncpg
 import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from redis.asyncio import Redis
 
 from cxmesh_server.runtime import api
 from cxmesh_server.runtime.auth import Authenticator, JwtVerifier
-from cxmesh_server.runtime.interceptor import RuntimeInterceptor
+from cxmesh_server.runtime.interceptor import Runtime, runtime_server
 from cxmesh_server.runtime.logging import configure_logging
 from cxmesh_server.runtime.metrics import serve_metrics
 from cxmesh_server.runtime.postgres import create_pool
@@ -125,20 +125,25 @@ async def run_server(settings: ServiceSettings, process: ServiceProcess) -> None
         JwtVerifier(auth_settings) if auth_settings.jwks_file or auth_settings.jwks_url else None
     )
     server = grpc.aio.server(
-        interceptors=[RuntimeInterceptor(Authenticator(verifier, resources.redis))],
         options=[
             # Only worker processes share a port; a single process must fail on a taken port.
             ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
             ("grpc.max_receive_message_length", process.max_request_bytes),
         ],
     )
+    # Every service registers through the runtime, which wraps its handlers.
+    runtime = runtime_server(server, Runtime(Authenticator(verifier, resources.redis)))
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, runtime)
     registrations = await process.build(resources) if process.build else []
     for add, servicer in registrations:
-        add(servicer, server)
-    reflection.enable_server_reflection(
-        [*api.all_service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        add(servicer, runtime)
+    # What enable_server_reflection does for an aio server (it cannot tell the wrapper is one).
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
+            [*api.all_service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME]
+        ),
+        runtime,
     )
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     if server.add_insecure_port(address) == 0:
