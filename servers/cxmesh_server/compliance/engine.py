@@ -2,7 +2,7 @@
 
 In the steady state a batch costs one Redis round trip: the lookups (suppression entries,
 attempt histories) are planned from the rules and suppression index cached in the
-process, and the markers and versions those were read at come back in the same pipeline;
+process, and the markers and versions those were read at come back in the same script;
 if a version moved, the answers are thrown away and planned again from fresh data.
 Anything that cannot be read with certainty denies with DATA_UNAVAILABLE.
 
@@ -189,6 +189,7 @@ class DecisionEngine:
         self._views: dict[str, _View] = {}
         self._time_verdicts = _TimeVerdicts()
         self._live = Coalescer(self._decide_now)
+        self._read_script = redis.register_script(_READ)
 
     async def decide(
         self,
@@ -256,23 +257,25 @@ class DecisionEngine:
             for key in _limit_keys(tenant, subject, profile.counts_devices, profile.counts_clients):
                 attempt_keys[key] = None
         plan = [(list_id, kind, list(targets)) for (list_id, kind), targets in lookups.items()]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.exists(suppression_mirror.LOADED_KEY, RULES_LOADED)
-            pipe.exists(suppression_mirror.rebuilding_key(tenant))
-            pipe.get(version_key(tenant))
-            pipe.get(suppression_mirror.index_version_key(tenant))
-            for list_id, kind, targets in plan:
-                pipe.hmget(suppression_mirror.list_key(tenant, list_id, kind), targets)
-            if attempt_keys:
-                # One command for every attempt history of the batch, however many keys.
-                pipe.eval(
-                    _READ_ATTEMPTS,
-                    len(attempt_keys) + 1,
-                    attempt_index_key(tenant),
-                    *attempt_keys,
-                    int((now - ATTEMPT_LOOKBACK).timestamp() * 1000),
-                )
-            replies = await pipe.execute()
+        keys = [
+            suppression_mirror.LOADED_KEY,
+            RULES_LOADED,
+            suppression_mirror.rebuilding_key(tenant),
+            version_key(tenant),
+            suppression_mirror.index_version_key(tenant),
+            attempt_index_key(tenant),
+            *(suppression_mirror.list_key(tenant, list_id, kind) for list_id, kind, _ in plan),
+            *attempt_keys,
+        ]
+        args: list[str | int] = [
+            int((now - ATTEMPT_LOOKBACK).timestamp() * 1000),
+            len(plan),
+            *(len(targets) for _, _, targets in plan),
+        ]
+        for _, _, targets in plan:
+            args.extend(targets)
+        # One command, one atomic snapshot: markers, versions, entries and attempts.
+        replies = await self._read_script(keys=keys, args=args)
         return plan, list(attempt_keys), list(replies)
 
     def _conclude(
@@ -480,28 +483,56 @@ def _unavailable(reason: str) -> decision_pb2.Decision:
     )
 
 
-# KEYS[1]: the attempt index, KEYS[2..]: attempt sorted sets; ARGV[1]: oldest score.
-# Only the sets in the index are read; the answer is flat, for those only:
-# position of the set among KEYS[2..] (0-based), its members with their scores, and so on.
-# A set with nothing left since the oldest score leaves the index (its entries can never
-# count again; the next attempt puts it back).
-_READ_ATTEMPTS = """
-local out = {}
-for first = 2, #KEYS, 1000 do
+# Everything a batch of decisions reads, in one script (one atomic snapshot):
+# KEYS[1], KEYS[2]: the suppression and rules loaded markers; KEYS[3]: the tenant's
+# suppression rebuilding marker; KEYS[4], KEYS[5]: rules and suppression index versions;
+# KEYS[6]: the attempt index; then one suppression hash per lookup; then attempt sets.
+# ARGV[1]: the oldest attempt score; ARGV[2]: the number of lookups L; ARGV[3..2+L]: how
+# many targets each lookup has; then the targets of every lookup in order.
+# Answer: markers found (0-2), rebuilding (0/1), the two versions, one HMGET answer per
+# lookup, then the attempts flat for the sets in the index only: position of the set among
+# the attempt sets (0-based), its members with their scores, and so on. A set with nothing
+# left since the oldest score leaves the index (it can never count again; the next attempt
+# puts it back).
+_READ = """
+local lookups = tonumber(ARGV[2])
+local out = {
+  redis.call('EXISTS', KEYS[1], KEYS[2]),
+  redis.call('EXISTS', KEYS[3]),
+  redis.call('GET', KEYS[4]),
+  redis.call('GET', KEYS[5]),
+}
+local arg = 3 + lookups
+for l = 1, lookups do
+  local last = arg + tonumber(ARGV[2 + l]) - 1
+  local values = {}
+  for first = arg, last, 1000 do
+    local found = redis.call('HMGET', KEYS[6 + l], unpack(ARGV, first, math.min(first + 999, last)))
+    for j = 1, #found do
+      values[#values + 1] = found[j]
+    end
+  end
+  out[#out + 1] = values
+  arg = last + 1
+end
+local attempts = {}
+local sets = 7 + lookups
+for first = sets, #KEYS, 1000 do
   local last = math.min(first + 999, #KEYS)
-  local found = redis.call('HMGET', KEYS[1], unpack(KEYS, first, last))
+  local found = redis.call('HMGET', KEYS[6], unpack(KEYS, first, last))
   for j = 1, #found do
     if found[j] then
       local i = first + j - 1
       local members = redis.call('ZRANGEBYSCORE', KEYS[i], ARGV[1], '+inf', 'WITHSCORES')
       if #members > 0 then
-        out[#out + 1] = i - 2
-        out[#out + 1] = members
+        attempts[#attempts + 1] = i - sets
+        attempts[#attempts + 1] = members
       else
-        redis.call('HDEL', KEYS[1], KEYS[i])
+        redis.call('HDEL', KEYS[6], KEYS[i])
       end
     end
   end
 end
+out[#out + 1] = attempts
 return out
 """
