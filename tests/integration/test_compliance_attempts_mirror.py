@@ -18,6 +18,7 @@ from cxmesh_server.compliance.mirror import (
 )
 from cxmesh_server.mirrors import suppression
 from cxmesh_server.runtime.redis import create_redis
+from cxmesh_server.runtime.redis_wire import WireRedis
 from cxmesh_server.stack.datastores import EmbeddedRedis
 
 TENANT = "attempts-mirror"
@@ -50,7 +51,8 @@ async def test_old_attempts_leave_the_index_and_every_attempt_key_expires(
     ttl = await redis.ttl(attempt_key(TENANT, "new"))
     assert 0 < ttl <= ATTEMPT_RETENTION.total_seconds()
 
-    engine = DecisionEngine(redis)
+    wire = WireRedis(redis_server.url)
+    engine = DecisionEngine(redis, wire)
     decisions = await engine.decide(
         TENANT,
         [
@@ -63,4 +65,5 @@ async def test_old_attempts_leave_the_index_and_every_attempt_key_expires(
     )
     assert [d.allowed for d in decisions] == [True, False]  # the old one no longer counts
     assert not await redis.hexists(attempt_index_key(TENANT), old_set)
+    await wire.close()
     await redis.aclose()

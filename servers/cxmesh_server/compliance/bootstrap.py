@@ -32,7 +32,10 @@ async def build(resources: Resources) -> Sequence[Registration]:
         ),
         (
             decision_service_pb2_grpc.add_DecisionServiceServicer_to_server,
-            DecisionHandlers(DecisionEngine(resources.require_redis()), mirror),
+            DecisionHandlers(
+                DecisionEngine(resources.require_redis(), resources.require_redis_wire()),
+                mirror,
+            ),
         ),
     ]
 

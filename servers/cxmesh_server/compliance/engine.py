@@ -46,6 +46,7 @@ from cxmesh_server.compliance.mirror import (
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
 from cxmesh_server.contacts.timezones import derive_time_zone
 from cxmesh_server.mirrors import suppression as suppression_mirror
+from cxmesh_server.runtime.redis_wire import Script, WireRedis
 
 DEFAULT_RULES = compile_rule_set(
     rule_set_pb2.RuleSet(name="ruleSets/builtin-default", display_name="default")
@@ -183,13 +184,14 @@ class _TimeVerdicts:
 
 
 class DecisionEngine:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, wire: WireRedis) -> None:
         self._redis = redis
+        # The per-decision read goes over the pipelined connection (the hot path).
+        self._wire = wire
         # tenant → what its decisions are planned from, with the versions it was read at
         self._views: dict[str, _View] = {}
         self._time_verdicts = _TimeVerdicts()
         self._live = Coalescer(self._decide_now)
-        self._read_script = redis.register_script(_READ)
 
     async def decide(
         self,
@@ -275,7 +277,7 @@ class DecisionEngine:
         for _, _, targets in plan:
             args.extend(targets)
         # One command, one atomic snapshot: markers, versions, entries and attempts.
-        replies = await self._read_script(keys=keys, args=args)
+        replies = await self._wire.evalsha(_READ, keys, args)
         return plan, list(attempt_keys), list(replies)
 
     def _conclude(
@@ -494,7 +496,7 @@ def _unavailable(reason: str) -> decision_pb2.Decision:
 # the attempt sets (0-based), its members with their scores, and so on. A set with nothing
 # left since the oldest score leaves the index (it can never count again; the next attempt
 # puts it back).
-_READ = """
+_READ = Script("""
 local lookups = tonumber(ARGV[2])
 local out = {
   redis.call('EXISTS', KEYS[1], KEYS[2]),
@@ -535,4 +537,4 @@ for first = sets, #KEYS, 1000 do
 end
 out[#out + 1] = attempts
 return out
-"""
+""")

@@ -32,6 +32,7 @@ from cxmesh_server.runtime.logging import configure_logging
 from cxmesh_server.runtime.metrics import serve_metrics
 from cxmesh_server.runtime.postgres import create_pool
 from cxmesh_server.runtime.redis import create_redis
+from cxmesh_server.runtime.redis_wire import WireRedis
 from cxmesh_server.runtime.settings import AuthSettings, ServiceSettings
 from cxmesh_server.runtime.tracing import configure_tracing
 
@@ -45,6 +46,8 @@ class Resources:
     settings: ServiceSettings
     postgres: asyncpg.Pool | None = None
     redis: Redis | None = None
+    # A pipelined connection to the same Redis, for the hot paths.
+    redis_wire: WireRedis | None = None
     # Reports whether the process can do its job (grpc.health.v1); set by run_server.
     set_serving: Callable[[bool], Awaitable[None]] | None = None
 
@@ -62,11 +65,18 @@ class Resources:
             raise RuntimeError(f"{self.settings.service} needs CXMESH_REDIS_URL")
         return self.redis
 
+    def require_redis_wire(self) -> WireRedis:
+        if self.redis_wire is None:
+            raise RuntimeError(f"{self.settings.service} needs CXMESH_REDIS_URL")
+        return self.redis_wire
+
     async def close(self) -> None:
         if self.postgres is not None:
             await self.postgres.close()
         if self.redis is not None:
             await self.redis.aclose()
+        if self.redis_wire is not None:
+            await self.redis_wire.close()
 
 
 _background: set[asyncio.Task[None]] = set()
@@ -107,6 +117,7 @@ async def _open_resources(settings: ServiceSettings, process: ServiceProcess) ->
         )
     if settings.redis_url:
         resources.redis = create_redis(settings.redis_url)
+        resources.redis_wire = WireRedis(settings.redis_url)
     return resources
 
 

@@ -1,0 +1,107 @@
+"""The pipelined hot-path Redis connection against a real Redis of its own (these tests
+pause and kill clients): many callers share one connection and each gets its own answer;
+failures are redis-py's exceptions; it recovers by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+
+from cxmesh_server.runtime.redis import create_redis
+from cxmesh_server.runtime.redis_wire import Script, WireRedis
+from cxmesh_server.stack.datastores import EmbeddedRedis, start_redis
+from cxmesh_server.stack.ports import free_port
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = start_redis(Path(tmp_path_factory.mktemp("wire")) / "redis", persist=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def admin(own_redis: EmbeddedRedis) -> AsyncIterator[Redis]:
+    redis = create_redis(own_redis.url)
+    yield redis
+    await redis.aclose()
+
+
+async def test_concurrent_callers_each_get_their_own_reply(
+    own_redis: EmbeddedRedis, admin: Redis
+) -> None:
+    await admin.mset({f"wire:{n}": str(n) for n in range(2000)})
+    wire = WireRedis(own_redis.url)
+    replies = await asyncio.gather(*(wire.execute("GET", f"wire:{n}") for n in range(2000)))
+    assert replies == [str(n) for n in range(2000)]
+    await wire.close()
+
+
+async def test_an_error_reply_fails_only_its_own_command(
+    own_redis: EmbeddedRedis, admin: Redis
+) -> None:
+    await admin.set("wire:text", "x")
+    wire = WireRedis(own_redis.url)
+    replies: list[object] = await asyncio.gather(
+        wire.execute("GET", "wire:text"),
+        wire.execute("HGET", "wire:text", "field"),
+        wire.execute("STRLEN", "wire:text"),
+        return_exceptions=True,
+    )
+    first, wrong, last = replies
+    assert first == "x" and last == 1
+    assert isinstance(wrong, ResponseError) and "WRONGTYPE" in str(wrong)
+    await wire.close()
+
+
+async def test_a_script_runs_by_its_digest_and_is_loaded_again_after_a_flush(
+    own_redis: EmbeddedRedis, admin: Redis
+) -> None:
+    script = Script("return {KEYS[1], ARGV[1], redis.call('GET', KEYS[1]), false}")
+    await admin.set("wire:k", "v")
+    wire = WireRedis(own_redis.url)
+    assert await wire.evalsha(script, ["wire:k"], [7]) == ["wire:k", "7", "v", None]
+    await admin.script_flush()
+    assert await wire.evalsha(script, ["wire:k"], [8]) == ["wire:k", "8", "v", None]
+    await wire.close()
+
+
+async def test_a_lost_connection_fails_waiting_commands_and_the_next_one_reconnects(
+    own_redis: EmbeddedRedis, admin: Redis
+) -> None:
+    wire = WireRedis(own_redis.url, timeout=5)
+    waiting = asyncio.ensure_future(wire.execute("BLPOP", "wire:empty", 0))  # never answered
+    await asyncio.sleep(0.1)
+    await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # type: ignore[no-untyped-call]
+    with pytest.raises(ConnectionError):
+        await waiting
+    assert await wire.execute("PING") == "PONG"
+    await wire.close()
+
+
+async def test_an_unanswered_command_times_out_and_the_connection_recovers(
+    own_redis: EmbeddedRedis, admin: Redis
+) -> None:
+    wire = WireRedis(own_redis.url, timeout=0.2)
+    assert await wire.execute("PING") == "PONG"
+    await admin.execute_command("CLIENT", "PAUSE", 600, "ALL")  # type: ignore[no-untyped-call]
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await wire.execute("PING")
+    assert time.monotonic() - started < 0.5
+    await asyncio.sleep(0.6)
+    assert await wire.execute("PING") == "PONG"
+    await wire.close()
+
+
+async def test_an_unreachable_redis_is_a_connection_error() -> None:
+    wire = WireRedis(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    with pytest.raises(ConnectionError):
+        await wire.execute("PING")
+    await wire.close()
