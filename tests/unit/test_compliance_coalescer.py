@@ -11,13 +11,14 @@ from cxmesh_server.compliance.coalescer import Coalescer
 
 
 class Recorder:
-    def __init__(self, fail_on: str | None = None) -> None:
+    def __init__(self, fail_on: str | None = None, round_trip: float = 0.01) -> None:
         self.batches: list[list[str]] = []
         self.fail_on = fail_on
+        self.round_trip = round_trip
 
     async def run(self, key: str, requests: Sequence[str]) -> list[str]:
         self.batches.append(list(requests))
-        await asyncio.sleep(0.01)  # a round trip, during which more callers arrive
+        await asyncio.sleep(self.round_trip)  # during which more callers arrive
         if self.fail_on in requests:
             raise RuntimeError("redis exploded")
         return [f"{key}:{r}" for r in requests]
@@ -83,3 +84,28 @@ async def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
     assert await first == ["t:a"]
     assert await kept == ["t:c"]
     assert gone.cancelled()
+
+
+async def test_a_lone_caller_never_lingers() -> None:
+    recorder = Recorder(round_trip=0)
+    coalescer = Coalescer(recorder.run, max_linger=0.004)
+    for name in "abc":
+        assert coalescer.linger("t") == 0
+        assert await coalescer.submit("t", [name]) == [f"t:{name}"]
+        await asyncio.sleep(0.02)  # callers far apart: not busy
+    assert recorder.batches == [["a"], ["b"], ["c"]]
+
+
+async def test_under_load_a_batch_waits_for_the_callers_about_to_arrive() -> None:
+    recorder = Recorder(round_trip=0)
+    coalescer = Coalescer(recorder.run, max_linger=0.2)
+    # Many callers at once: the key is busy from now on.
+    await asyncio.gather(*(coalescer.submit("t", [f"w{n}"]) for n in range(50)))
+    assert coalescer.linger("t") == 0.2
+    recorder.batches.clear()
+    first = asyncio.create_task(coalescer.submit("t", ["x"]))
+    await asyncio.sleep(0.05)  # without the linger, "x" would have been read alone by now
+    second = asyncio.create_task(coalescer.submit("t", ["y"]))
+    assert list(await asyncio.gather(first, second)) == [["t:x"], ["t:y"]]
+    assert recorder.batches == [["x", "y"]]
+    assert coalescer.linger("other") == 0  # tenants are busy on their own

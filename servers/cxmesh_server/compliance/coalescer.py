@@ -3,6 +3,14 @@
 While a read is in flight, the requests that arrive wait for it and then go together in
 the next one (up to `max_batch`), so under load a round trip is paid once per batch
 rather than once per call, and a lone caller waits for nothing.
+
+A read in flight is not enough under gRPC: its requests reach the handler one by one
+(each new call is a trip through grpc.aio's poller thread), so reads rarely overlap an
+arrival and batches stay at one request (measured: 1.02 requests per read at 1,600
+calls/s). So when callers of a key arrive faster than one per half `max_linger`, a batch
+waits `max_linger` for the callers about to arrive (group commit): at 2 ms, 4.7 requests
+per read and 30 % more decisions per second on the bench machine. Slower than that, no
+batch waits.
 """
 
 from __future__ import annotations
@@ -23,20 +31,57 @@ class _Batch(Generic[Request, Result]):
     callers: list[tuple[asyncio.Future[list[Result]], int]] = field(default_factory=list)
 
 
+@dataclass
+class _Arrivals:
+    """When a key's callers last came, and the smoothed time between them."""
+
+    last: float
+    gap: float
+
+
+# Weight of the newest gap in the smoothed gap: steady load is noticed within tens of
+# calls, and an idle pause ends lingering at once.
+_GAP_WEIGHT = 0.1
+
+
 class Coalescer(Generic[Request, Result]):
     def __init__(
         self,
         run: Callable[[str, Sequence[Request]], Awaitable[list[Result]]],
         max_batch: int = 1000,
+        max_linger: float = 0.002,
     ) -> None:
         self._run = run
         self._max_batch = max_batch
+        self._max_linger = max_linger
         self._waiting: dict[str, _Batch[Request, Result]] = {}
         self._draining: dict[str, asyncio.Task[None]] = {}
+        self._arrivals: dict[str, _Arrivals] = {}
+
+    def linger(self, key: str) -> float:
+        """How long the next batch of `key` waits for more callers (0 or `max_linger`)."""
+        arrivals = self._arrivals.get(key)
+        busy = arrivals is not None and arrivals.gap < self._max_linger / 2
+        return self._max_linger if busy else 0.0
+
+    def _arrived(self, key: str) -> None:
+        now = asyncio.get_running_loop().time()
+        arrivals = self._arrivals.get(key)
+        if arrivals is None:
+            self._arrivals[key] = _Arrivals(now, float("inf"))
+            return
+        gap = now - arrivals.last
+        arrivals.gap = (
+            gap
+            if arrivals.gap == float("inf")
+            else arrivals.gap + _GAP_WEIGHT * (gap - arrivals.gap)
+        )
+        arrivals.last = now
 
     async def submit(self, key: str, requests: Sequence[Request]) -> list[Result]:
         if len(requests) >= self._max_batch:
             return await self._run(key, requests)  # a full batch of its own
+        self._arrived(key)
         future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
         waiting = self._waiting.setdefault(key, _Batch())
         waiting.requests.extend(requests)
@@ -47,7 +92,12 @@ class Coalescer(Generic[Request, Result]):
 
     async def _drain(self, key: str) -> None:
         try:
-            while (batch := self._take(key)) is not None:
+            while True:
+                waiting = self._waiting.get(key)
+                if waiting and len(waiting.requests) < self._max_batch and self.linger(key):
+                    await asyncio.sleep(self.linger(key))
+                if (batch := self._take(key)) is None:
+                    break
                 try:
                     results = await self._run(key, batch.requests)
                 except asyncio.CancelledError:
