@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 from cxmesh.compliance.v1 import rule_set_pb2
 from cxmesh_server.compliance.domain.decide import Place
 from cxmesh_server.compliance.domain.rules import compile_rule_set
-from cxmesh_server.compliance.engine import _TimeVerdicts, _View
+from cxmesh_server.compliance.engine import Located, _place_number, _TimeVerdicts, _View
 
-NEW_YORK = Place(zones=("America/New_York",))
+NEW_YORK_PLACE = Place(zones=("America/New_York",))
+NEW_YORK = Located(NEW_YORK_PLACE, "America/New_York", _place_number(NEW_YORK_PLACE))
 # 20:59:59.900 in New York: one tenth of a second before the TCPA window closes.
 BEFORE_NINE = datetime(2026, 11, 24, 1, 59, 59, 900_000, tzinfo=UTC)
 
@@ -64,3 +65,9 @@ def test_profiles_pick_campaign_rules_and_their_suppression_lists() -> None:
     assert [r.name for r in elsewhere.rule_sets] == ["ruleSets/t"]
     assert elsewhere.suppression_lists == ("all",)
     assert rules.profile("campaigns/x", 1) is for_x  # worked out once
+
+
+def test_a_place_keeps_its_number_and_numbers_are_never_shared() -> None:
+    again = Place(zones=("America/New_York",))
+    assert _place_number(again) == NEW_YORK.place_number
+    assert _place_number(Place(zones=("America/Chicago",))) != NEW_YORK.place_number

@@ -102,6 +102,17 @@ class Profile:
 class Located:
     place: Place
     zone_label: str
+    # Identifies the place in the time-verdict cache: two small ints hash faster than a
+    # Place. Numbers are never reused, so a number always means the same place.
+    place_number: int
+
+
+_place_numbers = itertools.count()
+
+
+@lru_cache(maxsize=100_000)
+def _place_number(place: Place) -> int:
+    return next(_place_numbers)
 
 
 @dataclass(slots=True)
@@ -171,15 +182,16 @@ class _TimeVerdicts:
 
     def __init__(self) -> None:
         self._second = -1
-        self._verdicts: dict[tuple[int, Place], TimeVerdict] = {}
+        self._verdicts: dict[tuple[int, int], TimeVerdict] = {}
 
-    def get(self, profile: Profile, place: Place, now: datetime, second: int) -> TimeVerdict:
+    def get(self, profile: Profile, located: Located, now: datetime, second: int) -> TimeVerdict:
         if second != self._second:
             self._second, self._verdicts = second, {}
-        key = (profile.number, place)
+        key = (profile.number, located.place_number)
         verdict = self._verdicts.get(key)
         if verdict is None:
-            verdict = self._verdicts[key] = time_verdict(profile.rule_sets, place, now)
+            verdict = time_verdict(profile.rule_sets, located.place, now)
+            self._verdicts[key] = verdict
         return verdict
 
 
@@ -292,10 +304,12 @@ class DecisionEngine:
         now_ms = int(now.timestamp() * 1000)
         # (list id, kind) → target → the entry's mirror value, for the targets found only
         entries: dict[tuple[str, str], dict[str, str]] = {}
+        listed: set[str] = set()  # every target found on some list
         for (list_id, kind, targets), reply in zip(plan, replies, strict=False):
             found = {t: v for t, v in zip(targets, reply, strict=True) if v is not None}
             if found:
                 entries[(list_id, kind)] = found
+                listed.update(found)
         histories: dict[str, list[tuple[str, float]]] = {}
         if attempt_keys:
             found = replies[len(plan)]  # position, members, position, members, …
@@ -321,9 +335,13 @@ class DecisionEngine:
                     )
                 )
                 continue
-            suppressed_by = _suppressed_by(subject, entries, now_ms) if entries else []
+            suppressed_by = (
+                _suppressed_by(subject, entries, now_ms)
+                if subject.address in listed or subject.client_id in listed
+                else []
+            )
             attempts = _attempts(tenant, subject, histories) if histories else []
-            timed = self._time_verdicts.get(profile, located.place, now, second)
+            timed = self._time_verdicts.get(profile, located, now, second)
             if not suppressed_by and not attempts and not timed.denials:
                 decisions.append(profile.allowed_in(located.zone_label))
                 continue
@@ -426,7 +444,7 @@ def _contact_facts(
         area_code=address[2:5] if address.startswith("+1") else "",
         postal_code=postal_code,
     )
-    return kind, address, Located(place, ",".join(zones)), None
+    return kind, address, Located(place, ",".join(zones), _place_number(place)), None
 
 
 def _suppressed_by(
