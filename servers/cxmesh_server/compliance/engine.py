@@ -117,7 +117,8 @@ def _place_number(place: Place) -> int:
 
 @dataclass(slots=True)
 class Subject:
-    """One request, prepared: what to read for it and what to decide it with."""
+    """One request, prepared: what to read for it and what to decide it with. Shared by
+    every later request with the same bytes under the same view: never modified."""
 
     profile: Profile
     channel: int
@@ -126,6 +127,14 @@ class Subject:
     client_id: str = ""
     located: Located | None = None
     problem: Denial | None = None
+    # ((list id, kind), target) of every suppression lookup it needs
+    lookups: tuple[tuple[tuple[str, str], str], ...] = ()
+    # its attempt sets: the device's if the rules count devices, the client's if clients
+    attempt_keys: tuple[str, ...] = ()
+
+
+# Prepared subjects a view keeps (a dialer validates the same records again and again).
+SUBJECTS_PER_VIEW = 100_000
 
 
 @dataclass
@@ -137,6 +146,8 @@ class _View:
     index_version: str
     bindings: dict[str, list[str]]
     profiles: dict[tuple[str, int], Profile] = field(default_factory=dict)
+    # request bytes → the request prepared under this view
+    subjects: dict[bytes, Subject] = field(default_factory=dict)
 
     def profile(self, campaign: str, channel: int) -> Profile:
         key = (campaign, channel)
@@ -239,7 +250,7 @@ class DecisionEngine:
     ) -> list[decision_pb2.Decision]:
         view = self._views.get(tenant) or await self._refresh(tenant)
         for _ in range(3):
-            subjects = [_prepare(request, view) for request in requests]
+            subjects = [_prepare(tenant, request, view) for request in requests]
             plan, attempt_keys, replies = await self._read(tenant, subjects, now)
             loaded, rebuilding, rules_version, index_version = replies[:4]
             if loaded != 2:
@@ -261,14 +272,12 @@ class DecisionEngine:
         lookups: dict[tuple[str, str], dict[str, None]] = {}
         attempt_keys: dict[str, None] = {}
         for subject in subjects:
-            if subject.located is None:
-                continue
-            profile = subject.profile
-            for list_id in profile.suppression_lists:
-                lookups.setdefault((list_id, subject.kind), {})[subject.address] = None
-                if subject.client_id:
-                    lookups.setdefault((list_id, "client"), {})[subject.client_id] = None
-            for key in _limit_keys(tenant, subject, profile.counts_devices, profile.counts_clients):
+            for lookup, target in subject.lookups:
+                wanted = lookups.get(lookup)
+                if wanted is None:
+                    wanted = lookups[lookup] = {}
+                wanted[target] = None
+            for key in subject.attempt_keys:
                 attempt_keys[key] = None
         plan = [(list_id, kind, list(targets)) for (list_id, kind), targets in lookups.items()]
         keys = [
@@ -340,7 +349,11 @@ class DecisionEngine:
                 if subject.address in listed or subject.client_id in listed
                 else []
             )
-            attempts = _attempts(tenant, subject, histories) if histories else []
+            attempts = (
+                _attempts(tenant, subject, histories)
+                if histories and any(key in histories for key in subject.attempt_keys)
+                else []
+            )
             timed = self._time_verdicts.get(profile, located, now, second)
             if not suppressed_by and not attempts and not timed.denials:
                 decisions.append(profile.allowed_in(located.zone_label))
@@ -382,7 +395,18 @@ class DecisionEngine:
         return view
 
 
-def _prepare(request: decision_pb2.DecisionRequest, view: _View) -> Subject:
+def _prepare(tenant: str, request: decision_pb2.DecisionRequest, view: _View) -> Subject:
+    # Serialising is cheaper than reading the eight fields the preparation needs.
+    key = request.SerializeToString()
+    subject = view.subjects.get(key)
+    if subject is None:
+        if len(view.subjects) >= SUBJECTS_PER_VIEW:
+            view.subjects.clear()
+        subject = view.subjects[key] = _prepared(tenant, request, view)
+    return subject
+
+
+def _prepared(tenant: str, request: decision_pb2.DecisionRequest, view: _View) -> Subject:
     contact = request.contact
     channel = request.channel or channel_pb2.CHANNEL_VOICE
     profile = view.profile(request.campaign, channel)
@@ -394,7 +418,19 @@ def _prepare(request: decision_pb2.DecisionRequest, view: _View) -> Subject:
         contact.state_province,
         profile.default_zone,
     )
-    return Subject(profile, channel, address, kind, contact.client_id, located, problem)
+    subject = Subject(profile, channel, address, kind, contact.client_id, located, problem)
+    if located is None:
+        return subject  # denied without reading anything
+    lookups = []
+    for list_id in profile.suppression_lists:
+        lookups.append(((list_id, kind), address))
+        if subject.client_id:
+            lookups.append(((list_id, "client"), subject.client_id))
+    subject.lookups = tuple(lookups)
+    subject.attempt_keys = tuple(
+        _limit_keys(tenant, subject, profile.counts_devices, profile.counts_clients)
+    )
+    return subject
 
 
 @lru_cache(maxsize=200_000)

@@ -140,13 +140,27 @@ class RuleSetHandlers(rule_set_service_pb2_grpc.RuleSetServiceServicer):
 
 
 def _check_request(
-    field: str, request: decision_pb2.DecisionRequest, check: Validator, *, any_time: bool = False
+    field: str,
+    request: decision_pb2.DecisionRequest,
+    check: Validator,
+    *,
+    index: int | None = None,
+    any_time: bool = False,
 ) -> None:
-    # Field paths are only formatted for a violation: batches check 1,000 requests.
+    """`field` is the request's field, `index` its position in a batch. Field paths are
+    only formatted for a violation: a batch checks 1,000 requests."""
     contact = request.contact
+    zone = contact.time_zone
+    if (
+        contact.address.strip()
+        and (not zone or zone in valid_zones())
+        and (any_time or not request.HasField("decision_time"))
+    ):
+        return  # the usual case: nothing to say
+    if index is not None:
+        field = f"{field}[{index}]"
     if not contact.address.strip():
         check.require(False, f"{field}.contact.address", "is required")
-    zone = contact.time_zone
     if zone and zone not in valid_zones():
         check.require(False, f"{field}.contact.time_zone", "must be an IANA zone")
     if not any_time and request.HasField("decision_time"):
@@ -231,7 +245,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
             f"1-{MAX_BATCH} requests",
         )
         for n, item in enumerate(request.decision_requests):
-            _check_request(f"decision_requests[{n}]", item, check)
+            _check_request("decision_requests", item, check, index=n)
         check.check()
         decisions = await self._engine.decide(current_tenant(), list(request.decision_requests))
         return decision_service_pb2.PreValidateBatchResponse(decisions=decisions)
