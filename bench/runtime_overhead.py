@@ -20,7 +20,7 @@ def measure(run: Run, env: Environment) -> None:
         headers=auth,
         seconds=SECONDS,
     )
-    how = "h2load -c4 -m16 straight to the iam process: interceptor, JWT check, metrics"
+    how = "h2load -c4 -m16 straight to the iam process: the runtime around the handler (JWT check, metrics)"
     run.record(
         Figure(
             GROUP,

@@ -109,3 +109,16 @@ async def test_under_load_a_batch_waits_for_the_callers_about_to_arrive() -> Non
     assert list(await asyncio.gather(first, second)) == [["t:x"], ["t:y"]]
     assert recorder.batches == [["x", "y"]]
     assert coalescer.linger("other") == 0  # tenants are busy on their own
+
+
+async def test_under_load_callers_already_waiting_are_read_at_once() -> None:
+    recorder = Recorder(round_trip=0)
+    coalescer = Coalescer(recorder.run, max_linger=30.0, batch_target=4)
+    await asyncio.gather(*(coalescer.submit("t", [f"w{n}"]) for n in range(50)))
+    assert coalescer.linger("t") == 30.0  # busy: a short batch would wait up to 30 s
+    recorder.batches.clear()
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(coalescer.submit("t", [name]) for name in "abcd")), 5
+    )
+    assert list(answers) == [["t:a"], ["t:b"], ["t:c"], ["t:d"]]
+    assert recorder.batches == [["a", "b", "c", "d"]]

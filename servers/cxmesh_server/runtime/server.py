@@ -9,6 +9,7 @@ period to finish.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -175,6 +176,11 @@ async def run_server(settings: ServiceSettings, process: ServiceProcess) -> None
     if process.on_start is not None:
         await process.on_start(resources)
     await set_serving(True)
+    # Everything alive now (modules, descriptors, phone metadata, zone data) lives as long
+    # as the process: out of the cyclic collector's sight, a full collection no longer
+    # walks it (measured: 36-50 ms pauses every 10-30 s under load, p99 ×3 at half load).
+    gc.collect()
+    gc.freeze()
     log.info("serving", extra={"address": address, "pid": os.getpid()})
 
     stop = asyncio.Event()
