@@ -38,11 +38,13 @@ def main() -> None:
         env = start(stack, services=("iam", "lists", "compliance", "callbacks"))
         print("baselines")
         baselines.measure(run, env)
+        env.settle()
         for name in selected:
             if name == baselines.GROUP:
                 continue
             print(name)
             GROUPS[name](run, env)
+            env.settle()
     save(run, sorted({baselines.GROUP, *selected}))
 
 
