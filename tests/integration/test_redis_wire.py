@@ -105,3 +105,22 @@ async def test_an_unreachable_redis_is_a_connection_error() -> None:
     with pytest.raises(ConnectionError):
         await wire.execute("PING")
     await wire.close()
+
+
+async def test_the_url_chooses_the_user_password_and_database(
+    own_redis: EmbeddedRedis, admin: Redis
+) -> None:
+    await admin.execute_command(  # type: ignore[no-untyped-call]
+        "ACL", "SETUSER", "wire-user", "on", ">wire-secret", "~*", "+@all"
+    )
+    on_three = create_redis(f"redis://127.0.0.1:{own_redis.port}/3")
+    await on_three.set("wire:db", "three")
+    wire = WireRedis(f"redis://wire-user:wire-secret@127.0.0.1:{own_redis.port}/3")
+    assert await wire.execute("ACL", "WHOAMI") == "wire-user"
+    assert await wire.execute("GET", "wire:db") == "three"
+    refused = WireRedis(f"redis://wire-user:wrong@127.0.0.1:{own_redis.port}/0")
+    with pytest.raises(ResponseError):
+        await refused.execute("PING")
+    await on_three.aclose()
+    await wire.close()
+    await refused.close()

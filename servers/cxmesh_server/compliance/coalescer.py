@@ -9,8 +9,8 @@ A read in flight is not enough under gRPC: its requests reach the handler one by
 arrival and batches stay at one request (measured: 1.02 requests per read at 1,600
 calls/s). So when callers of a key arrive faster than one per half `max_linger`, a batch
 of fewer than `batch_target` requests waits up to `max_linger` for the callers about to
-arrive (group commit): at 2 ms, 4.7 requests per read and 30 % more decisions per second
-on the bench machine. Slower than that, no batch waits.
+arrive (group commit): at 2 ms, 4.7 requests per read (counted while profiling). Slower
+than that, no batch waits.
 """
 
 from __future__ import annotations

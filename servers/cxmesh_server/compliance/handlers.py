@@ -151,19 +151,18 @@ def _check_request(
     only formatted for a violation: a batch checks 1,000 requests."""
     contact = request.contact
     zone = contact.time_zone
-    if (
-        contact.address.strip()
-        and (not zone or zone in valid_zones())
-        and (any_time or not request.HasField("decision_time"))
-    ):
+    no_address = not contact.address.strip()
+    unknown_zone = bool(zone) and zone not in valid_zones()
+    timed = not any_time and request.HasField("decision_time")
+    if not (no_address or unknown_zone or timed):
         return  # the usual case: nothing to say
     if index is not None:
         field = f"{field}[{index}]"
-    if not contact.address.strip():
+    if no_address:
         check.require(False, f"{field}.contact.address", "is required")
-    if zone and zone not in valid_zones():
+    if unknown_zone:
         check.require(False, f"{field}.contact.time_zone", "must be an IANA zone")
-    if not any_time and request.HasField("decision_time"):
+    if timed:
         offset = abs(request.decision_time.ToDatetime(tzinfo=UTC) - datetime.now(UTC))
         if offset > NOW_TOLERANCE:
             check.require(

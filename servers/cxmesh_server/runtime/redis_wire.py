@@ -1,7 +1,7 @@
 """A pipelined Redis connection for the hot paths, packed and parsed by hiredis.
 
-redis-py spends ~0.15 ms of Python per command (pool, retries, timeouts, parser layers),
-which was most of a pre-dial decision's cost. Here every caller writes its command at once
+redis-py spends ~0.15 ms of Python per command (pool, retries, timeouts, parser layers;
+py-spy), which was most of a pre-dial decision's cost. Here every caller writes its command at once
 on one shared connection and waits for its reply; Redis answers a connection's commands in
 order, so replies are matched to callers first in, first out.
 
@@ -144,11 +144,17 @@ class WireRedis:
             except OSError as error:  # the builtin TimeoutError included
                 raise ConnectionError(f"cannot connect to Redis: {error}") from error
             deadline = time.monotonic() + self._timeout
-            if self._options.get("password"):
-                credentials = [self._options.get("username"), self._options["password"]]
-                await protocol.send(("AUTH", *[c for c in credentials if c]), deadline)
-            if self._options.get("db"):
-                await protocol.send(("SELECT", self._options["db"]), deadline)
+            try:
+                # Not yet watched by the watchdog: these two carry their own timeout.
+                async with asyncio.timeout(self._timeout):
+                    if self._options.get("password"):
+                        credentials = [self._options.get("username"), self._options["password"]]
+                        await protocol.send(("AUTH", *[c for c in credentials if c]), deadline)
+                    if self._options.get("db"):
+                        await protocol.send(("SELECT", self._options["db"]), deadline)
+            except Exception as error:
+                protocol.abort(ConnectionError(f"Redis refused the connection: {error}"))
+                raise
             self._protocol = protocol
             if self._watchdog is None:
                 self._watch()
