@@ -15,7 +15,7 @@ from bench.data import dnc_file
 from bench.environment import Environment
 from bench.harness import Figure, Run
 from bench.lists_import import _file_messages
-from bench.load import h2load_grpc, wrk_post
+from bench.load import h2load_grpc, h2load_grpc_paced, wrk_post
 from cxmesh.compliance.v1 import (
     decision_pb2,
     decision_service_pb2,
@@ -175,23 +175,26 @@ def measure(run: Run, env: Environment) -> None:
             note=how,
         )
     )
-    half_rate = max(1, int(unary.requests_per_second / 2 / 4))
-    half = h2load_grpc(
+    half_rate = unary.requests_per_second / 2
+    half = h2load_grpc_paced(
         f"http://127.0.0.1:{port}{PRE_VALIDATE}",
         decision_service_pb2.PreValidateRequest(decision_request=_contact(7)),
+        rate=half_rate,
         headers=auth,
         seconds=SECONDS,
-        rate_per_connection=half_rate,
     )
-    # The bare echo at the same rate: h2load's paced requests leave in bursts, so this is
-    # the latency floor of the load pattern itself.
-    echo_half = h2load_grpc(
+    # The bare echo under the same paced load: the latency floor of the machine and of the
+    # load pattern.
+    echo_half = h2load_grpc_paced(
         f"http://127.0.0.1:{env.bare_echo_port}{ECHO_PATH}",
         echo_service_pb2.EchoRequest(message="hello"),
+        rate=half.requests_per_second,
         seconds=SECONDS,
-        rate_per_connection=half_rate,
     )
-    how = f"h2load -c4 --rps {half_rate} (half the measured maximum)"
+    how = (
+        f"evenly paced calls at half the measured maximum ({half_rate:,.0f} req/s asked; "
+        "h2load timing scripts, one connection per process)"
+    )
     run.record(
         Figure(
             GROUP,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,44 @@ def grpc_frame(message: Message) -> bytes:
     return struct.pack(">BI", 0, len(payload)) + payload
 
 
+def _h2load_args(body: Path, log: Path, headers: dict[str, str] | None) -> list[str]:
+    args = [
+        require_tool("h2load"),
+        "-d",
+        str(body),
+        "--log-file",
+        str(log),
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+    ]
+    for name, value in (headers or {}).items():
+        args += ["-H", f"{name}: {value}"]
+    return args
+
+
+def _succeeded(output: str) -> int:
+    """Requests that succeeded, from h2load's summary; raises if any failed."""
+    succeeded = int(re.search(r"(\d+) succeeded", output).group(1))  # type: ignore[union-attr]
+    failed = int(re.search(r"(\d+) failed", output).group(1))  # type: ignore[union-attr]
+    if failed or not succeeded:
+        raise RuntimeError(f"h2load saw failures: {output}")
+    return succeeded
+
+
+def _requests(log: Path) -> list[tuple[int, str, float]]:
+    """(start µs since the epoch, HTTP status, duration ms) of each request in an h2load log."""
+    requests = []
+    for line in log.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 3:
+            requests.append((int(fields[0]), fields[1], int(fields[2]) / 1000))
+    if {status for _, status, _ in requests} - {"200"}:
+        raise RuntimeError(f"h2load saw statuses other than 200 in {log}")
+    return requests
+
+
 def h2load_grpc(
     url: str,
     request: Message,
@@ -37,56 +77,98 @@ def h2load_grpc(
     connections: int = 4,
     streams: int = 16,
     warmup_seconds: int = 2,
-    rate_per_connection: int | None = None,
 ) -> LoadResult:
-    """Unary gRPC calls over HTTP/2 with h2load; latencies from its per-request log."""
-    h2load = require_tool("h2load")
+    """Unary gRPC calls over HTTP/2 with h2load, as fast as they are answered."""
     with tempfile.TemporaryDirectory() as folder:
         body = Path(folder) / "body.bin"
         body.write_bytes(grpc_frame(request))
         log = Path(folder) / "requests.tsv"
         args = [
-            h2load,
-            "-t",
-            "1",
-            "-c",
-            str(connections),
-            "-m",
-            str(streams),
-            "-D",
-            str(seconds),
-            "--warm-up-time",
-            str(warmup_seconds),
-            "-d",
-            str(body),
-            "--log-file",
-            str(log),
-            "-H",
-            "content-type: application/grpc",
-            "-H",
-            "te: trailers",
+            *_h2load_args(body, log, headers),
+            "-t1",
+            f"-c{connections}",
+            f"-m{streams}",
+            f"-D{seconds}",
+            f"--warm-up-time={warmup_seconds}",
         ]
-        for name, value in (headers or {}).items():
-            args += ["-H", f"{name}: {value}"]
-        if rate_per_connection is not None:
-            args += ["--rps", str(rate_per_connection)]
         output = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
-        durations_ms = []
-        statuses = set()
-        for line in log.read_text().splitlines():
-            fields = line.split("\t")
-            if len(fields) >= 3:
-                statuses.add(fields[1])
-                durations_ms.append(int(fields[2]) / 1000)
-    succeeded = int(re.search(r"(\d+) succeeded", output).group(1))  # type: ignore[union-attr]
-    failed = int(re.search(r"(\d+) failed", output).group(1))  # type: ignore[union-attr]
-    if failed or not succeeded or statuses - {"200"}:
-        raise RuntimeError(f"h2load saw failures: {statuses} {output}")
+        succeeded = _succeeded(output)
+        durations_ms = [duration for _, _, duration in _requests(log)]
     return LoadResult(
         requests_per_second=succeeded / seconds,
         p50_ms=percentile(durations_ms, 0.50),
         p99_ms=percentile(durations_ms, 0.99),
         requests=succeeded,
+    )
+
+
+# Each paced h2load process sends one request every this many milliseconds. libev (under
+# h2load) sleeps in whole milliseconds, so a process keeps a rate only at gaps of a few ms;
+# higher rates come from more processes.
+_PACED_GAP_MS = 3
+
+
+def _paced_run(
+    url: str, body: Path, folder: Path, headers: dict[str, str] | None, processes: int, count: int
+) -> list[tuple[int, str, float]]:
+    """`processes` h2load clients, each sending `count` requests `_PACED_GAP_MS` apart, their
+    starts spread evenly over one gap; every request of every client."""
+    script = folder / "timing.tsv"
+    script.write_text("".join(f"{n * _PACED_GAP_MS}.000\t{url}\n" for n in range(count)))
+    running = []
+    for index in range(processes):
+        log = folder / f"requests-{index}.tsv"
+        args = _h2load_args(body, log, headers)
+        args += ["-c1", "-m64", f"-n{count}", f"--timing-script-file={script}"]
+        running.append((subprocess.Popen(args, stdout=subprocess.PIPE, text=True), log))
+        time.sleep(_PACED_GAP_MS / 1000 / processes)
+    requests = []
+    for process, log in running:
+        output, _ = process.communicate()
+        if process.returncode:
+            raise RuntimeError(f"h2load failed: {output}")
+        _succeeded(output)
+        requests += _requests(log)
+    return requests
+
+
+def h2load_grpc_paced(
+    url: str,
+    request: Message,
+    *,
+    rate: float,
+    headers: dict[str, str] | None = None,
+    seconds: int = 10,
+    warmup_seconds: int = 2,
+) -> LoadResult:
+    """Unary gRPC calls arriving at an even pace of about `rate` per second.
+
+    Not h2load's --rps: it fires its pacing timer at most every 10 ms
+    (`max(0.01, 1/rps)` in h2load.cc), so at a few hundred requests/s per connection it
+    sends 3-4 at once, in step on every connection, and a "half load" run is a burst of ~14
+    calls every 10 ms. Here each h2load process follows a timing script of evenly spaced
+    requests on one connection, and the processes' starts are staggered. The rate a process
+    keeps is measured first (libev oversleeps), and enough processes are started to reach
+    `rate`; the result states the rate reached.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        body = Path(folder) / "body.bin"
+        body.write_bytes(grpc_frame(request))
+        probe = _paced_run(url, body, Path(folder), headers, 1, 400)
+        starts = sorted(start for start, _, _ in probe)
+        per_process = (len(starts) - 1) / ((starts[-1] - starts[0]) / 1e6)
+        processes = max(1, round(rate / per_process))
+        count = math.ceil((seconds + warmup_seconds) * per_process)
+        requests = _paced_run(url, body, Path(folder), headers, processes, count)
+    first = min(start for start, _, _ in requests)
+    measured = [r for r in requests if r[0] >= first + warmup_seconds * 1e6]
+    starts = [start for start, _, _ in measured]
+    durations_ms = [duration for _, _, duration in measured]
+    return LoadResult(
+        requests_per_second=len(measured) / ((max(starts) - min(starts)) / 1e6),
+        p50_ms=percentile(durations_ms, 0.50),
+        p99_ms=percentile(durations_ms, 0.99),
+        requests=len(measured),
     )
 
 

@@ -86,20 +86,29 @@ async def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
     assert gone.cancelled()
 
 
-async def test_a_lone_caller_never_lingers() -> None:
+async def test_a_lone_caller_never_lingers_even_when_the_loop_is_saturated() -> None:
     recorder = Recorder(round_trip=0)
-    coalescer = Coalescer(recorder.run, max_linger=0.004)
+    coalescer = Coalescer(recorder.run, max_linger=0.004, saturated=lambda: True)
     for name in "abc":
         assert coalescer.linger("t") == 0
         assert await coalescer.submit("t", [name]) == [f"t:{name}"]
-        await asyncio.sleep(0.02)  # callers far apart: not busy
+        await asyncio.sleep(0.02)  # callers far apart
     assert recorder.batches == [["a"], ["b"], ["c"]]
 
 
-async def test_under_load_a_batch_waits_for_the_callers_about_to_arrive() -> None:
+async def test_below_saturation_frequent_callers_do_not_linger() -> None:
     recorder = Recorder(round_trip=0)
-    coalescer = Coalescer(recorder.run, max_linger=0.2)
-    # Many callers at once: the key is busy from now on.
+    coalescer = Coalescer(recorder.run, max_linger=30.0, saturated=lambda: False)
+    await asyncio.gather(*(coalescer.submit("t", [f"w{n}"]) for n in range(50)))
+    assert coalescer.linger("t") == 0  # a wait would only add latency
+    answer = await asyncio.wait_for(coalescer.submit("t", ["x"]), 5)
+    assert answer == ["t:x"]
+
+
+async def test_when_saturated_a_batch_waits_for_the_callers_about_to_arrive() -> None:
+    recorder = Recorder(round_trip=0)
+    coalescer = Coalescer(recorder.run, max_linger=0.2, saturated=lambda: True)
+    # Many callers at once: the key's callers come often from now on.
     await asyncio.gather(*(coalescer.submit("t", [f"w{n}"]) for n in range(50)))
     assert coalescer.linger("t") == 0.2
     recorder.batches.clear()
@@ -108,14 +117,14 @@ async def test_under_load_a_batch_waits_for_the_callers_about_to_arrive() -> Non
     second = asyncio.create_task(coalescer.submit("t", ["y"]))
     assert list(await asyncio.gather(first, second)) == [["t:x"], ["t:y"]]
     assert recorder.batches == [["x", "y"]]
-    assert coalescer.linger("other") == 0  # tenants are busy on their own
+    assert coalescer.linger("other") == 0  # each tenant's callers are counted on their own
 
 
-async def test_under_load_callers_already_waiting_are_read_at_once() -> None:
+async def test_when_saturated_callers_already_waiting_are_read_at_once() -> None:
     recorder = Recorder(round_trip=0)
-    coalescer = Coalescer(recorder.run, max_linger=30.0, batch_target=4)
+    coalescer = Coalescer(recorder.run, max_linger=30.0, batch_target=4, saturated=lambda: True)
     await asyncio.gather(*(coalescer.submit("t", [f"w{n}"]) for n in range(50)))
-    assert coalescer.linger("t") == 30.0  # busy: a short batch would wait up to 30 s
+    assert coalescer.linger("t") == 30.0  # a short batch would wait up to 30 s
     recorder.batches.clear()
     answers = await asyncio.wait_for(
         asyncio.gather(*(coalescer.submit("t", [name]) for name in "abcd")), 5

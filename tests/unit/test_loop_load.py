@@ -1,0 +1,84 @@
+"""The loop counts as saturated from its thread's CPU share, with hysteresis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cxmesh_server.runtime.loop_load import LoopLoad
+
+
+class Clocks:
+    """Wall and CPU time that the test advances by hand."""
+
+    def __init__(self) -> None:
+        self.wall = 100.0
+        self.cpu = 5.0
+
+    def run(self, seconds: float, share: float) -> None:
+        self.wall += seconds
+        self.cpu += seconds * share
+
+
+def gauge(clocks: Clocks) -> LoopLoad:
+    return LoopLoad(
+        window=0.2,
+        saturated_share=0.9,
+        relieved_share=0.8,
+        cpu=lambda: clocks.cpu,
+        clock=lambda: clocks.wall,
+    )
+
+
+def test_a_mostly_idle_loop_is_not_saturated() -> None:
+    clocks = Clocks()
+    load = gauge(clocks)
+    clocks.run(0.2, share=0.5)
+    assert not load.saturated()
+
+
+def test_a_loop_busy_all_the_window_is_saturated_until_it_is_relieved() -> None:
+    clocks = Clocks()
+    load = gauge(clocks)
+    clocks.run(0.2, share=0.99)
+    assert load.saturated()
+    clocks.run(0.2, share=0.85)  # cheaper per call now, still busy: stays on
+    assert load.saturated()
+    clocks.run(0.2, share=0.7)
+    assert not load.saturated()
+    clocks.run(0.2, share=0.85)  # below the turn-on share: stays off
+    assert not load.saturated()
+
+
+def test_the_verdict_changes_at_most_once_per_window() -> None:
+    clocks = Clocks()
+    load = gauge(clocks)
+    clocks.run(0.1, share=1.0)
+    assert not load.saturated()  # half a window: too early to tell
+    clocks.run(0.11, share=1.0)
+    assert load.saturated()
+
+
+def test_an_idle_pause_ends_saturation() -> None:
+    clocks = Clocks()
+    load = gauge(clocks)
+    clocks.run(0.2, share=1.0)
+    assert load.saturated()
+    clocks.run(5.0, share=0.0)
+    assert not load.saturated()
+
+
+def test_thresholds_must_be_ordered() -> None:
+    with pytest.raises(ValueError):
+        LoopLoad(saturated_share=0.5, relieved_share=0.8)
+
+
+def test_it_reads_the_calling_threads_real_cpu_time() -> None:
+    load = LoopLoad(window=0.05)
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:  # this thread spins: all its wall time is CPU
+        load.saturated()
+    assert load.saturated()
+    time.sleep(0.1)  # and now it waits
+    assert not load.saturated()
