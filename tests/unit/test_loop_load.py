@@ -1,4 +1,4 @@
-"""The loop counts as saturated from its thread's CPU share, with hysteresis."""
+"""The loop counts as saturated from its thread's demand for a CPU, with hysteresis."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from cxmesh_server.runtime.loop_load import LoopLoad
+from cxmesh_server.runtime.loop_load import LoopLoad, thread_demand
 
 
 class Clocks:
@@ -74,7 +74,18 @@ def test_thresholds_must_be_ordered() -> None:
         LoopLoad(saturated_share=0.5, relieved_share=0.8)
 
 
-def test_it_reads_the_calling_threads_real_cpu_time() -> None:
+def test_a_spinning_thread_demands_all_of_the_wall_time_and_a_sleeping_one_none() -> None:
+    start, began = thread_demand(), time.monotonic()
+    while time.monotonic() - began < 0.2:
+        pass
+    spun = thread_demand() - start
+    assert spun >= 0.15  # ran or waited for a core all along (other tests may share it)
+    start = thread_demand()
+    time.sleep(0.2)
+    assert thread_demand() - start < 0.05
+
+
+def test_it_reads_the_calling_threads_real_demand() -> None:
     load = LoopLoad(window=0.05)
     deadline = time.monotonic() + 0.3
     while time.monotonic() < deadline:  # this thread spins: all its wall time is CPU
