@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -11,12 +13,13 @@ import redis.asyncio as aioredis
 from bench.data import CONTACT_COLUMNS, contacts_csv
 from bench.environment import Environment
 from bench.harness import Figure, Run, percentile
-from bench.load import h2load_grpc, wrk_post
+from bench.load import LoadResult, h2load_grpc, wrk_post
 from cxmesh.diagnostics.v1 import echo_service_pb2
 
 GROUP = "baseline"
 ECHO_PATH = "/cxmesh.diagnostics.v1.EchoService/Echo"
 SECONDS = 10
+Measured = TypeVar("Measured")
 
 
 def measure(run: Run, env: Environment) -> None:
@@ -26,12 +29,54 @@ def measure(run: Run, env: Environment) -> None:
     asyncio.run(raw_postgres_copy(run, env))
 
 
-def grpc_echo(run: Run, env: Environment) -> None:
-    result = h2load_grpc(
+def grpc_echo_load(env: Environment) -> LoadResult:
+    return h2load_grpc(
         f"http://127.0.0.1:{env.bare_echo_port}{ECHO_PATH}",
         echo_service_pb2.EchoRequest(message="hello"),
         seconds=SECONDS,
     )
+
+
+def rest_echo_load(env: Environment) -> LoadResult:
+    return wrk_post(
+        f"{env.mesh.edge_url}/v1/echo",
+        '{"message":"hello"}',
+        headers={"content-type": "application/json", "authorization": f"Bearer {env.token()}"},
+        seconds=SECONDS,
+    )
+
+
+def bracketed(
+    run: Run,
+    group: str,
+    name: str,
+    echo: Callable[[], LoadResult],
+    measure: Callable[[], Measured],
+) -> Measured:
+    """Runs `measure` between two runs of `echo`, and records their mean throughput as
+    `group.name`, the baseline of the figure measured in between.
+
+    The bench machine's speed drifts within a run (the bare echo measured 2,760-3,730
+    req/s within one session), so a ratio to the baseline measured at the start of the run,
+    minutes earlier, measures the drift as well. Both ratios are reported."""
+    before = echo()
+    result = measure()
+    after = echo()
+    run.record(
+        Figure(
+            group,
+            name,
+            (before.requests_per_second + after.requests_per_second) / 2,
+            "req/s",
+            note=f"the echo just before ({before.requests_per_second:,.0f} req/s) and just after "
+            f"({after.requests_per_second:,.0f} req/s) the figure it is the baseline of",
+        )
+    )
+    return result
+
+
+def grpc_echo(run: Run, env: Environment) -> None:
+    result = grpc_echo_load(env)
     how = "h2load -c4 -m16, bare grpc.aio echo (no interceptors)"
     run.record(Figure(GROUP, "grpc_echo_rps", result.requests_per_second, "req/s", note=how))
     run.record(Figure(GROUP, "grpc_echo_p50_ms", result.p50_ms, "ms", note=how))
@@ -39,12 +84,7 @@ def grpc_echo(run: Run, env: Environment) -> None:
 
 
 def rest_echo(run: Run, env: Environment) -> None:
-    result = wrk_post(
-        f"{env.mesh.edge_url}/v1/echo",
-        '{"message":"hello"}',
-        headers={"content-type": "application/json", "authorization": f"Bearer {env.token()}"},
-        seconds=SECONDS,
-    )
+    result = rest_echo_load(env)
     how = "wrk -c16, POST /v1/echo through Envoy (JWT, transcoding) to the iam process"
     run.record(Figure(GROUP, "rest_echo_rps", result.requests_per_second, "req/s", note=how))
     run.record(Figure(GROUP, "rest_echo_p50_ms", result.p50_ms, "ms", note=how))

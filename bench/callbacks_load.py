@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 
 from bench.baselines import GROUP as BASELINE
-from bench.baselines import SECONDS
+from bench.baselines import SECONDS, bracketed, rest_echo_load
 from bench.environment import Environment
 from bench.harness import Figure, Run
 from bench.load import wrk_post
@@ -59,12 +59,19 @@ def measure(run: Run, env: Environment) -> None:
     url = f"{env.mesh.edge_url}/engagement/v3/callbacks/create"
     body = '{"serviceName":"rest","phoneNumber":"+1646555%04d","language":"en-US"}'
     headers = {"content-type": "application/json", "x-api-key": api_key}
-    full = wrk_post(
-        url, body, headers=headers, seconds=SECONDS, connections=CONNECTIONS, numbered=True
+    full = bracketed(
+        run,
+        GROUP,
+        "rest_echo_rps_around_create",
+        lambda: rest_echo_load(env),
+        lambda: wrk_post(
+            url, body, headers=headers, seconds=SECONDS, connections=CONNECTIONS, numbered=True
+        ),
     )
     how = (
         f"wrk -c{CONNECTIONS} POST /engagement/v3/callbacks/create (ASAP, a new number each "
-        "time) through Envoy with an API key, two callbacks replicas"
+        "time) through Envoy with an API key, two callbacks replicas; "
+        f"{run.versus(full.requests_per_second, f'{BASELINE}.rest_echo_rps')} (start of the run)"
     )
     run.record(
         Figure(
@@ -72,7 +79,7 @@ def measure(run: Run, env: Environment) -> None:
             "create_rps",
             full.requests_per_second,
             "req/s",
-            f"{BASELINE}.rest_echo_rps",
+            f"{GROUP}.rest_echo_rps_around_create",
             note=how,
         )
     )

@@ -9,7 +9,7 @@ from datetime import timedelta
 import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from bench.baselines import ECHO_PATH, SECONDS
+from bench.baselines import ECHO_PATH, SECONDS, bracketed, grpc_echo_load, rest_echo_load
 from bench.baselines import GROUP as BASELINE
 from bench.data import dnc_file
 from bench.environment import Environment
@@ -158,20 +158,30 @@ def measure(run: Run, env: Environment) -> None:
 
     port = env.instance_port("compliance")
     auth = {"authorization": f"Bearer {env.token(TENANT)}"}
-    unary = h2load_grpc(
-        f"http://127.0.0.1:{port}{PRE_VALIDATE}",
-        decision_service_pb2.PreValidateRequest(decision_request=_contact(7)),
-        headers=auth,
-        seconds=SECONDS,
+    unary = bracketed(
+        run,
+        GROUP,
+        "grpc_echo_rps_around_prevalidate",
+        lambda: grpc_echo_load(env),
+        lambda: h2load_grpc(
+            f"http://127.0.0.1:{port}{PRE_VALIDATE}",
+            decision_service_pb2.PreValidateRequest(decision_request=_contact(7)),
+            headers=auth,
+            seconds=SECONDS,
+        ),
     )
-    how = "h2load -c4 -m16 PreValidate straight to the compliance process; 1M suppression entries loaded"
+    how = (
+        "h2load -c4 -m16 PreValidate straight to the compliance process; 1M suppression "
+        f"entries loaded; {run.versus(unary.requests_per_second, f'{BASELINE}.grpc_echo_rps')} "
+        "(start of the run)"
+    )
     run.record(
         Figure(
             GROUP,
             "prevalidate_rps",
             unary.requests_per_second,
             "req/s",
-            f"{BASELINE}.grpc_echo_rps",
+            f"{GROUP}.grpc_echo_rps_around_prevalidate",
             note=how,
         )
     )
@@ -260,20 +270,29 @@ def measure(run: Run, env: Environment) -> None:
             "their parsed numbers and zones are cached, as when a dialer re-validates its records)",
         )
     )
-    ocs = wrk_post(
-        f"{env.mesh.edge_url}/ocs/v1/validate",
-        '{"GSW_PHONE":"2125550007","GSW_CAMPAIGN_NAME":"campaigns/bench","POSTAL_CODE":"10001","GSW_ATTEMPTS":0}',
-        headers={"content-type": "application/json", "x-api-key": dialer_key},
-        seconds=SECONDS,
+    ocs = bracketed(
+        run,
+        GROUP,
+        "rest_echo_rps_around_ocs",
+        lambda: rest_echo_load(env),
+        lambda: wrk_post(
+            f"{env.mesh.edge_url}/ocs/v1/validate",
+            '{"GSW_PHONE":"2125550007","GSW_CAMPAIGN_NAME":"campaigns/bench","POSTAL_CODE":"10001","GSW_ATTEMPTS":0}',
+            headers={"content-type": "application/json", "x-api-key": dialer_key},
+            seconds=SECONDS,
+        ),
     )
-    how = "wrk -c16 POST /ocs/v1/validate through Envoy with a dialer API key"
+    how = (
+        "wrk -c16 POST /ocs/v1/validate through Envoy with a dialer API key; "
+        f"{run.versus(ocs.requests_per_second, f'{BASELINE}.rest_echo_rps')} (start of the run)"
+    )
     run.record(
         Figure(
             GROUP,
             "ocs_validate_rps",
             ocs.requests_per_second,
             "req/s",
-            f"{BASELINE}.rest_echo_rps",
+            f"{GROUP}.rest_echo_rps_around_ocs",
             note=how,
         )
     )

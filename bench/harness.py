@@ -47,6 +47,10 @@ class Run:
     def __init__(self) -> None:
         self.figures: dict[str, Figure] = {}
 
+    def versus(self, value: float, key: str) -> str:
+        """`value` as a ratio to the figure `key`, for a note."""
+        return f"{value / self.figures[key].value:.2f}× {key}"
+
     def record(self, figure: Figure) -> Figure:
         if figure.baseline is not None:
             base = self.figures[figure.baseline]
@@ -135,7 +139,10 @@ def render_report(document: dict[str, dict[str, object]]) -> str:
         "",
         "Produced by `make bench` (one group: `make bench ONLY=<group>`); do not edit by hand.",
         "Every figure is measured in the same run as the baseline it is compared to; the ratio",
-        "is figure ÷ baseline. Raw numbers are in `bench/results.json`.",
+        "is figure ÷ baseline. The machine's speed drifts within a run, so the throughput",
+        "targets are compared to the echo measured just before and just after them (`…_around_…`);",
+        "their notes also give the ratio to the baseline measured at the start of the run.",
+        "Raw numbers are in `bench/results.json`.",
         "",
     ]
     for group, info in sorted(runs.items()):
