@@ -75,20 +75,20 @@ def bracketed(
     return result
 
 
+def _record_echo(run: Run, name: str, result: LoadResult, how: str) -> None:
+    run.record(Figure(GROUP, f"{name}_rps", result.requests_per_second, "req/s", note=how))
+    run.record(Figure(GROUP, f"{name}_p50_ms", result.p50_ms, "ms", note=how))
+    run.record(Figure(GROUP, f"{name}_p99_ms", result.p99_ms, "ms", note=how))
+
+
 def grpc_echo(run: Run, env: Environment) -> None:
-    result = grpc_echo_load(env)
     how = "h2load -c4 -m16, bare grpc.aio echo (no interceptors)"
-    run.record(Figure(GROUP, "grpc_echo_rps", result.requests_per_second, "req/s", note=how))
-    run.record(Figure(GROUP, "grpc_echo_p50_ms", result.p50_ms, "ms", note=how))
-    run.record(Figure(GROUP, "grpc_echo_p99_ms", result.p99_ms, "ms", note=how))
+    _record_echo(run, "grpc_echo", grpc_echo_load(env), how)
 
 
 def rest_echo(run: Run, env: Environment) -> None:
-    result = rest_echo_load(env)
     how = "wrk -c16, POST /v1/echo through Envoy (JWT, transcoding) to the iam process"
-    run.record(Figure(GROUP, "rest_echo_rps", result.requests_per_second, "req/s", note=how))
-    run.record(Figure(GROUP, "rest_echo_p50_ms", result.p50_ms, "ms", note=how))
-    run.record(Figure(GROUP, "rest_echo_p99_ms", result.p99_ms, "ms", note=how))
+    _record_echo(run, "rest_echo", rest_echo_load(env), how)
 
 
 async def raw_redis(run: Run, env: Environment, operations: int = 500_000) -> None:
