@@ -6,7 +6,8 @@ The signal is the loop thread's demand: the time it ran plus the time it was rea
 but waited for a core (Linux's /proc/thread-self/schedstat), per wall-clock time. CPU time
 alone misses saturation when other processes share the cores. Measured on 2 cores: 0.95
 (0.81 running + 0.13 waiting) with Envoy in front at the saturating rate, 0.99 under h2load
-directly, 0.77-0.89 at half the saturating rate: a Python gRPC server is already busy there.
+directly, 0.63-0.93 (mostly below 0.9) at half the saturating rate: a Python gRPC server
+is already busy there.
 """
 
 from __future__ import annotations
