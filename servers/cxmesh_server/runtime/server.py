@@ -17,7 +17,7 @@ import signal
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import grpc
@@ -40,6 +40,9 @@ from cxmesh_server.runtime.tracing import configure_tracing
 log = logging.getLogger(__name__)
 
 
+_Resource = TypeVar("_Resource")
+
+
 @dataclass
 class Resources:
     """What handlers may use; built once per process by `serve`, swapped in tests."""
@@ -57,19 +60,18 @@ class Resources:
             await self.set_serving(serving)
 
     def require_postgres(self) -> asyncpg.Pool:
-        if self.postgres is None:
-            raise RuntimeError(f"{self.settings.service} needs CXMESH_POSTGRES_DSN")
-        return self.postgres
+        return self._required(self.postgres, "CXMESH_POSTGRES_DSN")
 
     def require_redis(self) -> Redis:
-        if self.redis is None:
-            raise RuntimeError(f"{self.settings.service} needs CXMESH_REDIS_URL")
-        return self.redis
+        return self._required(self.redis, "CXMESH_REDIS_URL")
 
     def require_redis_wire(self) -> WireRedis:
-        if self.redis_wire is None:
-            raise RuntimeError(f"{self.settings.service} needs CXMESH_REDIS_URL")
-        return self.redis_wire
+        return self._required(self.redis_wire, "CXMESH_REDIS_URL")
+
+    def _required(self, resource: _Resource | None, setting: str) -> _Resource:
+        if resource is None:
+            raise RuntimeError(f"{self.settings.service} needs {setting}")
+        return resource
 
     async def close(self) -> None:
         if self.postgres is not None:
