@@ -9,7 +9,8 @@ from cxmesh_server.runtime.settings import ServiceSettings
 
 
 def test_a_missing_datastore_names_the_setting_to_give() -> None:
-    resources = Resources(ServiceSettings(service="compliance"))
+    settings = ServiceSettings(service="compliance", postgres_dsn=None, redis_url=None)
+    resources = Resources(settings)
     with pytest.raises(RuntimeError, match="compliance needs CXMESH_POSTGRES_DSN"):
         resources.require_postgres()
     with pytest.raises(RuntimeError, match="compliance needs CXMESH_REDIS_URL"):
