@@ -9,11 +9,12 @@ A read in flight is not enough under gRPC: its requests reach the handler one by
 arrival and batches stay at one request (measured: 1.02 requests per read at 1,600
 calls/s). So when the event loop is saturated (`LoopLoad`) and a key's callers arrive
 more often than once per `max_linger`, a batch of fewer than `batch_target` requests
-waits up to `max_linger` for the callers about to arrive (group commit): 4.7 requests per
-read, and 3,800 instead of 2,600 decisions/s at saturation (h2load, 2 cores). Behind
-Envoy, callers arrive slower (~1,500/s from 16 connections) and 4 take about 2 ms to
-arrive, hence 2 ms. Below saturation the wait saved no CPU and only added latency (p50 at
-half that rate: 2.2 ms with it, 1.0-1.3 ms without), so no batch waits.
+waits up to `max_linger` for the callers about to arrive (group commit). Measured while
+profiling (h2load against one process beside one without the linger, 2 cores; not
+`make bench` figures): 4.7 requests per read, 3,800 instead of 2,600 decisions/s at
+saturation. Behind Envoy, callers arrive slower (~1,500/s from 16 connections) and 4 take
+about 2 ms to arrive, hence 2 ms. Below saturation the wait saved no CPU and only added
+latency (p50 at half that rate: 2.2 ms with it, 1.0-1.3 ms without), so no batch waits.
 """
 
 from __future__ import annotations
