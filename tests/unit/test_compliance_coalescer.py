@@ -131,3 +131,33 @@ async def test_when_saturated_callers_already_waiting_are_read_at_once() -> None
     )
     assert list(answers) == [["t:a"], ["t:b"], ["t:c"], ["t:d"]]
     assert recorder.batches == [["a", "b", "c", "d"]]
+
+
+async def test_a_caller_with_nobody_reading_reads_in_its_own_task() -> None:
+    readers: list[asyncio.Task[object] | None] = []
+
+    async def run(key: str, requests: Sequence[str]) -> list[str]:
+        readers.append(asyncio.current_task())
+        await asyncio.sleep(0.01)
+        return list(requests)
+
+    coalescer = Coalescer(run, saturated=lambda: False)
+    first = asyncio.create_task(coalescer.submit("t", ["a"]))
+    await asyncio.sleep(0)
+    later = [asyncio.create_task(coalescer.submit("t", [name])) for name in "bc"]
+    assert await asyncio.gather(first, *later) == [["a"], ["b"], ["c"]]
+    # The first read ran in the caller's task; the two that came meanwhile were read
+    # together, by a task of the coalescer's own.
+    assert readers[0] is first
+    assert len(readers) == 2 and readers[1] not in (first, *later)
+
+
+async def test_a_cancelled_lone_reader_hands_the_callers_behind_it_on() -> None:
+    coalescer = Coalescer(Recorder().run, saturated=lambda: False)
+    first = asyncio.create_task(coalescer.submit("t", ["a"]))
+    await asyncio.sleep(0)
+    behind = asyncio.create_task(coalescer.submit("t", ["b"]))
+    await asyncio.sleep(0)
+    first.cancel()
+    assert await asyncio.wait_for(behind, 5) == ["t:b"]
+    assert first.cancelled()

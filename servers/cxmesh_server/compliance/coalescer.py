@@ -2,7 +2,7 @@
 
 While a read is in flight, the requests that arrive wait for it and then go together in
 the next one (up to `max_batch`), so under load a round trip is paid once per batch
-rather than once per call, and a lone caller waits for nothing.
+rather than once per call, and a lone caller waits for nothing: it reads in its own task.
 
 A read in flight is not enough under gRPC: its requests reach the handler one by one
 (each new call is a trip through grpc.aio's poller thread), so reads rarely overlap an
@@ -68,6 +68,8 @@ class Coalescer(Generic[Request, Result]):
         self._batch_target = batch_target
         self._waiting: dict[str, _Batch[Request, Result]] = {}
         self._draining: dict[str, asyncio.Task[None]] = {}
+        # keys whose read runs in a caller's own task (see `submit`)
+        self._reading: set[str] = set()
         self._arrivals: dict[str, _Arrivals] = {}
 
     def linger(self, key: str) -> float:
@@ -94,15 +96,31 @@ class Coalescer(Generic[Request, Result]):
         if len(requests) >= self._max_batch:
             return await self._run(key, requests)  # a full batch of its own
         self._arrived(key)
+        idle = key not in self._draining and key not in self._reading
+        if idle and not self.linger(key):
+            return await self._read_alone(key, requests)
         future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
         waiting = self._waiting.setdefault(key, _Batch())
         waiting.requests.extend(requests)
         waiting.callers.append((future, len(requests)))
         if waiting.filled is not None and len(waiting.requests) >= self._batch_target:
             waiting.filled.set()
-        if key not in self._draining:
+        if idle:
             self._draining[key] = asyncio.create_task(self._drain(key))
         return await future
+
+    async def _read_alone(self, key: str, requests: Sequence[Request]) -> list[Result]:
+        """A read in the caller's own task: below saturation most reads are of one caller,
+        and a drain task and a future per read cost more than the read's own Python
+        (measured: 170 instead of 110 µs of CPU per decision). Callers arriving meanwhile
+        are read together by a drain task afterwards."""
+        self._reading.add(key)
+        try:
+            return await self._run(key, requests)
+        finally:
+            self._reading.discard(key)
+            if key in self._waiting and key not in self._draining:
+                self._draining[key] = asyncio.create_task(self._drain(key))
 
     async def _drain(self, key: str) -> None:
         try:
