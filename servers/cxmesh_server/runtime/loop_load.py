@@ -4,10 +4,14 @@ Work that trades latency for throughput (the compliance coalescer's linger) shou
 be done when the loop has more work than it can run; below that the wait is pure latency.
 The signal is the loop thread's demand: the time it ran plus the time it was ready to run
 but waited for a core (Linux's /proc/thread-self/schedstat), per wall-clock time. CPU time
-alone misses saturation when other processes share the cores. Measured on 2 cores: 0.95
-(0.81 running + 0.13 waiting) with Envoy in front at the saturating rate, 0.99 under h2load
-directly, 0.63-0.93 (mostly below 0.9) at half the saturating rate: a Python gRPC server
-is already busy there.
+alone misses saturation when other processes share the cores.
+
+Measured per 0.2 s on 2 cores (profiling runs, compliance process): 0.91-1.01 under
+h2load directly, 0.78-1.00 with Envoy in front, both at the saturating rate; 0.64-0.88 at
+half that rate, with single windows up to 0.99 whenever the machine stuttered. Averaged
+over 1 s: 0.96-0.99, 0.89-0.97 and at most 0.86. Hence 1 s windows, on at 0.92, off below
+0.88: with 0.2 s windows the stutters switched the linger on at half load, and lifted
+that load's p99 from 3-7 ms to 7-30 ms.
 """
 
 from __future__ import annotations
@@ -33,15 +37,15 @@ class LoopLoad:
     """Call `saturated()` from the loop's own thread only: it reads that thread's demand.
 
     The verdict changes at most once per `window`. It turns on at `saturated_share` and off
-    below `relieved_share`: windows of 0.2 s dip below 0.9 now and then at saturation, and
-    switching off there cost a tenth of the coalescer's throughput (measured).
+    below `relieved_share`: at saturation a window dips below the turn-on share now and
+    then, and switching off there costs the coalescer's throughput.
     """
 
     def __init__(
         self,
-        window: float = 0.2,
-        saturated_share: float = 0.93,
-        relieved_share: float = 0.8,
+        window: float = 1.0,
+        saturated_share: float = 0.92,
+        relieved_share: float = 0.88,
         cpu: Callable[[], float] = thread_demand,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
