@@ -12,7 +12,7 @@ import grpc
 from bench.baselines import GROUP as BASELINE
 from bench.baselines import SECONDS, bracketed, rest_echo_load
 from bench.environment import Environment
-from bench.harness import Figure, Run
+from bench.harness import LATENCY_SECONDS, Figure, Run
 from bench.load import wrk_post
 from cxmesh.callbacks.v1 import callback_pb2, callback_service_pb2, callback_service_pb2_grpc
 
@@ -89,7 +89,7 @@ def measure(run: Run, env: Environment) -> None:
         url,
         body,
         headers=headers,
-        seconds=SECONDS,
+        seconds=LATENCY_SECONDS,
         connections=CONNECTIONS,
         numbered=True,
         delay_ms=max(0.0, CONNECTIONS / half_rate * 1000 - full.p50_ms),
@@ -101,8 +101,8 @@ def measure(run: Run, env: Environment) -> None:
             paced.p99_ms,
             "ms",
             f"{BASELINE}.rest_echo_p99_ms",
-            note=f"wrk -c{CONNECTIONS} paced to about half the maximum "
-            f"({paced.requests_per_second:,.0f} req/s measured)",
+            note=f"wrk -c{CONNECTIONS} paced to about half the maximum, niced, "
+            f"{LATENCY_SECONDS} s ({paced.requests_per_second:,.0f} req/s measured)",
         )
     )
     run.record(

@@ -9,11 +9,17 @@ from datetime import timedelta
 import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from bench.baselines import ECHO_PATH, SECONDS, bracketed, grpc_echo_load, rest_echo_load
+from bench.baselines import (
+    ECHO_PATH,
+    SECONDS,
+    bracketed,
+    grpc_echo_load,
+    rest_echo_load,
+)
 from bench.baselines import GROUP as BASELINE
 from bench.data import dnc_file
 from bench.environment import Environment
-from bench.harness import Figure, Run
+from bench.harness import LATENCY_SECONDS, Figure, Run
 from bench.lists_import import _file_messages
 from bench.load import h2load_grpc, h2load_grpc_paced, wrk_post
 from cxmesh.compliance.v1 import (
@@ -191,7 +197,7 @@ def measure(run: Run, env: Environment) -> None:
         decision_service_pb2.PreValidateRequest(decision_request=_contact(7)),
         rate=half_rate,
         headers=auth,
-        seconds=SECONDS,
+        seconds=LATENCY_SECONDS,
     )
     # The bare echo under the same paced load: the latency floor of the machine and of the
     # load pattern.
@@ -199,11 +205,11 @@ def measure(run: Run, env: Environment) -> None:
         f"http://127.0.0.1:{env.bare_echo_port}{ECHO_PATH}",
         echo_service_pb2.EchoRequest(message="hello"),
         rate=half.requests_per_second,
-        seconds=SECONDS,
+        seconds=LATENCY_SECONDS,
     )
     how = (
         f"evenly paced calls at half the measured maximum ({half_rate:,.0f} req/s asked; "
-        "h2load timing scripts, one connection per process)"
+        f"h2load timing scripts, one connection per process, niced; {LATENCY_SECONDS} s)"
     )
     run.record(
         Figure(
