@@ -280,6 +280,10 @@ class DecisionEngine:
             for key in subject.attempt_keys:
                 attempt_keys[key] = None
         plan = [(list_id, kind, list(targets)) for (list_id, kind), targets in lookups.items()]
+        # Lists looked up for the same targets (every phone list, usually) share one copy of
+        # them in the command: a batch of 1,000 sends 1,000 numbers, not 1,000 per list.
+        groups: dict[tuple[str, ...], int] = {}
+        group_of = [groups.setdefault(tuple(targets), len(groups)) for _, _, targets in plan]
         keys = [
             suppression_mirror.LOADED_KEY,
             RULES_LOADED,
@@ -293,9 +297,11 @@ class DecisionEngine:
         args: list[str | int] = [
             int((now - ATTEMPT_LOOKBACK).timestamp() * 1000),
             len(plan),
-            *(len(targets) for _, _, targets in plan),
+            len(groups),
+            *(group + 1 for group in group_of),
+            *(len(targets) for targets in groups),
         ]
-        for _, _, targets in plan:
+        for targets in groups:
             args.extend(targets)
         # One command, one atomic snapshot: markers, versions, entries and attempts.
         replies = await self._wire.evalsha(_READ, keys, args)
@@ -552,24 +558,36 @@ def _unavailable(reason: str) -> decision_pb2.Decision:
 # puts it back).
 _READ = Script("""
 local lookups = tonumber(ARGV[2])
+local groups = tonumber(ARGV[3])
 local out = {
   redis.call('EXISTS', KEYS[1], KEYS[2]),
   redis.call('EXISTS', KEYS[3]),
   redis.call('GET', KEYS[4]),
   redis.call('GET', KEYS[5]),
 }
-local arg = 3 + lookups
+-- where each group of targets starts in ARGV, and where it ends
+local starts, ends = {}, {}
+local arg = 4 + lookups + groups
+for g = 1, groups do
+  starts[g] = arg
+  arg = arg + tonumber(ARGV[3 + lookups + g])
+  ends[g] = arg - 1
+end
 for l = 1, lookups do
-  local last = arg + tonumber(ARGV[2 + l]) - 1
-  local values = {}
-  for first = arg, last, 1000 do
-    local found = redis.call('HMGET', KEYS[6 + l], unpack(ARGV, first, math.min(first + 999, last)))
-    for j = 1, #found do
-      values[#values + 1] = found[j]
+  local g = tonumber(ARGV[3 + l])
+  local first, last = starts[g], ends[g]
+  if last - first < 1000 then
+    out[#out + 1] = redis.call('HMGET', KEYS[6 + l], unpack(ARGV, first, last))
+  else
+    local values = {}
+    for chunk = first, last, 1000 do
+      local found = redis.call('HMGET', KEYS[6 + l], unpack(ARGV, chunk, math.min(chunk + 999, last)))
+      for j = 1, #found do
+        values[#values + 1] = found[j]
+      end
     end
+    out[#out + 1] = values
   end
-  out[#out + 1] = values
-  arg = last + 1
 end
 local attempts = {}
 local sets = 7 + lookups
