@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,14 @@ class Environment:
 
 def start(stack: ExitStack, services: tuple[str, ...] = ("iam",)) -> Environment:
     state = Path(tempfile.mkdtemp(prefix="cxmesh-bench-"))
+
+    def remove_unless_failed(failure: type[BaseException] | None, *_: object) -> bool:
+        # Envoy's access log alone is ~50 MB a run; a failed run keeps it to be read.
+        if failure is None:
+            shutil.rmtree(state, ignore_errors=True)
+        return False
+
+    stack.push(remove_unless_failed)  # first in, so it runs after everything has stopped
     postgres = start_postgres(state / "postgres", delete_on_stop=True)
     stack.callback(postgres.stop)
     redis = start_redis(state / "redis", persist=False)
