@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 import httpx
@@ -103,10 +104,9 @@ def test_sigterm_lets_an_in_flight_call_finish_and_refuses_new_ones(
     mesh.instances.remove(instance)
 
 
-def test_worker_processes_share_one_port(mesh: Mesh, key: SigningKey) -> None:
-    mesh.options = type(mesh.options)(
-        **{**mesh.options.__dict__, "extra_env": {"CXMESH_WORKERS": "2"}}
-    )
+def test_worker_processes_share_one_port(mesh: Mesh, key: SigningKey, tmp_path: Path) -> None:
+    workers_env = {"CXMESH_WORKERS": "2", "TMPDIR": str(tmp_path)}
+    mesh.options = type(mesh.options)(**{**mesh.options.__dict__, "extra_env": workers_env})
     try:
         instance = mesh.start_service("iam")
     finally:
@@ -120,10 +120,12 @@ def test_worker_processes_share_one_port(mesh: Mesh, key: SigningKey) -> None:
         metrics = httpx.get(f"http://127.0.0.1:{instance.metrics_port}/metrics").text
         started = _metric(metrics, "grpc_server_started_total", grpc_method="Echo")
         assert started >= 20
+        assert len(list(tmp_path.glob("cxmesh-metrics-*"))) == 1  # the workers' shared one
     finally:
         instance.process.send_signal(signal.SIGTERM)
         assert instance.process.wait(20) == 0
         mesh.instances.remove(instance)
+    assert not list(tmp_path.glob("cxmesh-metrics-*"))  # removed at exit
 
 
 def test_echo_delay_is_bounded(mesh: Mesh, key: SigningKey) -> None:

@@ -13,6 +13,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -216,8 +217,13 @@ def serve(process: ServiceProcess) -> None:
         uvloop.run(run_server(settings, process))
         return
     # Workers share the gRPC port (SO_REUSEPORT: the kernel spreads connections) and write
-    # their metrics to a shared folder that this parent serves summed.
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="cxmesh-metrics-"))
+    # their metrics to a shared folder that this parent serves summed, and removes at exit
+    # if it made it.
+    made_metrics_dir = None
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        made_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+            prefix="cxmesh-metrics-"
+        )
     spawn = multiprocessing.get_context("spawn")
     workers = [spawn.Process(target=_worker_main, args=(process,)) for _ in range(settings.workers)]
     for worker in workers:
@@ -234,3 +240,5 @@ def serve(process: ServiceProcess) -> None:
     signal.signal(signal.SIGINT, forward)
     for worker in workers:
         worker.join()
+    if made_metrics_dir is not None:
+        shutil.rmtree(made_metrics_dir, ignore_errors=True)
