@@ -51,8 +51,9 @@ def _h2load_args(body: Path, log: Path, headers: dict[str, str] | None) -> list[
 # generators share two cores with the system under test, which in production has its
 # cores to itself (the dialer runs elsewhere): a paced generator needs little CPU, and
 # yielding it keeps the generator's own wakeups from queueing the service's threads.
-# Measured on PreValidate at half load, 2 cores: p99 2.8-6.2 ms (median 3.9) niced,
-# 4.2-8.7 ms (median 6.8) not, interleaved runs; the bare echo's 2-5 ms either way.
+# Measured on PreValidate at half load, 2 cores (interleaved profiling runs of this
+# generator, not `make bench`): p99 2.8-6.2 ms (median 3.9) niced, 4.2-8.7 ms (median 6.8)
+# not; the bare echo's 2-5 ms either way.
 # Throughput runs are not niced: there the generator must keep up.
 _LATENCY_NICENESS = 10
 
