@@ -115,7 +115,7 @@ class Coalescer(Generic[Request, Result]):
         """A read in the caller's own task: below saturation most reads are of one caller,
         and a drain task and a future per read cost more than the read's own Python
         (a profiling script deciding one record at a time against real Redis, not `make
-        bench`: 150-180 instead of 110-120 µs of CPU per decision). Callers arriving
+        bench`: 150-180 instead of 100-125 µs of CPU per decision). Callers arriving
         meanwhile are read together by a drain task afterwards."""
         self._reading.add(key)
         try:
