@@ -10,6 +10,20 @@ import pytest
 from cxmesh_server.compliance.coalescer import Coalescer
 
 
+class Fixed:
+    """A loop that is saturated or not, as the test says; it counts the calls it is told of."""
+
+    def __init__(self, saturated: bool) -> None:
+        self.is_saturated = saturated
+        self.calls = 0
+
+    def count(self, calls: int = 1) -> None:
+        self.calls += calls
+
+    def saturated(self) -> bool:
+        return self.is_saturated
+
+
 class Recorder:
     def __init__(self, fail_on: str | None = None, round_trip: float = 0.01) -> None:
         self.batches: list[list[str]] = []
@@ -88,7 +102,7 @@ async def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
 
 async def test_a_lone_caller_never_lingers_even_when_the_loop_is_saturated() -> None:
     recorder = Recorder(round_trip=0)
-    coalescer = Coalescer(recorder.run, max_linger=0.004, saturated=lambda: True)
+    coalescer = Coalescer(recorder.run, max_linger=0.004, load=Fixed(True))
     for name in "abc":
         assert coalescer.linger("t") == 0
         assert await coalescer.submit("t", [name]) == [f"t:{name}"]
@@ -98,7 +112,7 @@ async def test_a_lone_caller_never_lingers_even_when_the_loop_is_saturated() -> 
 
 async def test_below_saturation_frequent_callers_do_not_linger() -> None:
     recorder = Recorder(round_trip=0)
-    coalescer = Coalescer(recorder.run, max_linger=30.0, saturated=lambda: False)
+    coalescer = Coalescer(recorder.run, max_linger=30.0, load=Fixed(False))
     await asyncio.gather(*(coalescer.submit("t", [f"w{n}"]) for n in range(50)))
     assert coalescer.linger("t") == 0  # a wait would only add latency
     answer = await asyncio.wait_for(coalescer.submit("t", ["x"]), 5)
@@ -107,7 +121,7 @@ async def test_below_saturation_frequent_callers_do_not_linger() -> None:
 
 async def test_when_saturated_a_batch_waits_for_the_callers_about_to_arrive() -> None:
     recorder = Recorder(round_trip=0)
-    coalescer = Coalescer(recorder.run, max_linger=0.2, saturated=lambda: True)
+    coalescer = Coalescer(recorder.run, max_linger=0.2, load=Fixed(True))
     # Many callers at once: the key's callers come often from now on.
     await asyncio.gather(*(coalescer.submit("t", [f"w{n}"]) for n in range(50)))
     assert coalescer.linger("t") == 0.2
@@ -122,7 +136,7 @@ async def test_when_saturated_a_batch_waits_for_the_callers_about_to_arrive() ->
 
 async def test_when_saturated_callers_already_waiting_are_read_at_once() -> None:
     recorder = Recorder(round_trip=0)
-    coalescer = Coalescer(recorder.run, max_linger=30.0, batch_target=4, saturated=lambda: True)
+    coalescer = Coalescer(recorder.run, max_linger=30.0, batch_target=4, load=Fixed(True))
     await asyncio.gather(*(coalescer.submit("t", [f"w{n}"]) for n in range(50)))
     assert coalescer.linger("t") == 30.0  # a short batch would wait up to 30 s
     recorder.batches.clear()
@@ -141,7 +155,7 @@ async def test_a_caller_with_nobody_reading_reads_in_its_own_task() -> None:
         await asyncio.sleep(0.01)
         return list(requests)
 
-    coalescer = Coalescer(run, saturated=lambda: False)
+    coalescer = Coalescer(run, load=Fixed(False))
     first = asyncio.create_task(coalescer.submit("t", ["a"]))
     await asyncio.sleep(0)
     later = [asyncio.create_task(coalescer.submit("t", [name])) for name in "bc"]
@@ -153,7 +167,7 @@ async def test_a_caller_with_nobody_reading_reads_in_its_own_task() -> None:
 
 
 async def test_a_cancelled_lone_reader_hands_the_callers_behind_it_on() -> None:
-    coalescer = Coalescer(Recorder().run, saturated=lambda: False)
+    coalescer = Coalescer(Recorder().run, load=Fixed(False))
     first = asyncio.create_task(coalescer.submit("t", ["a"]))
     await asyncio.sleep(0)
     behind = asyncio.create_task(coalescer.submit("t", ["b"]))
@@ -161,3 +175,11 @@ async def test_a_cancelled_lone_reader_hands_the_callers_behind_it_on() -> None:
     first.cancel()
     assert await asyncio.wait_for(behind, 5) == ["t:b"]
     assert first.cancelled()
+
+
+async def test_the_load_is_told_of_every_call_so_it_knows_what_a_call_costs() -> None:
+    load = Fixed(False)
+    coalescer = Coalescer(Recorder(round_trip=0).run, max_batch=10, load=load)
+    await asyncio.gather(*(coalescer.submit("t", [f"w{n}"]) for n in range(7)))
+    await coalescer.submit("t", ["a", "b"])  # a call of two requests is one call
+    assert load.calls == 8

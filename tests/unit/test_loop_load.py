@@ -1,4 +1,5 @@
-"""The loop counts as saturated from its thread's demand for a CPU, with hysteresis."""
+"""The loop counts as saturated from its thread's demand for a CPU, and stays so until the
+calls arriving would fit in the loop at what a call cost before."""
 
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ def gauge(clocks: Clocks) -> LoopLoad:
     )
 
 
+def serve(load: LoopLoad, clocks: Clocks, seconds: float, share: float, calls: int) -> None:
+    """`calls` calls over `seconds` that keep the loop `share` busy."""
+    clocks.run(seconds, share)
+    load.count(calls)
+
+
 def test_a_mostly_idle_loop_is_not_saturated() -> None:
     clocks = Clocks()
     load = gauge(clocks)
@@ -38,16 +45,30 @@ def test_a_mostly_idle_loop_is_not_saturated() -> None:
     assert not load.saturated()
 
 
-def test_a_loop_busy_all_the_window_is_saturated_until_it_is_relieved() -> None:
+def test_a_loop_busy_all_the_window_is_saturated_until_the_calls_would_fit_unbatched() -> None:
     clocks = Clocks()
     load = gauge(clocks)
-    clocks.run(0.2, share=0.99)
+    serve(load, clocks, 0.2, share=0.99, calls=1000)  # 198 µs of loop a call
     assert load.saturated()
-    clocks.run(0.2, share=0.85)  # cheaper per call now, still busy: stays on
+    serve(load, clocks, 0.2, share=0.6, calls=1000)  # batched: cheaper a call, as many calls
     assert load.saturated()
-    clocks.run(0.2, share=0.7)
+    serve(load, clocks, 0.2, share=0.5, calls=800)  # 0.79 of the loop at 198 µs a call
     assert not load.saturated()
-    clocks.run(0.2, share=0.85)  # below the turn-on share: stays off
+    serve(load, clocks, 0.2, share=0.85, calls=850)  # below the turn-on share: stays off
+    assert not load.saturated()
+
+
+def test_batching_that_idles_the_loop_does_not_switch_it_off_while_the_calls_keep_coming() -> None:
+    # With batches of 16 the loop idled while a batch gathered: demand fell to ~0.6, and
+    # a verdict taken from demand switched the batching off every other second.
+    clocks = Clocks()
+    load = defaults(clocks)
+    serve(load, clocks, 1.0, share=0.97, calls=5000)
+    assert load.saturated()
+    for _ in range(10):
+        serve(load, clocks, 1.0, share=0.6, calls=5000)
+        assert load.saturated()
+    serve(load, clocks, 1.0, share=0.4, calls=3500)  # the load fell: 0.68 unbatched
     assert not load.saturated()
 
 
@@ -73,11 +94,14 @@ def defaults(clocks: Clocks) -> LoopLoad:
     return LoopLoad(cpu=lambda: clocks.cpu, clock=lambda: clocks.wall)
 
 
-def asked_often(load: LoopLoad, clocks: Clocks, seconds: float, share: float) -> set[bool]:
-    """The verdicts given when asked every millisecond, as the coalescer asks at load."""
+def asked_often(
+    load: LoopLoad, clocks: Clocks, seconds: float, share: float, calls_per_ms: int = 1
+) -> set[bool]:
+    """The verdicts given when asked at every call, as the coalescer asks at load."""
     verdicts = set()
     for _ in range(round(seconds * 1000)):
         clocks.run(0.001, share)
+        load.count(calls_per_ms)
         verdicts.add(load.saturated())
     return verdicts
 
@@ -101,8 +125,17 @@ def test_sustained_saturation_turns_it_on_within_a_second_and_dips_do_not_end_it
     assert asked_often(load, clocks, 0.2, share=0.6) == {True}  # a slower fifth of a second
     asked_often(load, clocks, 1.01, share=0.97)
     assert load.saturated()
-    asked_often(load, clocks, 2.01, share=0.75)  # the load went away
+    asked_often(load, clocks, 2.01, share=0.75, calls_per_ms=0)  # the calls went away
     assert not load.saturated()
+
+
+def test_a_window_without_calls_ends_saturation() -> None:
+    clocks = Clocks()
+    load = gauge(clocks)
+    serve(load, clocks, 0.2, share=1.0, calls=0)  # busy with something else than calls
+    assert load.saturated()
+    serve(load, clocks, 0.2, share=1.0, calls=10)
+    assert not load.saturated()  # nothing known of what a call costs: nothing to batch for
 
 
 def test_thresholds_must_be_ordered() -> None:
@@ -125,7 +158,8 @@ def test_it_reads_the_calling_threads_real_demand() -> None:
     load = LoopLoad(window=0.05)
     deadline = time.monotonic() + 0.3
     while time.monotonic() < deadline:  # this thread spins: all its wall time is CPU
+        load.count()
         load.saturated()
     assert load.saturated()
-    time.sleep(0.1)  # and now it waits
+    time.sleep(0.1)  # and now it waits, with no calls
     assert not load.saturated()

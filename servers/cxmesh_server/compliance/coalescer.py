@@ -9,14 +9,23 @@ A read in flight is not enough under gRPC: its requests reach the handler one by
 arrival and batches stay at one request (measured: 1.02 requests per read at 1,600
 calls/s). So when the event loop is saturated (`LoopLoad`) and a key's callers arrive
 more often than once per `max_linger`, a batch of fewer than `batch_target` requests
-waits up to `max_linger` for the callers about to arrive (group commit). Measured while
-profiling (h2load against one process beside one without the linger, 2 cores; not
-`make bench` figures): 4.7 requests per read, 3,800 instead of 2,600 decisions/s at
-saturation. Behind Envoy, callers arrive slower (~1,500/s from 16 connections) and 4 take
-about 2 ms to arrive, hence 2 ms. Below saturation the wait saves little CPU and costs
-latency; at half that rate, evenly paced (profiling runs, linger forced on vs off): 0.71-0.77
-vs 0.77-0.81 of the loop thread, p50 2.0-2.6 vs 1.1-1.3 ms, p99 8-46 vs 3-7 ms. So there no
-batch waits.
+waits up to `max_linger` for the callers about to arrive (group commit).
+
+Bigger batches cost the loop less per call than the read they share explains (in-process,
+a read of 1 to 16 requests costs about the same: 55-105 µs on a noisy machine); our
+reading is that their answers leave together, so grpc.aio wakes the loop and writes to
+its connections once for many. Measured while profiling (h2load -c4 -m16 against one
+process beside the others, 2 cores; not `make bench` figures), the loop thread per call
+at saturation: 167-182 µs with a target of 4, 114-140 µs with 12, the bare echo's ~100
+µs; throughput 0.59-0.70x the bare echo measured just before with 4 (seven runs),
+0.69-0.89x with 16 (eight runs). Targets of 32 and 64 did no better (0.60-0.92x, seven
+runs): with 64 callers in flight, the loop idled while a batch gathered. Behind Envoy
+callers arrive slower (~1,500/s from 16 connections on a slow machine), and a batch
+waits out the 2 ms.
+
+Below saturation the wait saves little CPU and costs latency; at half that rate, evenly
+paced (profiling runs, linger forced on vs off): 0.71-0.77 vs 0.77-0.81 of the loop
+thread, p50 2.0-2.6 vs 1.1-1.3 ms, p99 8-46 vs 3-7 ms. So there no batch waits.
 """
 
 from __future__ import annotations
@@ -24,12 +33,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from cxmesh_server.runtime.loop_load import LoopLoad
 
 Request = TypeVar("Request")
 Result = TypeVar("Result")
+
+
+class Load(Protocol):
+    """Whether the loop is saturated (`LoopLoad`), told of every call it is about."""
+
+    def count(self, calls: int = 1) -> None: ...
+
+    def saturated(self) -> bool: ...
 
 
 @dataclass
@@ -60,11 +77,11 @@ class Coalescer(Generic[Request, Result]):
         run: Callable[[str, Sequence[Request]], Awaitable[list[Result]]],
         max_batch: int = 1000,
         max_linger: float = 0.002,
-        batch_target: int = 4,
-        saturated: Callable[[], bool] | None = None,
+        batch_target: int = 16,
+        load: Load | None = None,
     ) -> None:
         self._run = run
-        self._saturated = saturated or LoopLoad().saturated
+        self._load = load or LoopLoad()
         self._max_batch = max_batch
         self._max_linger = max_linger
         self._batch_target = batch_target
@@ -78,7 +95,7 @@ class Coalescer(Generic[Request, Result]):
         """How long the next batch of `key` waits for more callers (0 or `max_linger`)."""
         arrivals = self._arrivals.get(key)
         expected = arrivals is not None and arrivals.gap < self._max_linger
-        return self._max_linger if expected and self._saturated() else 0.0
+        return self._max_linger if expected and self._load.saturated() else 0.0
 
     def _arrived(self, key: str) -> None:
         now = asyncio.get_running_loop().time()
@@ -98,6 +115,7 @@ class Coalescer(Generic[Request, Result]):
         if len(requests) >= self._max_batch:
             return await self._run(key, requests)  # a full batch of its own
         self._arrived(key)
+        self._load.count()
         idle = key not in self._draining and key not in self._reading
         if idle and not self.linger(key):
             return await self._read_alone(key, requests)

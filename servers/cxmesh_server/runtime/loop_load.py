@@ -9,9 +9,17 @@ alone misses saturation when other processes share the cores.
 Measured per 0.2 s on 2 cores (profiling runs, compliance process): 0.91-1.01 under
 h2load directly, 0.78-1.00 with Envoy in front, both at the saturating rate; 0.64-0.88 at
 half that rate, with single windows up to 0.99 whenever the machine stuttered. Averaged
-over 1 s: 0.96-0.99, 0.89-0.97 and at most 0.86. Hence 1 s windows, on at 0.92, off below
-0.88: with 0.2 s windows the stutters switched the linger on at half load (in 3-10 % of
-the windows), and that load's p99 was 7-30 ms (once 327) against 3-7 ms with no linger.
+over 1 s: 0.96-0.99, 0.89-0.97 and at most 0.86. Hence 1 s windows, on at 0.92: with 0.2 s
+windows the stutters switched the linger on at half load (in 3-10 % of the windows), and
+that load's p99 was 7-30 ms (once 327) against 3-7 ms with no linger.
+
+Once on, demand is no guide to turning off: the batching the verdict switches on is what
+lowers it. With batches of up to 16, the loop idled while a batch gathered, demand fell
+below the turn-off share and the next second ran unbatched and saturated again (profiling
+runs: half of the seconds unbatched, at saturation and at 4,000 paced calls/s alike). So
+it turns off when the calls arriving would need less than `relieved_share` of the loop at
+the cost per call measured while it was off: that is, once the loop could serve them
+unbatched.
 """
 
 from __future__ import annotations
@@ -35,17 +43,18 @@ def thread_demand() -> float:
 
 class LoopLoad:
     """Call `saturated()` from the loop's own thread only: it reads that thread's demand.
+    Callers `count()` the calls whose cost the verdict is about.
 
-    The verdict changes at most once per `window`. It turns on at `saturated_share` and off
-    below `relieved_share`: at saturation a window dips below the turn-on share now and
-    then, and switching off there costs the coalescer's throughput.
+    The verdict changes at most once per `window`. It turns on when the loop's demand
+    reaches `saturated_share`, and off when the calls of a window, at the cost per call
+    measured in the window before it turned on, need less than `relieved_share`.
     """
 
     def __init__(
         self,
         window: float = 1.0,
         saturated_share: float = 0.92,
-        relieved_share: float = 0.88,
+        relieved_share: float = 0.75,
         cpu: Callable[[], float] = thread_demand,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -59,13 +68,24 @@ class LoopLoad:
         self._since = clock()
         self._cpu_since = cpu()
         self._saturated = False
+        self._calls = 0
+        # seconds of loop per call in the last window while off: what a call costs unbatched
+        self._cost_per_call = 0.0
+
+    def count(self, calls: int = 1) -> None:
+        self._calls += calls
 
     def saturated(self) -> bool:
         now = self._clock()
         elapsed = now - self._since
         if elapsed >= self._window:
             cpu = self._cpu()
-            share = (cpu - self._cpu_since) / elapsed
-            self._saturated = share >= (self._off if self._saturated else self._on)
-            self._since, self._cpu_since = now, cpu
+            demand = cpu - self._cpu_since
+            if self._saturated:
+                needed = self._calls * self._cost_per_call / elapsed
+                self._saturated = needed >= self._off
+            else:
+                self._cost_per_call = demand / self._calls if self._calls else 0.0
+                self._saturated = demand / elapsed >= self._on
+            self._since, self._cpu_since, self._calls = now, cpu, 0
         return self._saturated
