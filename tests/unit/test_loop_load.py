@@ -68,7 +68,19 @@ def test_batching_that_idles_the_loop_does_not_switch_it_off_while_the_calls_kee
     for _ in range(10):
         serve(load, clocks, 1.0, share=0.6, calls=5000)
         assert load.saturated()
-    serve(load, clocks, 1.0, share=0.4, calls=3500)  # the load fell: 0.68 unbatched
+    serve(load, clocks, 1.0, share=0.4, calls=4300)  # the load fell: 0.83 unbatched
+    assert not load.saturated()
+
+
+def test_a_stutter_that_turned_it_on_at_half_load_does_not_keep_it_on() -> None:
+    clocks = Clocks()
+    load = defaults(clocks)
+    for _ in range(5):
+        serve(load, clocks, 1.0, share=0.84, calls=2000)  # half load: 420 µs a call
+        assert not load.saturated()
+    serve(load, clocks, 1.0, share=0.95, calls=2000)  # the machine stuttered
+    assert load.saturated()
+    serve(load, clocks, 1.0, share=0.7, calls=2000)  # 0.84 unbatched, as before the stutter
     assert not load.saturated()
 
 

@@ -14,17 +14,20 @@ windows the stutters switched the linger on at half load (in 3-10 % of the windo
 that load's p99 was 7-30 ms (once 327) against 3-7 ms with no linger.
 
 Once on, demand is no guide to turning off: the batching the verdict switches on is what
-lowers it. With batches of up to 16, the loop idled while a batch gathered, demand fell
-below the turn-off share and the next second ran unbatched and saturated again (profiling
-runs: half of the seconds unbatched, at saturation and at 4,000 paced calls/s alike). So
-it turns off when the calls arriving would need less than `relieved_share` of the loop at
+lowers it. With batches of up to 16, the loop idled while a batch gathered, its demand
+fell below 0.88, where it used to turn off, and the next second ran unbatched and
+saturated again (profiling runs: up to half of the seconds unbatched, at saturation and
+at 4,000 paced calls/s alike). So it turns off when the calls arriving would need less
+than `relieved_share` (0.88) of the loop at
 the cost per call measured while it was off: that is, once the loop could serve them
-unbatched.
+unbatched. That cost is the least of the last few windows': a stutter of the machine
+inflates one window's demand, and turned on by it, the verdict must not stay on.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,15 +49,17 @@ class LoopLoad:
     Callers `count()` the calls whose cost the verdict is about.
 
     The verdict changes at most once per `window`. It turns on when the loop's demand
-    reaches `saturated_share`, and off when the calls of a window, at the cost per call
-    measured in the window before it turned on, need less than `relieved_share`.
+    reaches `saturated_share`, and off when the calls of a window, at the least cost per
+    call of the last `COSTS_KEPT` windows while off, need less than `relieved_share`.
     """
+
+    COSTS_KEPT = 5
 
     def __init__(
         self,
         window: float = 1.0,
         saturated_share: float = 0.92,
-        relieved_share: float = 0.75,
+        relieved_share: float = 0.88,
         cpu: Callable[[], float] = thread_demand,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -69,8 +74,8 @@ class LoopLoad:
         self._cpu_since = cpu()
         self._saturated = False
         self._calls = 0
-        # seconds of loop per call in the last window while off: what a call costs unbatched
-        self._cost_per_call = 0.0
+        # seconds of loop per call in the last windows with calls while off: unbatched costs
+        self._costs: deque[float] = deque(maxlen=self.COSTS_KEPT)
 
     def count(self, calls: int = 1) -> None:
         self._calls += calls
@@ -82,10 +87,11 @@ class LoopLoad:
             cpu = self._cpu()
             demand = cpu - self._cpu_since
             if self._saturated:
-                needed = self._calls * self._cost_per_call / elapsed
+                needed = self._calls * min(self._costs, default=0.0) / elapsed
                 self._saturated = needed >= self._off
             else:
-                self._cost_per_call = demand / self._calls if self._calls else 0.0
+                if self._calls:
+                    self._costs.append(demand / self._calls)
                 self._saturated = demand / elapsed >= self._on
             self._since, self._cpu_since, self._calls = now, cpu, 0
         return self._saturated
