@@ -18,10 +18,10 @@ lowers it. With batches of up to 16, the loop idled while a batch gathered, its 
 fell below 0.88, where it used to turn off, and the next second ran unbatched and
 saturated again (profiling runs: up to half of the seconds unbatched, at saturation and
 at 4,000 paced calls/s alike). So it turns off when the calls arriving would need less
-than `relieved_share` (0.88) of the loop at
-the cost per call measured while it was off: that is, once the loop could serve them
-unbatched. That cost is the least of the last few windows': a stutter of the machine
-inflates one window's demand, and turned on by it, the verdict must not stay on.
+than `relieved_share` (0.88) of the loop at the cost per call measured while it was off:
+that is, once the loop could serve them unbatched. That cost is the least of the last
+few windows': a stutter of the machine inflates one window's demand, and the verdict it
+turned on must not stay on.
 """
 
 from __future__ import annotations
