@@ -4,10 +4,12 @@ entries loaded."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.message import Message
 
 from bench.baselines import (
     ECHO_PATH,
@@ -17,11 +19,12 @@ from bench.baselines import (
     rest_echo_load,
 )
 from bench.baselines import GROUP as BASELINE
+from bench.cpu import CpuMeter, with_descendants
 from bench.data import dnc_file
 from bench.environment import Environment
-from bench.harness import LATENCY_SECONDS, Figure, Run
+from bench.harness import LATENCY_SECONDS, LATENCY_WINDOWS, Figure, Run
 from bench.lists_import import _file_messages
-from bench.load import h2load_grpc, h2load_grpc_paced, wrk_post
+from bench.load import LoadResult, h2load_grpc, h2load_grpc_paced, merged, wrk_post
 from cxmesh.compliance.v1 import (
     decision_pb2,
     decision_service_pb2,
@@ -48,6 +51,54 @@ def _contact(n: int) -> decision_pb2.DecisionRequest:
         ),
         campaign="campaigns/bench",
     )
+
+
+@dataclass(frozen=True)
+class _Target:
+    url: str
+    request: Message
+    headers: dict[str, str] | None
+    # the processes whose CPU time serves its calls
+    pids: list[int]
+
+
+@dataclass(frozen=True)
+class _Paced:
+    result: LoadResult
+    steal_share: float
+    cpu_us_per_call: float
+    window_p99s_ms: tuple[float, ...]
+
+    def windows(self) -> str:
+        return "windows' p99 " + ", ".join(f"{p99:,.2f}" for p99 in self.window_p99s_ms) + " ms"
+
+
+def _latency_at(rate: float, targets: dict[str, _Target]) -> dict[str, _Paced]:
+    """Each target under the same paced load, in windows taken in turn so that all see the
+    machine as it was (the host's steal came and went within minutes)."""
+    runs: dict[str, list[tuple[LoadResult, CpuMeter]]] = {name: [] for name in targets}
+    for _ in range(LATENCY_WINDOWS):
+        for name, target in targets.items():
+            with CpuMeter(target.pids) as meter:
+                result = h2load_grpc_paced(
+                    target.url,
+                    target.request,
+                    rate=rate,
+                    headers=target.headers,
+                    seconds=LATENCY_SECONDS // LATENCY_WINDOWS,
+                )
+            runs[name].append((result, meter))
+
+    def summed(windows: list[tuple[LoadResult, CpuMeter]]) -> _Paced:
+        answered = sum(result.answered for result, _ in windows)
+        return _Paced(
+            result=merged([result for result, _ in windows]),
+            steal_share=sum(meter.steal_share for _, meter in windows) / len(windows),
+            cpu_us_per_call=sum(meter.seconds for _, meter in windows) / answered * 1e6,
+            window_p99s_ms=tuple(result.p99_ms for result, _ in windows),
+        )
+
+    return {name: summed(windows) for name, windows in runs.items()}
 
 
 def measure(run: Run, env: Environment) -> None:
@@ -164,16 +215,14 @@ def measure(run: Run, env: Environment) -> None:
 
     port = env.instance_port("compliance")
     auth = {"authorization": f"Bearer {env.token(TENANT)}"}
+    request = decision_service_pb2.PreValidateRequest(decision_request=_contact(7))
     unary = bracketed(
         run,
         GROUP,
         "grpc_echo_rps_around_prevalidate",
         lambda: grpc_echo_load(env),
         lambda: h2load_grpc(
-            f"http://127.0.0.1:{port}{PRE_VALIDATE}",
-            decision_service_pb2.PreValidateRequest(decision_request=_contact(7)),
-            headers=auth,
-            seconds=SECONDS,
+            f"http://127.0.0.1:{port}{PRE_VALIDATE}", request, headers=auth, seconds=SECONDS
         ),
     )
     how = (
@@ -191,55 +240,39 @@ def measure(run: Run, env: Environment) -> None:
             note=how,
         )
     )
-    half_rate = unary.requests_per_second / 2
-    half = h2load_grpc_paced(
-        f"http://127.0.0.1:{port}{PRE_VALIDATE}",
-        decision_service_pb2.PreValidateRequest(decision_request=_contact(7)),
-        rate=half_rate,
-        headers=auth,
-        seconds=LATENCY_SECONDS,
-    )
-    # The bare echo under the same paced load: the latency floor of the machine and of the
-    # load pattern.
-    echo_half = h2load_grpc_paced(
-        f"http://127.0.0.1:{env.bare_echo_port}{ECHO_PATH}",
-        echo_service_pb2.EchoRequest(message="hello"),
-        rate=half.requests_per_second,
-        seconds=LATENCY_SECONDS,
-    )
-    how = (
-        f"evenly paced calls at half the measured maximum ({half_rate:,.0f} req/s asked; "
-        f"h2load timing scripts, one connection per process, niced; {LATENCY_SECONDS} s)"
-    )
-    run.record(
-        Figure(
-            GROUP,
-            "grpc_echo_p99_ms_at_half_load",
-            echo_half.p99_ms,
-            "ms",
-            note=f"the bare echo under the same load ({echo_half.requests_per_second:,.0f} req/s)",
-        )
-    )
-    run.record(
-        Figure(
-            GROUP,
-            "prevalidate_p99_ms_at_half_load",
-            half.p99_ms,
-            "ms",
-            f"{GROUP}.grpc_echo_p99_ms_at_half_load",
-            note=f"{how}: {half.requests_per_second:,.0f} req/s",
-        )
-    )
-    # The same load on one compliance process running two workers (CXMESH_WORKERS=2, one per
-    # core, as deployed): the figure an operator gets from one pod of two cores.
+    # The same calls to one compliance process running two workers (CXMESH_WORKERS=2, one
+    # per core): the figures an operator gets from one pod of two cores.
     workers = env.mesh.start_service("compliance", env={"CXMESH_WORKERS": "2"})
     try:
         wait_serving(f"127.0.0.1:{workers.port}", time.monotonic() + 60, workers)
-        two = h2load_grpc(
-            f"http://127.0.0.1:{workers.port}{PRE_VALIDATE}",
-            decision_service_pb2.PreValidateRequest(decision_request=_contact(7)),
-            headers=auth,
-            seconds=SECONDS,
+        two_workers_url = f"http://127.0.0.1:{workers.port}{PRE_VALIDATE}"
+        two = bracketed(
+            run,
+            GROUP,
+            "grpc_echo_rps_around_two_workers",
+            lambda: grpc_echo_load(env),
+            lambda: h2load_grpc(two_workers_url, request, headers=auth, seconds=SECONDS),
+        )
+        half_rate = unary.requests_per_second / 2
+        paced = _latency_at(
+            half_rate,
+            {
+                "prevalidate": _Target(
+                    f"http://127.0.0.1:{port}{PRE_VALIDATE}",
+                    request,
+                    auth,
+                    [env.instance_pid("compliance")],
+                ),
+                "echo": _Target(
+                    f"http://127.0.0.1:{env.bare_echo_port}{ECHO_PATH}",
+                    echo_service_pb2.EchoRequest(message="hello"),
+                    None,
+                    [env.bare_echo_pid],
+                ),
+                "two_workers": _Target(
+                    two_workers_url, request, auth, with_descendants(workers.process.pid)
+                ),
+            },
         )
     finally:
         workers.process.terminate()
@@ -250,11 +283,12 @@ def measure(run: Run, env: Environment) -> None:
             "prevalidate_rps_two_workers",
             two.requests_per_second,
             "req/s",
-            f"{BASELINE}.grpc_echo_rps",
+            f"{GROUP}.grpc_echo_rps_around_two_workers",
             note="h2load -c4 -m16 PreValidate to one compliance process with CXMESH_WORKERS=2 "
-            "(the baseline is one process)",
+            "(the echo is one process)",
         )
     )
+    _record_half_load(run, half_rate, paced)
     batch = decision_service_pb2.PreValidateBatchRequest(
         decision_requests=[_contact(n) for n in range(1000)]
     )
@@ -305,3 +339,81 @@ def measure(run: Run, env: Environment) -> None:
             GROUP, "ocs_validate_p99_ms", ocs.p99_ms, "ms", f"{BASELINE}.rest_echo_p99_ms", note=how
         )
     )
+
+
+def _record_half_load(run: Run, rate: float, paced: dict[str, _Paced]) -> None:
+    echo, single, two = paced["echo"], paced["prevalidate"], paced["two_workers"]
+    how = (
+        f"evenly paced calls at half the measured maximum ({rate:,.0f} req/s asked; h2load "
+        "timing scripts, one connection per process, niced), "
+        f"{LATENCY_WINDOWS} windows of {LATENCY_SECONDS // LATENCY_WINDOWS} s taken in turn "
+        "with the bare echo's"
+    )
+
+    def measured(of: _Paced) -> str:
+        return (
+            f"{of.result.requests_per_second:,.0f} req/s ({of.windows()}), "
+            f"{of.steal_share:.1%} of the CPUs' time stolen by the host meanwhile"
+        )
+
+    # The bare echo under the same load, in the windows between: the latency floor of the
+    # machine and of the load pattern as they were at the time.
+    echo_p99 = f"{GROUP}.grpc_echo_p99_ms_at_half_load"
+    run.record(
+        Figure(
+            GROUP,
+            "grpc_echo_p99_ms_at_half_load",
+            echo.result.p99_ms,
+            "ms",
+            note=f"the bare echo under the same load: {measured(echo)}",
+        )
+    )
+    run.record(
+        Figure(
+            GROUP,
+            "prevalidate_p99_ms_at_half_load",
+            single.result.p99_ms,
+            "ms",
+            echo_p99,
+            note=f"{how}: {measured(single)}",
+        )
+    )
+    run.record(
+        Figure(
+            GROUP,
+            "prevalidate_p99_ms_at_half_load_two_workers",
+            two.result.p99_ms,
+            "ms",
+            echo_p99,
+            note=f"the same load on one process with CXMESH_WORKERS=2, in the same turns: "
+            f"{measured(two)}",
+        )
+    )
+    # What a call costs at that load, queueing aside: comparable across runs on a host
+    # whose noise decides the p99.
+    echo_cpu = f"{GROUP}.grpc_echo_cpu_us_per_call_at_half_load"
+    run.record(
+        Figure(
+            GROUP,
+            "grpc_echo_cpu_us_per_call_at_half_load",
+            echo.cpu_us_per_call,
+            "µs",
+            note="CPU time (every thread) of the bare echo process per call answered, "
+            "in the half-load windows",
+        )
+    )
+    for name, of, process in (
+        ("prevalidate_cpu_us_per_call_at_half_load", single, "the compliance process"),
+        ("prevalidate_cpu_us_per_call_at_half_load_two_workers", two, "the two-worker process"),
+    ):
+        run.record(
+            Figure(
+                GROUP,
+                name,
+                of.cpu_us_per_call,
+                "µs",
+                echo_cpu,
+                note=f"CPU time (every thread and worker) of {process} per call answered, "
+                "in the half-load windows",
+            )
+        )

@@ -42,6 +42,7 @@ class Environment:
     key: SigningKey
     mesh: Mesh
     bare_echo_port: int
+    bare_echo_pid: int
 
     def token(self, tenant: str = "bench", roles: tuple[str, ...] = ("admin",)) -> str:
         return self.key.mint(tenant=tenant, roles=list(roles))
@@ -62,6 +63,9 @@ class Environment:
 
     def instance_port(self, service: str) -> int:
         return next(i.port for i in self.mesh.instances if i.name == service)
+
+    def instance_pid(self, service: str) -> int:
+        return next(i.process.pid for i in self.mesh.instances if i.name == service)
 
     def new_tenant(self, tenant: str) -> tuple[tuple[str, str], ...]:
         """Creates a tenant through the edge; returns an admin's call metadata for it."""
@@ -129,4 +133,4 @@ def start(stack: ExitStack, services: tuple[str, ...] = ("iam",)) -> Environment
         if bare.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("the bare echo server did not start")
         time.sleep(0.05)
-    return Environment(state, postgres, redis, key, mesh, bare_port)
+    return Environment(state, postgres, redis, key, mesh, bare_port, bare.pid)

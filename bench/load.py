@@ -8,6 +8,7 @@ import struct
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,24 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     requests: int
+    # Of paced runs: every measured call's duration, and the calls answered in all
+    # (probe and warm-up included: what the server did while the run lasted).
+    durations_ms: tuple[float, ...] = ()
+    answered: int = 0
+
+
+def merged(results: Sequence[LoadResult]) -> LoadResult:
+    """Paced runs taken as one: their calls' percentiles, their mean rate."""
+    durations = [d for result in results for d in result.durations_ms]
+    seconds = sum(result.requests / result.requests_per_second for result in results)
+    return LoadResult(
+        requests_per_second=sum(result.requests for result in results) / seconds,
+        p50_ms=percentile(durations, 0.50),
+        p99_ms=percentile(durations, 0.99),
+        requests=sum(result.requests for result in results),
+        durations_ms=tuple(durations),
+        answered=sum(result.answered for result in results),
+    )
 
 
 def grpc_frame(message: Message) -> bytes:
@@ -175,6 +194,7 @@ def h2load_grpc_paced(
         processes = max(1, round(rate / per_process))
         count = math.ceil((seconds + warmup_seconds) * per_process)
         requests = _paced_run(url, body, Path(folder), headers, processes, count)
+    answered = len(probe) + len(requests)
     first = min(start for start, _, _ in requests)
     measured = [r for r in requests if r[0] >= first + warmup_seconds * 1e6]
     starts = [start for start, _, _ in measured]
@@ -184,6 +204,8 @@ def h2load_grpc_paced(
         p50_ms=percentile(durations_ms, 0.50),
         p99_ms=percentile(durations_ms, 0.99),
         requests=len(measured),
+        durations_ms=tuple(durations_ms),
+        answered=answered,
     )
 
 
