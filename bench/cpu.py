@@ -1,10 +1,12 @@
 """What the CPUs did while a figure was measured: the share the hypervisor stole (the bench
 machine is a VM sharing its host), and the CPU time of the processes under test.
 
-A latency figure on a shared VM depends on the host as much as on the code: on the
-bench machine of 2026-12-02 the steal share was ~0.5 % idle and 2-14 % under the half-load
-runs, and the bare echo's p99 at one and the same paced load went from 2.8 to 217 ms.
-CPU time per call does not depend on queueing, so it compares code across such runs.
+A latency figure on a shared VM depends on the host as much as on the code. On the bench
+machine of 2026-12-02 the steal share was ~0.5 % while idle and 3-14 % in the half-load
+windows of `make bench`; the bare echo's p99 at ~1,900 paced calls/s went from 2.8 to 217
+ms between profiling runs minutes apart, and from 26 to 261 ms between `make bench` runs.
+CPU time per call does not depend on queueing: PreValidate's was 1.23-1.31x the echo's in
+the same three `make bench` runs.
 """
 
 from __future__ import annotations
