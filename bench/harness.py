@@ -153,8 +153,9 @@ def render_report(document: dict[str, dict[str, object]]) -> str:
         f"Latency at half load is measured over {LATENCY_SECONDS} s of evenly paced calls from load",
         "generators running at niceness 10: they share the two cores with the services, which in",
         "production have their cores to themselves. PreValidate's is taken in",
-        f"{LATENCY_WINDOWS} windows alternating with the bare echo's under the same load, with the",
-        "share of CPU time the VM's host stole meanwhile and the CPU time each process spent per call.",
+        f"{LATENCY_WINDOWS} windows alternating with the bare echo's and a two-worker process's",
+        "under the same load, with the share of CPU time the VM's host stole meanwhile and the",
+        "CPU time each process spent per call.",
         "Raw numbers are in `bench/results.json`.",
         "",
     ]
