@@ -152,6 +152,10 @@ def _paced_run(
     running = []
     for index in range(processes):
         log = folder / f"requests-{index}.tsv"
+        # h2load appends to its log: a log left by an earlier run in the folder (the rate
+        # probe's) would put that run's requests among this one's, and its first request
+        # would start the warm-up that much too early.
+        log.unlink(missing_ok=True)
         args = _h2load_args(body, log, headers)
         args += ["-c1", "-m64", f"-n{count}", f"--timing-script-file={script}"]
         running.append((subprocess.Popen(_yielding(args), stdout=subprocess.PIPE, text=True), log))

@@ -1,16 +1,23 @@
-"""The bench's own measures: CPU time of processes under test, and paced runs taken as one."""
+"""The bench's own measures: CPU time of processes under test, paced runs taken as one, and
+paced runs that hold only their own requests."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from bench.baselines import ECHO_PATH
 from bench.cpu import CpuMeter, process_seconds, with_descendants
-from bench.load import LoadResult, merged
+from bench.load import LoadResult, _paced_run, grpc_frame, merged
+from cxmesh.diagnostics.v1 import echo_service_pb2
+from cxmesh_server.stack.ports import free_port, is_listening
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -71,3 +78,34 @@ def test_paced_windows_merge_into_one_run_of_all_their_calls() -> None:
     # quiet window alone would put it at 1 ms.
     assert both.p99_ms == 200.0
     assert both.answered == 2010
+
+
+@pytest.fixture
+def bare_echo_url() -> Iterator[str]:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "bench.bare_echo", str(port)])
+    try:
+        deadline = time.monotonic() + 30
+        while not is_listening("127.0.0.1", port):
+            assert server.poll() is None and time.monotonic() < deadline, "no bare echo"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}{ECHO_PATH}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="needs h2load (nghttp2-client)")
+def test_a_paced_run_holds_only_its_own_requests_after_another_in_the_same_folder(
+    bare_echo_url: str, tmp_path: Path
+) -> None:
+    # The rate probe and the measured run share a folder; h2load appends to its logs, so
+    # the probe's requests used to open the measured run and shorten its warm-up.
+    body = tmp_path / "body.bin"
+    body.write_bytes(grpc_frame(echo_service_pb2.EchoRequest(message="hi")))
+    probe = _paced_run(bare_echo_url, body, tmp_path, None, processes=1, count=20)
+    started = time.time() * 1e6
+    measured = _paced_run(bare_echo_url, body, tmp_path, None, processes=2, count=10)
+    assert len(probe) == 20
+    assert len(measured) == 20
+    assert min(start for start, _, _ in measured) >= started
