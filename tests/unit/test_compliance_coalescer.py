@@ -110,13 +110,43 @@ async def test_a_lone_caller_never_lingers_even_when_the_loop_is_saturated() -> 
     assert recorder.batches == [["a"], ["b"], ["c"]]
 
 
-async def test_below_saturation_frequent_callers_do_not_linger() -> None:
+async def test_below_saturation_frequent_callers_wait_only_the_steady_linger() -> None:
     recorder = Recorder(round_trip=0)
-    coalescer = Coalescer(recorder.run, max_linger=30.0, load=Fixed(False))
+    coalescer = Coalescer(
+        recorder.run, max_linger=30.0, steady_linger=0.2, steady_target=3, load=Fixed(False)
+    )
     await asyncio.gather(*(coalescer.submit("t", [f"w{n}"]) for n in range(50)))
-    assert coalescer.linger("t") == 0  # a wait would only add latency
-    answer = await asyncio.wait_for(coalescer.submit("t", ["x"]), 5)
-    assert answer == ["t:x"]
+    assert coalescer.wait("t") == (0.2, 3)  # never the saturated loop's 30 s for 16
+    recorder.batches.clear()
+    first = asyncio.create_task(coalescer.submit("t", ["x"]))
+    await asyncio.sleep(0.05)  # without the wait, "x" would have been read alone by now
+    second = asyncio.create_task(coalescer.submit("t", ["y"]))
+    assert list(await asyncio.gather(first, second)) == [["t:x"], ["t:y"]]
+    assert recorder.batches == [["x", "y"]]
+
+
+async def test_below_saturation_a_batch_goes_as_soon_as_it_has_the_steady_target() -> None:
+    recorder = Recorder(round_trip=0)
+    coalescer = Coalescer(
+        recorder.run, max_linger=30.0, steady_linger=30.0, steady_target=3, load=Fixed(False)
+    )
+    await asyncio.gather(*(coalescer.submit("t", [f"w{n}"]) for n in range(50)))
+    recorder.batches.clear()
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(coalescer.submit("t", [name]) for name in "abc")), 5
+    )
+    assert list(answers) == [["t:a"], ["t:b"], ["t:c"]]
+    assert recorder.batches == [["a", "b", "c"]]
+
+
+async def test_below_saturation_callers_further_apart_than_the_steady_linger_never_wait() -> None:
+    recorder = Recorder(round_trip=0)
+    coalescer = Coalescer(recorder.run, steady_linger=0.005, load=Fixed(False))
+    for name in "abcdef":
+        assert await coalescer.submit("t", [name]) == [f"t:{name}"]
+        await asyncio.sleep(0.02)  # 50 callers a second: nobody to wait for
+    assert coalescer.wait("t") == (0.0, 0)
+    assert recorder.batches == [[name] for name in "abcdef"]
 
 
 async def test_when_saturated_a_batch_waits_for_the_callers_about_to_arrive() -> None:
