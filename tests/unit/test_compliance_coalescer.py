@@ -110,19 +110,29 @@ async def test_a_lone_caller_never_lingers_even_when_the_loop_is_saturated() -> 
     assert recorder.batches == [["a"], ["b"], ["c"]]
 
 
+async def called_often(coalescer: Coalescer[str, str], recorder: Recorder) -> None:
+    """Many callers at once: the key's callers come often from now on."""
+    await asyncio.gather(*(coalescer.submit("t", [f"w{n}"]) for n in range(50)))
+    recorder.batches.clear()
+
+
+async def read_together(coalescer: Coalescer[str, str], recorder: Recorder) -> bool:
+    """Whether a caller and one 50 ms after it share a read."""
+    first = asyncio.create_task(coalescer.submit("t", ["x"]))
+    await asyncio.sleep(0.05)  # without a wait, "x" would have been read alone by now
+    second = asyncio.create_task(coalescer.submit("t", ["y"]))
+    assert list(await asyncio.gather(first, second)) == [["t:x"], ["t:y"]]
+    return recorder.batches == [["x", "y"]]
+
+
 async def test_below_saturation_frequent_callers_wait_only_the_steady_linger() -> None:
     recorder = Recorder(round_trip=0)
     coalescer = Coalescer(
         recorder.run, max_linger=30.0, steady_linger=0.2, steady_target=3, load=Fixed(False)
     )
-    await asyncio.gather(*(coalescer.submit("t", [f"w{n}"]) for n in range(50)))
+    await called_often(coalescer, recorder)
     assert coalescer.wait("t") == (0.2, 3)  # never the saturated loop's 30 s for 16
-    recorder.batches.clear()
-    first = asyncio.create_task(coalescer.submit("t", ["x"]))
-    await asyncio.sleep(0.05)  # without the wait, "x" would have been read alone by now
-    second = asyncio.create_task(coalescer.submit("t", ["y"]))
-    assert list(await asyncio.gather(first, second)) == [["t:x"], ["t:y"]]
-    assert recorder.batches == [["x", "y"]]
+    assert await read_together(coalescer, recorder)
 
 
 async def test_below_saturation_a_batch_goes_as_soon_as_it_has_the_steady_target() -> None:
@@ -130,8 +140,7 @@ async def test_below_saturation_a_batch_goes_as_soon_as_it_has_the_steady_target
     coalescer = Coalescer(
         recorder.run, max_linger=30.0, steady_linger=30.0, steady_target=3, load=Fixed(False)
     )
-    await asyncio.gather(*(coalescer.submit("t", [f"w{n}"]) for n in range(50)))
-    recorder.batches.clear()
+    await called_often(coalescer, recorder)
     answers = await asyncio.wait_for(
         asyncio.gather(*(coalescer.submit("t", [name]) for name in "abc")), 5
     )
@@ -152,15 +161,9 @@ async def test_below_saturation_callers_further_apart_than_the_steady_linger_nev
 async def test_when_saturated_a_batch_waits_for_the_callers_about_to_arrive() -> None:
     recorder = Recorder(round_trip=0)
     coalescer = Coalescer(recorder.run, max_linger=0.2, load=Fixed(True))
-    # Many callers at once: the key's callers come often from now on.
-    await asyncio.gather(*(coalescer.submit("t", [f"w{n}"]) for n in range(50)))
+    await called_often(coalescer, recorder)
     assert coalescer.linger("t") == 0.2
-    recorder.batches.clear()
-    first = asyncio.create_task(coalescer.submit("t", ["x"]))
-    await asyncio.sleep(0.05)  # without the linger, "x" would have been read alone by now
-    second = asyncio.create_task(coalescer.submit("t", ["y"]))
-    assert list(await asyncio.gather(first, second)) == [["t:x"], ["t:y"]]
-    assert recorder.batches == [["x", "y"]]
+    assert await read_together(coalescer, recorder)
     assert coalescer.linger("other") == 0  # each tenant's callers are counted on their own
 
 
