@@ -28,7 +28,7 @@ that rate, evenly paced, linger forced on vs off: 0.71-0.77 vs 0.77-0.81 of the 
 thread, p50 2.0-2.6 vs 1.1-1.3 ms, p99 8-46 vs 3-7 ms). Reading every call alone is no
 better there: at half the saturating rate an unbatched call costs the loop ~260 µs, so it
 is ~0.85 busy, and any stutter leaves a backlog it cannot work off (profiling runs on 2
-cores, 3,178 paced calls/s: p99 26-42 ms, backlogs of 20-85 ms lasting 0.1-0.5 s). So
+cores, 3,178 paced calls/s: p99 17-80 ms, backlogs of 20-85 ms lasting 0.1-0.5 s). So
 while a key's callers arrive more often than once per `steady_linger` (0.5 ms: above
 ~2,000 calls/s), a batch waits that long for up to `steady_target` (4) requests: a few
 calls share a read and the wakeups around it for at most half a millisecond more (same
