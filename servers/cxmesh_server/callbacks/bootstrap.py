@@ -22,7 +22,8 @@ from cxmesh_server.callbacks.push import PushNotifier
 from cxmesh_server.callbacks.settings import CallbackSettings
 from cxmesh_server.callbacks.store import CallbackStore, queue_lengths, run_due_transitions
 from cxmesh_server.callbacks.usecases import Callbacks
-from cxmesh_server.runtime.server import Registration, Resources, ServiceProcess, start_background
+from cxmesh_server.runtime.accept_loops import Registration
+from cxmesh_server.runtime.server import Resources, ServiceProcess, start_background
 
 log = logging.getLogger(__name__)
 # How often due callbacks are queued, expired leases returned and TTLs enforced: a callback

@@ -13,7 +13,8 @@ from cxmesh_server.compliance.handlers import DecisionHandlers, RuleSetHandlers
 from cxmesh_server.compliance.mirror import RulesMirror
 from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.mirrors.suppression import SuppressionMirror
-from cxmesh_server.runtime.server import Registration, Resources, ServiceProcess, start_background
+from cxmesh_server.runtime.accept_loops import Registration
+from cxmesh_server.runtime.server import Resources, ServiceProcess, start_background
 
 log = logging.getLogger(__name__)
 MIRROR_CHECK_SECONDS = 1.0

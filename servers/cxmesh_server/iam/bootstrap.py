@@ -11,7 +11,8 @@ from cxmesh.iam.v1 import api_key_service_pb2_grpc, tenant_service_pb2_grpc
 from cxmesh_server.diagnostics.handlers import EchoHandlers
 from cxmesh_server.iam.handlers import ApiKeyHandlers, TenantHandlers
 from cxmesh_server.iam.store import IamStore
-from cxmesh_server.runtime.server import Registration, Resources, ServiceProcess
+from cxmesh_server.runtime.accept_loops import Registration
+from cxmesh_server.runtime.server import Resources, ServiceProcess
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ from cxmesh_server.lists.store import ListsStore
 from cxmesh_server.lists.suppression_handlers import SuppressionHandlers
 from cxmesh_server.lists.suppression_store import SuppressionStore
 from cxmesh_server.mirrors.suppression import SuppressionMirror
-from cxmesh_server.runtime.server import Registration, Resources, ServiceProcess, start_background
+from cxmesh_server.runtime.accept_loops import Registration
+from cxmesh_server.runtime.server import Resources, ServiceProcess, start_background
 
 log = logging.getLogger(__name__)
 

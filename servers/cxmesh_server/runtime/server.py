@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
-import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from redis.asyncio import Redis
 
 from cxmesh_server.runtime import api
+from cxmesh_server.runtime.accept_loops import Registration, start_servers
 from cxmesh_server.runtime.auth import Authenticator, JwtVerifier
-from cxmesh_server.runtime.interceptor import Runtime, runtime_server
+from cxmesh_server.runtime.interceptor import Runtime
 from cxmesh_server.runtime.logging import configure_logging
 from cxmesh_server.runtime.metrics import serve_metrics
 from cxmesh_server.runtime.postgres import create_pool
@@ -93,8 +93,6 @@ def start_background(loop: Coroutine[Any, Any, None]) -> None:
     task.add_done_callback(_background.discard)
 
 
-# Adds a servicer to a server: (add_XServicer_to_server, servicer instance).
-Registration = tuple[Callable[[Any, grpc.aio.Server], None], Any]
 Builder = Callable[[Resources], Awaitable[Sequence[Registration]]]
 
 
@@ -139,31 +137,32 @@ async def run_server(settings: ServiceSettings, process: ServiceProcess) -> None
     verifier = (
         JwtVerifier(auth_settings) if auth_settings.jwks_file or auth_settings.jwks_url else None
     )
-    server = grpc.aio.server(
-        options=[
-            # Only worker processes share a port; a single process must fail on a taken port.
-            ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
-            ("grpc.max_receive_message_length", process.max_request_bytes),
-        ],
-    )
     # Every service registers through the runtime, which wraps its handlers.
-    runtime = runtime_server(server, Runtime(Authenticator(verifier, resources.redis)))
+    runtime = Runtime(Authenticator(verifier, resources.redis))
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, runtime)
-    registrations = await process.build(resources) if process.build else []
-    for add, servicer in registrations:
-        add(servicer, runtime)
-    # What enable_server_reflection does for an aio server (it cannot tell the wrapper is one).
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
-            [*api.all_service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME]
+    registrations: list[Registration] = [
+        (health_pb2_grpc.add_HealthServicer_to_server, health_servicer),
+        *(await process.build(resources) if process.build else []),
+        # What enable_server_reflection does for an aio server (it cannot tell the wrapper
+        # is one).
+        (
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+            reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
+                [*api.all_service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME]
+            ),
         ),
-        runtime,
+    ]
+    servers, port = await start_servers(
+        host=settings.grpc_host,
+        port=settings.grpc_port,
+        count=settings.accept_loops,
+        # Worker processes share the port; a single process must fail on a taken one.
+        shared_with_other_processes=settings.workers > 1,
+        runtime=runtime,
+        registrations=registrations,
+        max_request_bytes=process.max_request_bytes,
     )
-    address = f"{settings.grpc_host}:{settings.grpc_port}"
-    if server.add_insecure_port(address) == 0:
-        raise RuntimeError(f"cannot listen on {address}")
-    await server.start()
+    address = f"{settings.grpc_host}:{port}"
     served = ["", *api.service_names_of(process.name)]
 
     async def set_serving(serving: bool) -> None:
@@ -193,7 +192,7 @@ async def run_server(settings: ServiceSettings, process: ServiceProcess) -> None
     await stop.wait()
     log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(settings.shutdown_grace_seconds)
+    await asyncio.gather(*(server.stop(settings.shutdown_grace_seconds) for server in servers))
     await resources.close()
     log.info("stopped")
 

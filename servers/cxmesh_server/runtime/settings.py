@@ -35,6 +35,9 @@ class ServiceSettings(BaseSettings):
     metrics_port: int = 0
     # Worker processes sharing grpc_port through SO_REUSEPORT (CPU-bound services).
     workers: int = Field(default=1, ge=1, le=64)
+    # gRPC servers in each process (or worker) sharing grpc_port, each taking calls on its
+    # own accept loop: one grpc.aio server takes one call at a time (runtime/accept_loops.py).
+    accept_loops: int = Field(default=4, ge=1, le=32)
     postgres_dsn: str | None = None
     redis_url: str | None = None
     # Seconds in-flight calls get to finish after SIGTERM.
