@@ -243,8 +243,12 @@ def measure(run: Run, env: Environment) -> None:
     # The same calls to one compliance process running two workers (CXMESH_WORKERS=2, one
     # per core): the figures an operator gets from one pod of two cores.
     workers = env.mesh.start_service("compliance", env={"CXMESH_WORKERS": "2"})
+    # The same process with one gRPC server, as grpc.aio serves by default: what the
+    # servers' accept loops side by side change at the same load, in the same turns.
+    one_loop = env.mesh.start_service("compliance", env={"CXMESH_ACCEPT_LOOPS": "1"})
     try:
         wait_serving(f"127.0.0.1:{workers.port}", time.monotonic() + 60, workers)
+        wait_serving(f"127.0.0.1:{one_loop.port}", time.monotonic() + 60, one_loop)
         two_workers_url = f"http://127.0.0.1:{workers.port}{PRE_VALIDATE}"
         two = bracketed(
             run,
@@ -272,11 +276,18 @@ def measure(run: Run, env: Environment) -> None:
                 "two_workers": _Target(
                     two_workers_url, request, auth, with_descendants(workers.process.pid)
                 ),
+                "one_accept_loop": _Target(
+                    f"http://127.0.0.1:{one_loop.port}{PRE_VALIDATE}",
+                    request,
+                    auth,
+                    [one_loop.process.pid],
+                ),
             },
         )
     finally:
-        workers.process.terminate()
-        workers.process.wait(timeout=30)
+        for instance in (workers, one_loop):
+            instance.process.terminate()
+            instance.process.wait(timeout=30)
     run.record(
         Figure(
             GROUP,
@@ -343,6 +354,7 @@ def measure(run: Run, env: Environment) -> None:
 
 def _record_half_load(run: Run, rate: float, paced: dict[str, _Paced]) -> None:
     echo, single, two = paced["echo"], paced["prevalidate"], paced["two_workers"]
+    one_loop = paced["one_accept_loop"]
     how = (
         f"evenly paced calls at half the measured maximum ({rate:,.0f} req/s asked; h2load "
         "timing scripts, one connection per process, niced), "
@@ -389,6 +401,17 @@ def _record_half_load(run: Run, rate: float, paced: dict[str, _Paced]) -> None:
             f"{measured(two)}",
         )
     )
+    run.record(
+        Figure(
+            GROUP,
+            "prevalidate_p99_ms_at_half_load_one_accept_loop",
+            one_loop.result.p99_ms,
+            "ms",
+            echo_p99,
+            note="the same load on one process with CXMESH_ACCEPT_LOOPS=1 (one gRPC server, "
+            f"as grpc.aio serves by default), in the same turns: {measured(one_loop)}",
+        )
+    )
     # What a call costs at that load, queueing aside: comparable across runs on a host
     # whose noise decides the p99.
     echo_cpu = f"{GROUP}.grpc_echo_cpu_us_per_call_at_half_load"
@@ -405,6 +428,11 @@ def _record_half_load(run: Run, rate: float, paced: dict[str, _Paced]) -> None:
     for name, of, process in (
         ("prevalidate_cpu_us_per_call_at_half_load", single, "the compliance process"),
         ("prevalidate_cpu_us_per_call_at_half_load_two_workers", two, "the two-worker process"),
+        (
+            "prevalidate_cpu_us_per_call_at_half_load_one_accept_loop",
+            one_loop,
+            "the one-server process",
+        ),
     ):
         run.record(
             Figure(
