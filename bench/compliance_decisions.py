@@ -22,6 +22,7 @@ from bench.baselines import GROUP as BASELINE
 from bench.cpu import CpuMeter, with_descendants
 from bench.data import dnc_file
 from bench.environment import Environment
+from bench.grpc_codes import answered_ok, only_ok
 from bench.harness import LATENCY_SECONDS, LATENCY_WINDOWS, Figure, Run
 from bench.lists_import import _file_messages
 from bench.load import LoadResult, h2load_grpc, h2load_grpc_paced, merged, wrk_post
@@ -40,8 +41,10 @@ from cxmesh_server.stack.mesh import wait_serving
 
 GROUP = "compliance"
 TENANT = "bench-compliance"
-PRE_VALIDATE = "/cxmesh.compliance.v1.DecisionService/PreValidate"
-PRE_VALIDATE_BATCH = "/cxmesh.compliance.v1.DecisionService/PreValidateBatch"
+PRE_VALIDATE_METHOD = "PreValidate"
+PRE_VALIDATE_BATCH_METHOD = "PreValidateBatch"
+PRE_VALIDATE = f"/cxmesh.compliance.v1.DecisionService/{PRE_VALIDATE_METHOD}"
+PRE_VALIDATE_BATCH = f"/cxmesh.compliance.v1.DecisionService/{PRE_VALIDATE_BATCH_METHOD}"
 
 
 def _contact(n: int) -> decision_pb2.DecisionRequest:
@@ -60,6 +63,8 @@ class _Target:
     headers: dict[str, str] | None
     # the processes whose CPU time serves its calls
     pids: list[int]
+    # where its service counts its answers by gRPC code (None: the bare echo, no metrics)
+    metrics_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,8 @@ def _latency_at(rate: float, targets: dict[str, _Target]) -> dict[str, _Paced]:
     runs: dict[str, list[tuple[LoadResult, CpuMeter]]] = {name: [] for name in targets}
     for _ in range(LATENCY_WINDOWS):
         for name, target in targets.items():
-            with CpuMeter(target.pids) as meter:
+            ports = [] if target.metrics_port is None else [target.metrics_port]
+            with only_ok(ports, PRE_VALIDATE_METHOD) as answered, CpuMeter(target.pids) as meter:
                 result = h2load_grpc_paced(
                     target.url,
                     target.request,
@@ -87,6 +93,7 @@ def _latency_at(rate: float, targets: dict[str, _Target]) -> dict[str, _Paced]:
                     headers=target.headers,
                     seconds=LATENCY_SECONDS // LATENCY_WINDOWS,
                 )
+            answered.covers(result.requests)
             runs[name].append((result, meter))
 
     def summed(windows: list[tuple[LoadResult, CpuMeter]]) -> _Paced:
@@ -221,8 +228,12 @@ def measure(run: Run, env: Environment) -> None:
         GROUP,
         "grpc_echo_rps_around_prevalidate",
         lambda: grpc_echo_load(env),
-        lambda: h2load_grpc(
-            f"http://127.0.0.1:{port}{PRE_VALIDATE}", request, headers=auth, seconds=SECONDS
+        lambda: answered_ok(
+            [env.instance_metrics_port("compliance")],
+            PRE_VALIDATE_METHOD,
+            lambda: h2load_grpc(
+                f"http://127.0.0.1:{port}{PRE_VALIDATE}", request, headers=auth, seconds=SECONDS
+            ),
         ),
     )
     how = (
@@ -255,7 +266,11 @@ def measure(run: Run, env: Environment) -> None:
             GROUP,
             "grpc_echo_rps_around_two_workers",
             lambda: grpc_echo_load(env),
-            lambda: h2load_grpc(two_workers_url, request, headers=auth, seconds=SECONDS),
+            lambda: answered_ok(
+                [workers.metrics_port],
+                PRE_VALIDATE_METHOD,
+                lambda: h2load_grpc(two_workers_url, request, headers=auth, seconds=SECONDS),
+            ),
         )
         half_rate = unary.requests_per_second / 2
         paced = _latency_at(
@@ -266,6 +281,7 @@ def measure(run: Run, env: Environment) -> None:
                     request,
                     auth,
                     [env.instance_pid("compliance")],
+                    env.instance_metrics_port("compliance"),
                 ),
                 "echo": _Target(
                     f"http://127.0.0.1:{env.bare_echo_port}{ECHO_PATH}",
@@ -274,13 +290,18 @@ def measure(run: Run, env: Environment) -> None:
                     [env.bare_echo_pid],
                 ),
                 "two_workers": _Target(
-                    two_workers_url, request, auth, with_descendants(workers.process.pid)
+                    two_workers_url,
+                    request,
+                    auth,
+                    with_descendants(workers.process.pid),
+                    workers.metrics_port,
                 ),
                 "one_accept_loop": _Target(
                     f"http://127.0.0.1:{one_loop.port}{PRE_VALIDATE}",
                     request,
                     auth,
                     [one_loop.process.pid],
+                    one_loop.metrics_port,
                 ),
             },
         )
@@ -303,13 +324,17 @@ def measure(run: Run, env: Environment) -> None:
     batch = decision_service_pb2.PreValidateBatchRequest(
         decision_requests=[_contact(n) for n in range(1000)]
     )
-    batched = h2load_grpc(
-        f"http://127.0.0.1:{port}{PRE_VALIDATE_BATCH}",
-        batch,
-        headers=auth,
-        seconds=SECONDS,
-        connections=2,
-        streams=2,
+    batched = answered_ok(
+        [env.instance_metrics_port("compliance")],
+        PRE_VALIDATE_BATCH_METHOD,
+        lambda: h2load_grpc(
+            f"http://127.0.0.1:{port}{PRE_VALIDATE_BATCH}",
+            batch,
+            headers=auth,
+            seconds=SECONDS,
+            connections=2,
+            streams=2,
+        ),
     )
     run.record(
         Figure(

@@ -64,6 +64,9 @@ class Environment:
     def instance_port(self, service: str) -> int:
         return next(i.port for i in self.mesh.instances if i.name == service)
 
+    def instance_metrics_port(self, service: str) -> int:
+        return next(i.metrics_port for i in self.mesh.instances if i.name == service)
+
     def instance_pid(self, service: str) -> int:
         return next(i.process.pid for i in self.mesh.instances if i.name == service)
 

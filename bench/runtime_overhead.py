@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bench.baselines import ECHO_PATH, SECONDS
 from bench.environment import Environment
+from bench.grpc_codes import answered_ok
 from bench.harness import Figure, Run
 from bench.load import h2load_grpc
 from cxmesh.diagnostics.v1 import echo_service_pb2
@@ -14,11 +15,16 @@ GROUP = "runtime"
 def measure(run: Run, env: Environment) -> None:
     request = echo_service_pb2.EchoRequest(message="hello")
     auth = {"authorization": f"Bearer {env.token()}"}
-    direct = h2load_grpc(
-        f"http://127.0.0.1:{env.instance_port('iam')}{ECHO_PATH}",
-        request,
-        headers=auth,
-        seconds=SECONDS,
+    iam_metrics = [env.instance_metrics_port("iam")]
+    direct = answered_ok(
+        iam_metrics,
+        "Echo",
+        lambda: h2load_grpc(
+            f"http://127.0.0.1:{env.instance_port('iam')}{ECHO_PATH}",
+            request,
+            headers=auth,
+            seconds=SECONDS,
+        ),
     )
     how = "h2load -c4 -m16 straight to the iam process: the runtime around the handler (JWT check, metrics)"
     run.record(
@@ -41,7 +47,13 @@ def measure(run: Run, env: Environment) -> None:
             note=how,
         )
     )
-    edge = h2load_grpc(f"{env.mesh.edge_url}{ECHO_PATH}", request, headers=auth, seconds=SECONDS)
+    edge = answered_ok(
+        iam_metrics,
+        "Echo",
+        lambda: h2load_grpc(
+            f"{env.mesh.edge_url}{ECHO_PATH}", request, headers=auth, seconds=SECONDS
+        ),
+    )
     how = "h2load -c4 -m16 through Envoy (JWT at the edge and in the service)"
     run.record(
         Figure(
