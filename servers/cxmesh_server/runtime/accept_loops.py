@@ -11,11 +11,13 @@ backlog took 120-290 ms to clear.
 
 Servers sharing the port (SO_REUSEPORT: the kernel spreads connections among them) take
 calls side by side, on the same loop, with the same handlers. Interleaved profiling runs
-(not `make bench`), one server against four: backlogs after 80 ms stops cleared in
-120-290 against 27-105 ms; the saturating rate rose from 3,191-5,022 to 4,520-7,280
-calls/s; at 2,400 paced calls/s the p99 was 13.7-355 against 5.8-8.7 ms. A connection
-belongs to one server, so a client with one connection gains nothing; dialers and an
-edge with several connections do.
+(not `make bench`), one server against four: after 80 ms stops at 2,500 paced calls/s the
+backlogs cleared in 120-290 ms (once 7) against 27-105 ms; the saturating rate was
+3,191-5,038 against 4,520-7,280 calls/s (higher with four in 7 of 8 pairs, equal in one);
+at 2,400 paced calls/s the p99 was 13.7-355 against 5.8-8.7 ms. `make bench` takes the
+half-load p99 of both in the same turns (2026-12-03: 79.03 against 32.48 ms, and 456.72
+against 300.47 ms on a host stealing 1-6 %). A connection belongs to one server, so a
+client with one connection gains nothing; dialers and an edge with several connections do.
 """
 
 from __future__ import annotations
