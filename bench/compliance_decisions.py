@@ -41,6 +41,8 @@ from cxmesh_server.stack.mesh import wait_serving
 
 GROUP = "compliance"
 TENANT = "bench-compliance"
+# The issue's throughput target: PreValidate at >= this share of the bare echo's.
+REQUIRED_SHARE_OF_ECHO = 0.70
 PRE_VALIDATE_METHOD = "PreValidate"
 PRE_VALIDATE_BATCH_METHOD = "PreValidateBatch"
 PRE_VALIDATE = f"/cxmesh.compliance.v1.DecisionService/{PRE_VALIDATE_METHOD}"
@@ -273,22 +275,24 @@ def measure(run: Run, env: Environment) -> None:
             ),
         )
         half_rate = unary.requests_per_second / 2
+        prevalidate = _Target(
+            f"http://127.0.0.1:{port}{PRE_VALIDATE}",
+            request,
+            auth,
+            [env.instance_pid("compliance")],
+            env.instance_metrics_port("compliance"),
+        )
+        echo = _Target(
+            f"http://127.0.0.1:{env.bare_echo_port}{ECHO_PATH}",
+            echo_service_pb2.EchoRequest(message="hello"),
+            None,
+            [env.bare_echo_pid],
+        )
         paced = _latency_at(
             half_rate,
             {
-                "prevalidate": _Target(
-                    f"http://127.0.0.1:{port}{PRE_VALIDATE}",
-                    request,
-                    auth,
-                    [env.instance_pid("compliance")],
-                    env.instance_metrics_port("compliance"),
-                ),
-                "echo": _Target(
-                    f"http://127.0.0.1:{env.bare_echo_port}{ECHO_PATH}",
-                    echo_service_pb2.EchoRequest(message="hello"),
-                    None,
-                    [env.bare_echo_pid],
-                ),
+                "prevalidate": prevalidate,
+                "echo": echo,
                 "two_workers": _Target(
                     two_workers_url,
                     request,
@@ -321,6 +325,18 @@ def measure(run: Run, env: Environment) -> None:
         )
     )
     _record_half_load(run, half_rate, paced)
+    # The issue asks for >= 0.70x the echo's throughput and a p99 <= 5 ms "at half that
+    # load". Above, "that load" is the maximum PreValidate reached, which moves with our own
+    # speed (past the echo's since several accept loops); here it is the load the issue
+    # requires, 0.70x the echo around PreValidate's maximum, the same for any code.
+    required_half_rate = (
+        REQUIRED_SHARE_OF_ECHO * run.figures[f"{GROUP}.grpc_echo_rps_around_prevalidate"].value / 2
+    )
+    _record_half_required_load(
+        run,
+        required_half_rate,
+        _latency_at(required_half_rate, {"prevalidate": prevalidate, "echo": echo}),
+    )
     batch = decision_service_pb2.PreValidateBatchRequest(
         decision_requests=[_contact(n) for n in range(1000)]
     )
@@ -377,6 +393,38 @@ def measure(run: Run, env: Environment) -> None:
     )
 
 
+def _measured(of: _Paced) -> str:
+    return (
+        f"{of.result.requests_per_second:,.0f} req/s ({of.windows()}), "
+        f"{of.steal_share:.1%} of the CPUs' time stolen by the host meanwhile"
+    )
+
+
+def _record_half_required_load(run: Run, rate: float, paced: dict[str, _Paced]) -> None:
+    echo_p99 = run.record(
+        Figure(
+            GROUP,
+            "grpc_echo_p99_ms_at_half_required_load",
+            paced["echo"].result.p99_ms,
+            "ms",
+            note=f"the bare echo under the same load: {_measured(paced['echo'])}",
+        )
+    )
+    run.record(
+        Figure(
+            GROUP,
+            "prevalidate_p99_ms_at_half_required_load",
+            paced["prevalidate"].result.p99_ms,
+            "ms",
+            echo_p99.key,
+            note=f"evenly paced calls at half of {REQUIRED_SHARE_OF_ECHO:.2f}x the echo around "
+            f"PreValidate's maximum ({rate:,.0f} req/s asked), {LATENCY_WINDOWS} windows of "
+            f"{LATENCY_SECONDS // LATENCY_WINDOWS} s taken in turn with the bare echo's: "
+            f"{_measured(paced['prevalidate'])}",
+        )
+    )
+
+
 def _record_half_load(run: Run, rate: float, paced: dict[str, _Paced]) -> None:
     echo, single, two = paced["echo"], paced["prevalidate"], paced["two_workers"]
     one_loop = paced["one_accept_loop"]
@@ -387,12 +435,6 @@ def _record_half_load(run: Run, rate: float, paced: dict[str, _Paced]) -> None:
         "with the bare echo's"
     )
 
-    def measured(of: _Paced) -> str:
-        return (
-            f"{of.result.requests_per_second:,.0f} req/s ({of.windows()}), "
-            f"{of.steal_share:.1%} of the CPUs' time stolen by the host meanwhile"
-        )
-
     # The bare echo under the same load, in the windows between: the latency floor of the
     # machine and of the load pattern as they were at the time.
     echo_p99 = f"{GROUP}.grpc_echo_p99_ms_at_half_load"
@@ -402,7 +444,7 @@ def _record_half_load(run: Run, rate: float, paced: dict[str, _Paced]) -> None:
             "grpc_echo_p99_ms_at_half_load",
             echo.result.p99_ms,
             "ms",
-            note=f"the bare echo under the same load: {measured(echo)}",
+            note=f"the bare echo under the same load: {_measured(echo)}",
         )
     )
     run.record(
@@ -412,7 +454,7 @@ def _record_half_load(run: Run, rate: float, paced: dict[str, _Paced]) -> None:
             single.result.p99_ms,
             "ms",
             echo_p99,
-            note=f"{how}: {measured(single)}",
+            note=f"{how}: {_measured(single)}",
         )
     )
     run.record(
@@ -423,7 +465,7 @@ def _record_half_load(run: Run, rate: float, paced: dict[str, _Paced]) -> None:
             "ms",
             echo_p99,
             note=f"the same load on one process with CXMESH_WORKERS=2, in the same turns: "
-            f"{measured(two)}",
+            f"{_measured(two)}",
         )
     )
     run.record(
@@ -434,7 +476,7 @@ def _record_half_load(run: Run, rate: float, paced: dict[str, _Paced]) -> None:
             "ms",
             echo_p99,
             note="the same load on one process with CXMESH_ACCEPT_LOOPS=1 (one gRPC server, "
-            f"as grpc.aio serves by default), in the same turns: {measured(one_loop)}",
+            f"as grpc.aio serves by default), in the same turns: {_measured(one_loop)}",
         )
     )
     # What a call costs at that load, queueing aside: comparable across runs on a host
