@@ -15,9 +15,11 @@ calls side by side, on the same loop, with the same handlers. Interleaved profil
 backlogs cleared in 120-290 ms (once 7) against 27-105 ms; the saturating rate was
 3,191-5,038 against 4,520-7,280 calls/s (higher with four in 7 of 8 pairs, equal in one);
 at 2,400 paced calls/s the p99 was 13.7-355 against 5.8-8.7 ms. `make bench` takes the
-half-load p99 of both in the same turns (2026-12-03: 79.03 against 32.48 ms, and 456.72
-against 300.47 ms on a host stealing 1-6 %). A connection belongs to one server, so a
-client with one connection gains nothing; dialers and an edge with several connections do.
+half-load p99 of both in the same turns; on 2026-12-03, one server against four: 79.03,
+456.72, 339.78, 337.47 and 16.77 against 32.48, 300.47, 314.00, 76.32 and 21.24 ms (the
+last on a quiet host, the others on one stealing up to 6 %). A connection belongs to one
+server, so a client with one connection gains nothing; dialers and an edge with several
+connections do.
 """
 
 from __future__ import annotations
