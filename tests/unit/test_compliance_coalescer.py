@@ -104,7 +104,7 @@ async def test_a_lone_caller_never_lingers_even_when_the_loop_is_saturated() -> 
     recorder = Recorder(round_trip=0)
     coalescer = Coalescer(recorder.run, max_linger=0.004, load=Fixed(True))
     for name in "abc":
-        assert coalescer.linger("t") == 0
+        assert coalescer.wait("t")[0] == 0
         assert await coalescer.submit("t", [name]) == [f"t:{name}"]
         await asyncio.sleep(0.02)  # callers far apart
     assert recorder.batches == [["a"], ["b"], ["c"]]
@@ -162,16 +162,16 @@ async def test_when_saturated_a_batch_waits_for_the_callers_about_to_arrive() ->
     recorder = Recorder(round_trip=0)
     coalescer = Coalescer(recorder.run, max_linger=0.2, load=Fixed(True))
     await called_often(coalescer, recorder)
-    assert coalescer.linger("t") == 0.2
+    assert coalescer.wait("t")[0] == 0.2
     assert await read_together(coalescer, recorder)
-    assert coalescer.linger("other") == 0  # each tenant's callers are counted on their own
+    assert coalescer.wait("other")[0] == 0  # each tenant's callers are counted on their own
 
 
 async def test_when_saturated_callers_already_waiting_are_read_at_once() -> None:
     recorder = Recorder(round_trip=0)
     coalescer = Coalescer(recorder.run, max_linger=30.0, batch_target=4, load=Fixed(True))
     await asyncio.gather(*(coalescer.submit("t", [f"w{n}"]) for n in range(50)))
-    assert coalescer.linger("t") == 30.0  # a short batch would wait up to 30 s
+    assert coalescer.wait("t")[0] == 30.0  # a short batch would wait up to 30 s
     recorder.batches.clear()
     answers = await asyncio.wait_for(
         asyncio.gather(*(coalescer.submit("t", [name]) for name in "abcd")), 5

@@ -118,9 +118,6 @@ class Coalescer(Generic[Request, Result]):
             return self._steady_linger, self._steady_target
         return 0.0, 0
 
-    def linger(self, key: str) -> float:
-        return self.wait(key)[0]
-
     def _arrived(self, key: str) -> None:
         now = asyncio.get_running_loop().time()
         arrivals = self._arrivals.get(key)
@@ -141,7 +138,7 @@ class Coalescer(Generic[Request, Result]):
         self._arrived(key)
         self._load.count()
         idle = key not in self._draining and key not in self._reading
-        if idle and not self.linger(key):
+        if idle and not self.wait(key)[0]:
             return await self._read_alone(key, requests)
         future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
         waiting = self._waiting.setdefault(key, _Batch())
