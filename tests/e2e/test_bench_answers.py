@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from bench.baselines import ECHO_PATH
-from bench.grpc_codes import answered_ok
+from bench.grpc_codes import answered_ok, handled
 from bench.load import LoadResult, h2load_grpc
 from cxmesh.diagnostics.v1 import echo_service_pb2
 from cxmesh_server.runtime.devkeys import SigningKey
@@ -23,10 +23,14 @@ def _iam(mesh: Mesh) -> ServiceInstance:
     return next(i for i in mesh.instances if i.name == "iam")
 
 
-def _echo_load(iam: ServiceInstance, headers: dict[str, str]) -> LoadResult:
+def _echo_load(
+    iam: ServiceInstance, headers: dict[str, str], delay_seconds: float = 0
+) -> LoadResult:
+    request = echo_service_pb2.EchoRequest(message="hi")
+    request.delay.FromNanoseconds(int(delay_seconds * 1e9))
     return h2load_grpc(
         f"http://127.0.0.1:{iam.port}{ECHO_PATH}",
-        echo_service_pb2.EchoRequest(message="hi"),
+        request,
         headers=headers,
         seconds=1,
         connections=1,
@@ -49,3 +53,19 @@ def test_a_run_of_refused_calls_is_not_taken_for_answers(mesh: Mesh) -> None:
     # No credentials: every call is UNAUTHENTICATED, inside an HTTP 200 that h2load counts.
     with pytest.raises(RuntimeError, match="UNAUTHENTICATED"):
         answered_ok([iam.metrics_port], "Echo", lambda: _echo_load(iam, {}))
+
+
+def test_calls_the_client_resets_when_its_timed_run_ends_are_not_errors(
+    mesh: Mesh, key: SigningKey
+) -> None:
+    iam = _iam(mesh)
+    token = key.mint(tenant="acme", roles=["viewer"])
+    cancelled_before = handled(iam.metrics_port, "Echo")["CANCELLED"]
+    # Each call takes 0.3 s, so calls are in flight when h2load's second ends.
+    result = answered_ok(
+        [iam.metrics_port],
+        "Echo",
+        lambda: _echo_load(iam, {"authorization": f"Bearer {token}"}, delay_seconds=0.3),
+    )
+    assert result.requests > 0
+    assert handled(iam.metrics_port, "Echo")["CANCELLED"] > cancelled_before
