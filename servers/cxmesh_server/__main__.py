@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 import sys
 
-from cxmesh_server.runtime.server import serve
-from cxmesh_server.services import PROCESSES
+from cxmesh_server.runtime.grpc_core import prefer_legacy_io
+
+# Before anything imports grpc: gRPC core reads its experiments once, at import.
+prefer_legacy_io(os.environ)
+
+from cxmesh_server.runtime.server import serve  # noqa: E402
+from cxmesh_server.services import PROCESSES  # noqa: E402
 
 
 def main() -> None:
