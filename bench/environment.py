@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -129,7 +130,9 @@ def start(stack: ExitStack, services: tuple[str, ...] = ("iam",)) -> Environment
     stack.callback(mesh.stop)
     mesh.start(timeout=90)
     bare_port = free_port()
-    bare = subprocess.Popen([sys.executable, "-m", "bench.bare_echo", str(bare_port)])
+    # grpc.aio as it comes: gRPC core's own defaults, whatever the services are tuned to.
+    bare_env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+    bare = subprocess.Popen([sys.executable, "-m", "bench.bare_echo", str(bare_port)], env=bare_env)
     stack.callback(bare.terminate)
     deadline = time.monotonic() + 30
     while not is_listening("127.0.0.1", bare_port):

@@ -156,6 +156,8 @@ def render_report(document: dict[str, dict[str, object]]) -> str:
         f"{LATENCY_WINDOWS} windows alternating with the bare echo's and a two-worker process's",
         "under the same load, with the share of CPU time the VM's host stole meanwhile and the",
         "CPU time each process spent per call.",
+        "The bare echo runs grpc.aio as it comes (gRPC core's default I/O); the services run",
+        "gRPC core's legacy I/O manager (`servers/cxmesh_server/runtime/grpc_core.py`).",
         "Raw numbers are in `bench/results.json`.",
         "",
     ]
