@@ -1,10 +1,10 @@
 """Which I/O engine gRPC core runs on, chosen before grpc is imported.
 
-grpc 1.85 moves sockets and completions through its EventEngine thread pool by default,
-so each call hops between more threads before it reaches the event loop. Its legacy I/O
-manager (epoll1) polls and reads in the thread that drains the completion queue. Measured
-on the 2-vCPU bench machine (profiling runs of 2026-12-03, paced calls taken in turn with
-and without, not `make bench` figures):
+grpc 1.85 does its socket I/O on its EventEngine thread pool by default; its legacy I/O
+manager (epoll1) polls sockets in the threads that wait on the completion queue. Our
+reading is that a call then passes through fewer threads before it reaches the event
+loop. What we measured on the 2-vCPU bench machine (profiling runs of 2026-12-03, paced
+calls taken in turn with and without, not `make bench` figures):
 - the bare echo at 3,000 calls/s: 242-278 µs of CPU per call against 280-313 (six rounds
   each);
 - the compliance process at 2,700 PreValidate calls/s: 0.73-0.82 of a core against
