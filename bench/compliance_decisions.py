@@ -222,7 +222,8 @@ def measure(run: Run, env: Environment) -> None:
         )
     )
 
-    port = env.instance_port("compliance")
+    compliance = env.instance("compliance")
+    port = compliance.port
     auth = {"authorization": f"Bearer {env.token(TENANT)}"}
     request = decision_service_pb2.PreValidateRequest(decision_request=_contact(7))
     unary = bracketed(
@@ -231,7 +232,7 @@ def measure(run: Run, env: Environment) -> None:
         "grpc_echo_rps_around_prevalidate",
         lambda: grpc_echo_load(env),
         lambda: answered_ok(
-            [env.instance_metrics_port("compliance")],
+            [compliance.metrics_port],
             PRE_VALIDATE_METHOD,
             lambda: h2load_grpc(
                 f"http://127.0.0.1:{port}{PRE_VALIDATE}", request, headers=auth, seconds=SECONDS
@@ -279,8 +280,8 @@ def measure(run: Run, env: Environment) -> None:
             f"http://127.0.0.1:{port}{PRE_VALIDATE}",
             request,
             auth,
-            [env.instance_pid("compliance")],
-            env.instance_metrics_port("compliance"),
+            [compliance.process.pid],
+            compliance.metrics_port,
         )
         echo = _Target(
             f"http://127.0.0.1:{env.bare_echo_port}{ECHO_PATH}",
@@ -341,7 +342,7 @@ def measure(run: Run, env: Environment) -> None:
         decision_requests=[_contact(n) for n in range(1000)]
     )
     batched = answered_ok(
-        [env.instance_metrics_port("compliance")],
+        [compliance.metrics_port],
         PRE_VALIDATE_BATCH_METHOD,
         lambda: h2load_grpc(
             f"http://127.0.0.1:{port}{PRE_VALIDATE_BATCH}",

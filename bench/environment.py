@@ -31,7 +31,7 @@ from cxmesh_server.stack.datastores import (
     start_postgres,
     start_redis,
 )
-from cxmesh_server.stack.mesh import Mesh, MeshOptions
+from cxmesh_server.stack.mesh import Mesh, MeshOptions, ServiceInstance
 from cxmesh_server.stack.ports import free_port, is_listening
 
 
@@ -62,14 +62,9 @@ class Environment:
 
         asyncio.run(vacuum())
 
-    def instance_port(self, service: str) -> int:
-        return next(i.port for i in self.mesh.instances if i.name == service)
-
-    def instance_metrics_port(self, service: str) -> int:
-        return next(i.metrics_port for i in self.mesh.instances if i.name == service)
-
-    def instance_pid(self, service: str) -> int:
-        return next(i.process.pid for i in self.mesh.instances if i.name == service)
+    def instance(self, service: str) -> ServiceInstance:
+        """The first running process of `service`."""
+        return next(i for i in self.mesh.instances if i.name == service)
 
     def new_tenant(self, tenant: str) -> tuple[tuple[str, str], ...]:
         """Creates a tenant through the edge; returns an admin's call metadata for it."""

@@ -15,12 +15,13 @@ GROUP = "runtime"
 def measure(run: Run, env: Environment) -> None:
     request = echo_service_pb2.EchoRequest(message="hello")
     auth = {"authorization": f"Bearer {env.token()}"}
-    iam_metrics = [env.instance_metrics_port("iam")]
+    iam = env.instance("iam")
+    iam_metrics = [iam.metrics_port]
     direct = answered_ok(
         iam_metrics,
         "Echo",
         lambda: h2load_grpc(
-            f"http://127.0.0.1:{env.instance_port('iam')}{ECHO_PATH}",
+            f"http://127.0.0.1:{iam.port}{ECHO_PATH}",
             request,
             headers=auth,
             seconds=SECONDS,
