@@ -17,7 +17,9 @@ backlogs cleared in 120-290 ms (once 7) against 27-105 ms; the saturating rate w
 at 2,400 paced calls/s the p99 was 13.7-355 against 5.8-8.7 ms. `make bench` takes the
 half-load p99 of both in the same turns; on 2026-12-03, one server against four: 79.03,
 456.72, 339.78, 337.47 and 16.77 against 32.48, 300.47, 314.00, 76.32 and 21.24 ms (the
-last on a quiet host, the others on one stealing up to 6 %). A connection belongs to one
+last on a quiet host, the others on one stealing up to 6 %); then 114.10, 34.20, 490.60 and
+511.56 against 10.96, 7.10, 474.00 and 404.21 ms (the last three with gRPC core's legacy
+I/O manager, `grpc_core.py`; 7.10 on a quiet host). Four did better in 8 of 9 runs. A connection belongs to one
 server, so a client with one connection gains nothing; dialers and an edge with several
 connections do.
 """

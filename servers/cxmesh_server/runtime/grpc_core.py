@@ -10,6 +10,9 @@ calls taken in turn with and without, not `make bench` figures):
 - the compliance process at 2,700 PreValidate calls/s: 0.73-0.82 of a core against
   0.82-0.94 (2-21 % less in each pair of windows), p99 over four windows 4.38 ms against
   8.23; at 4,300/s 225-257 µs per call against 241-251 (from 3 % more to 10 % less).
+`make bench` (the bare echo on gRPC's defaults): PreValidate's CPU per call at half load
+was 1.00-1.03x the echo's in the three runs since, 1.07-1.23x in the eight runs before
+it that day.
 
 gRPC core reads GRPC_EXPERIMENTS once, when grpc is imported: set afterwards it does
 nothing. An operator's own GRPC_EXPERIMENTS is kept (an empty one gives gRPC's defaults).
