@@ -67,6 +67,8 @@ class _Target:
     pids: list[int]
     # where its service counts its answers by gRPC code (None: the bare echo, no metrics)
     metrics_port: int | None = None
+    # the datastore processes its calls read (Redis): their CPU is part of a call's cost
+    datastore_pids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class _Paced:
     result: LoadResult
     steal_share: float
     cpu_us_per_call: float
+    datastore_cpu_us_per_call: float
     window_p99s_ms: tuple[float, ...]
 
     def windows(self) -> str:
@@ -83,11 +86,15 @@ class _Paced:
 def _latency_at(rate: float, targets: dict[str, _Target]) -> dict[str, _Paced]:
     """Each target under the same paced load, in windows taken in turn so that all see the
     machine as it was (the host's steal came and went within minutes)."""
-    runs: dict[str, list[tuple[LoadResult, CpuMeter]]] = {name: [] for name in targets}
+    runs: dict[str, list[tuple[LoadResult, CpuMeter, CpuMeter]]] = {n: [] for n in targets}
     for _ in range(LATENCY_WINDOWS):
         for name, target in targets.items():
             ports = [] if target.metrics_port is None else [target.metrics_port]
-            with only_ok(ports, PRE_VALIDATE_METHOD) as answered, CpuMeter(target.pids) as meter:
+            with (
+                only_ok(ports, PRE_VALIDATE_METHOD) as answered,
+                CpuMeter(target.pids) as meter,
+                CpuMeter(target.datastore_pids) as datastore,
+            ):
                 result = h2load_grpc_paced(
                     target.url,
                     target.request,
@@ -96,15 +103,16 @@ def _latency_at(rate: float, targets: dict[str, _Target]) -> dict[str, _Paced]:
                     seconds=LATENCY_SECONDS // LATENCY_WINDOWS,
                 )
             answered.covers(result.requests)
-            runs[name].append((result, meter))
+            runs[name].append((result, meter, datastore))
 
-    def summed(windows: list[tuple[LoadResult, CpuMeter]]) -> _Paced:
-        answered = sum(result.answered for result, _ in windows)
+    def summed(windows: list[tuple[LoadResult, CpuMeter, CpuMeter]]) -> _Paced:
+        answered = sum(result.answered for result, _, _ in windows)
         return _Paced(
-            result=merged([result for result, _ in windows]),
-            steal_share=sum(meter.steal_share for _, meter in windows) / len(windows),
-            cpu_us_per_call=sum(meter.seconds for _, meter in windows) / answered * 1e6,
-            window_p99s_ms=tuple(result.p99_ms for result, _ in windows),
+            result=merged([result for result, _, _ in windows]),
+            steal_share=sum(meter.steal_share for _, meter, _ in windows) / len(windows),
+            cpu_us_per_call=sum(meter.seconds for _, meter, _ in windows) / answered * 1e6,
+            datastore_cpu_us_per_call=sum(d.seconds for _, _, d in windows) / answered * 1e6,
+            window_p99s_ms=tuple(result.p99_ms for result, _, _ in windows),
         )
 
     return {name: summed(windows) for name, windows in runs.items()}
@@ -282,6 +290,7 @@ def measure(run: Run, env: Environment) -> None:
             auth,
             [compliance.process.pid],
             compliance.metrics_port,
+            (env.redis.process.pid,),
         )
         echo = _Target(
             f"http://127.0.0.1:{env.bare_echo_port}{ECHO_PATH}",
@@ -510,6 +519,29 @@ def _record_half_load(run: Run, rate: float, paced: dict[str, _Paced]) -> None:
                 "µs",
                 echo_cpu,
                 note=f"CPU time (every thread and worker) of {process} per call answered, "
-                "in the half-load windows",
+                "in the half-load windows (Redis not counted)",
             )
         )
+    # A decision also costs the Redis it reads: on the bench machine that CPU comes from
+    # the same two cores, and the echo has nothing like it.
+    run.record(
+        Figure(
+            GROUP,
+            "prevalidate_redis_cpu_us_per_call_at_half_load",
+            single.datastore_cpu_us_per_call,
+            "µs",
+            note="CPU time of the Redis server per PreValidate call answered by the compliance "
+            "process, in its half-load windows",
+        )
+    )
+    run.record(
+        Figure(
+            GROUP,
+            "prevalidate_with_redis_cpu_us_per_call_at_half_load",
+            single.cpu_us_per_call + single.datastore_cpu_us_per_call,
+            "µs",
+            echo_cpu,
+            note="the compliance process and Redis together, per call answered, in the "
+            "half-load windows: what a decision costs the machine",
+        )
+    )
