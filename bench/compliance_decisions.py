@@ -298,18 +298,19 @@ def measure(run: Run, env: Environment) -> None:
             None,
             [env.bare_echo_pid],
         )
+        two_workers = _Target(
+            two_workers_url,
+            request,
+            auth,
+            with_descendants(workers.process.pid),
+            workers.metrics_port,
+        )
         paced = _latency_at(
             half_rate,
             {
                 "prevalidate": prevalidate,
                 "echo": echo,
-                "two_workers": _Target(
-                    two_workers_url,
-                    request,
-                    auth,
-                    with_descendants(workers.process.pid),
-                    workers.metrics_port,
-                ),
+                "two_workers": two_workers,
                 "one_accept_loop": _Target(
                     f"http://127.0.0.1:{one_loop.port}{PRE_VALIDATE}",
                     request,
@@ -318,6 +319,19 @@ def measure(run: Run, env: Environment) -> None:
                     one_loop.metrics_port,
                 ),
             },
+        )
+        # The issue asks for >= 0.70x the echo's throughput and a p99 <= 5 ms "at half that
+        # load". Above, "that load" is the maximum PreValidate reached, which moves with our
+        # own speed (past the echo's since several accept loops); here it is the load the
+        # issue requires, 0.70x the echo around PreValidate's maximum, the same for any code.
+        required_half_rate = (
+            REQUIRED_SHARE_OF_ECHO
+            * run.figures[f"{GROUP}.grpc_echo_rps_around_prevalidate"].value
+            / 2
+        )
+        paced_required = _latency_at(
+            required_half_rate,
+            {"prevalidate": prevalidate, "echo": echo, "two_workers": two_workers},
         )
     finally:
         for instance in (workers, one_loop):
@@ -335,18 +349,7 @@ def measure(run: Run, env: Environment) -> None:
         )
     )
     _record_half_load(run, half_rate, paced)
-    # The issue asks for >= 0.70x the echo's throughput and a p99 <= 5 ms "at half that
-    # load". Above, "that load" is the maximum PreValidate reached, which moves with our own
-    # speed (past the echo's since several accept loops); here it is the load the issue
-    # requires, 0.70x the echo around PreValidate's maximum, the same for any code.
-    required_half_rate = (
-        REQUIRED_SHARE_OF_ECHO * run.figures[f"{GROUP}.grpc_echo_rps_around_prevalidate"].value / 2
-    )
-    _record_half_required_load(
-        run,
-        required_half_rate,
-        _latency_at(required_half_rate, {"prevalidate": prevalidate, "echo": echo}),
-    )
+    _record_half_required_load(run, required_half_rate, paced_required)
     batch = decision_service_pb2.PreValidateBatchRequest(
         decision_requests=[_contact(n) for n in range(1000)]
     )
@@ -431,6 +434,17 @@ def _record_half_required_load(run: Run, rate: float, paced: dict[str, _Paced]) 
             f"PreValidate's maximum ({rate:,.0f} req/s asked), {LATENCY_WINDOWS} windows of "
             f"{LATENCY_SECONDS // LATENCY_WINDOWS} s taken in turn with the bare echo's: "
             f"{_measured(paced['prevalidate'])}",
+        )
+    )
+    run.record(
+        Figure(
+            GROUP,
+            "prevalidate_p99_ms_at_half_required_load_two_workers",
+            paced["two_workers"].result.p99_ms,
+            "ms",
+            echo_p99.key,
+            note="the same load on one process with CXMESH_WORKERS=2 (one pod of two cores), "
+            f"in the same turns: {_measured(paced['two_workers'])}",
         )
     )
 
