@@ -1,11 +1,16 @@
-"""One read looks a batch up in every suppression list, in real Redis: lists looked up for
-the same numbers share them in the command, and each record gets exactly its own denials."""
+"""Suppression as decisions read it, in real Redis: one read looks a batch up in every list
+(lists looked up for the same numbers share them in the command), each record gets exactly
+its own denials, and an entry counts only on its channels and until its expiry."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from cxmesh.compliance.v1 import decision_pb2, rule_set_pb2
+from cxmesh.types.v1 import channel_pb2
 from cxmesh_server.compliance.engine import DecisionEngine
 from cxmesh_server.compliance.mirror import LOADED_KEY, RulesMirror
 from cxmesh_server.mirrors import suppression
@@ -26,16 +31,39 @@ def sources(decision: decision_pb2.Decision) -> list[str]:
     return sorted(d.source for d in decision.denials)
 
 
+class Mirrored:
+    """Loaded mirrors with an all-day rule set (only suppression decides), and an engine."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis = create_redis(redis_url)
+        self.wire = WireRedis(redis_url)
+        self.engine = DecisionEngine(self.redis, self.wire)
+        self.suppression = suppression.SuppressionMirror(self.redis)
+
+    async def load(self, tenant: str) -> None:
+        await self.redis.set(LOADED_KEY, "1")
+        await self.redis.set(suppression.LOADED_KEY, "1")
+        rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r")
+        rules.contact_windows.add().end_time.hours = 24
+        await RulesMirror(self.redis).put(tenant, rules)
+
+    async def close(self) -> None:
+        await self.wire.close()
+        await self.redis.aclose()
+
+
+@pytest.fixture
+async def mirrored(redis_server: EmbeddedRedis) -> AsyncIterator[Mirrored]:
+    opened = Mirrored(redis_server.url)
+    yield opened
+    await opened.close()
+
+
 async def test_each_record_is_denied_by_exactly_the_lists_that_hold_it(
-    redis_server: EmbeddedRedis,
+    mirrored: Mirrored,
 ) -> None:
-    redis = create_redis(redis_server.url)
-    await redis.set(LOADED_KEY, "1")
-    await redis.set(suppression.LOADED_KEY, "1")
-    rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r")
-    rules.contact_windows.add().end_time.hours = 24  # any hour: only suppression decides
-    await RulesMirror(redis).put(TENANT, rules)
-    mirror = suppression.SuppressionMirror(redis)
+    await mirrored.load(TENANT)
+    mirror, engine = mirrored.suppression, mirrored.engine
     entries = {
         "a": [suppression.Entry("phone", "+14155550101", 0, None)],
         "b": [
@@ -47,8 +75,6 @@ async def test_each_record_is_denied_by_exactly_the_lists_that_hold_it(
     for list_id, listed in entries.items():
         await mirror.put_list(TENANT, list_id, [])
         await mirror.put_entries(TENANT, list_id, listed)
-    wire = WireRedis(redis_server.url)
-    engine = DecisionEngine(redis, wire)
     now = datetime.now(UTC)
 
     # Two phone lists looked up for the same numbers, a client list for the client ids.
@@ -74,5 +100,39 @@ async def test_each_record_is_denied_by_exactly_the_lists_that_hold_it(
     decisions = await engine.decide(TENANT, batch, now=now)
     denied = [r.contact.address for r, d in zip(batch, decisions, strict=True) if not d.allowed]
     assert denied == ["+14155550101", "+14155550102", "+14155551200"]
-    await wire.close()
-    await redis.aclose()
+
+
+async def test_an_entry_denies_until_the_instant_it_expires_and_only_on_its_channels(
+    mirrored: Mirrored,
+) -> None:
+    tenant = "suppression-expiry"
+    await mirrored.load(tenant)
+    expiry = datetime(2026, 12, 3, 17, 0, tzinfo=UTC)
+    sms_only = suppression.channel_mask([channel_pb2.CHANNEL_SMS])
+    await mirrored.suppression.put_list(tenant, "stop", [])
+    await mirrored.suppression.put_entries(
+        tenant,
+        "stop",
+        [
+            suppression.Entry("phone", "+14155550111", 0, int(expiry.timestamp() * 1000)),
+            suppression.Entry("phone", "+14155550112", sms_only, None),
+        ],
+    )
+
+    async def denied(
+        address: str,
+        at: datetime,
+        channel: channel_pb2.Channel.ValueType = channel_pb2.CHANNEL_VOICE,
+    ) -> bool:
+        asked = request(address)
+        asked.channel = channel
+        (decision,) = await mirrored.engine.decide(tenant, [asked], now=at)
+        return sources(decision) == ["suppressionLists/stop"]
+
+    one_ms = timedelta(milliseconds=1)
+    assert await denied("+14155550111", expiry - one_ms)
+    assert not await denied("+14155550111", expiry)  # at the instant exactly
+    assert not await denied("+14155550111", expiry + one_ms)
+    assert await denied("+14155550112", expiry, channel_pb2.CHANNEL_SMS)
+    assert not await denied("+14155550112", expiry, channel_pb2.CHANNEL_VOICE)
+    assert not await denied("+14155550112", expiry, channel_pb2.CHANNEL_EMAIL)
