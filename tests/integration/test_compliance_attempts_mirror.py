@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from cxmesh.compliance.v1 import decision_pb2, rule_set_pb2
 from cxmesh.types.v1 import call_result_pb2, channel_pb2
-from cxmesh_server.compliance.engine import DecisionEngine
+from cxmesh_server.compliance.engine import TRANSACTION_MAX_ATTEMPT_SETS, DecisionEngine
 from cxmesh_server.compliance.mirror import (
     ATTEMPT_RETENTION,
     LOADED_KEY,
@@ -21,12 +23,14 @@ from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.runtime.redis_wire import WireRedis
 from cxmesh_server.stack.datastores import EmbeddedRedis
 
-TENANT = "attempts-mirror"
 
-
+# Decided alone, the two records are read in one MULTI/EXEC; among 40 others, by the script.
+@pytest.mark.parametrize("others", [0, 40])
 async def test_old_attempts_leave_the_index_and_every_attempt_key_expires(
-    redis_server: EmbeddedRedis,
+    redis_server: EmbeddedRedis, others: int
 ) -> None:
+    assert (others + 2 > TRANSACTION_MAX_ATTEMPT_SETS) == bool(others)
+    tenant = f"attempts-mirror-{others}"
     redis = create_redis(redis_server.url)
     mirror = RulesMirror(redis)
     await redis.set(LOADED_KEY, "1")
@@ -34,11 +38,11 @@ async def test_old_attempts_leave_the_index_and_every_attempt_key_expires(
     rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r")
     rules.contact_windows.add().end_time.hours = 24  # any hour: only attempts decide
     rules.attempt_rules.add(max_attempts=1).window.FromTimedelta(timedelta(days=7))
-    await mirror.put(TENANT, rules)
+    await mirror.put(tenant, rules)
     now = datetime.now(UTC)
     for attempt_id, when in (("old", now - timedelta(days=40)), ("new", now)):
         await mirror.record_attempt(
-            TENANT,
+            tenant,
             attempt_id,
             ["+14155550171" if attempt_id == "old" else "+14155550172"],
             "",
@@ -46,24 +50,29 @@ async def test_old_attempts_leave_the_index_and_every_attempt_key_expires(
             channel_pb2.CHANNEL_VOICE,
             when,
         )
-    old_set = attempts_key(TENANT, "device", "+14155550171")
-    assert await redis.hexists(attempt_index_key(TENANT), old_set)
-    ttl = await redis.ttl(attempt_key(TENANT, "new"))
+    old_set = attempts_key(tenant, "device", "+14155550171")
+    assert await redis.hexists(attempt_index_key(tenant), old_set)
+    ttl = await redis.ttl(attempt_key(tenant, "new"))
     assert 0 < ttl <= ATTEMPT_RETENTION.total_seconds()
 
     wire = WireRedis(redis_server.url)
     engine = DecisionEngine(redis, wire)
     decisions = await engine.decide(
-        TENANT,
+        tenant,
         [
             decision_pb2.DecisionRequest(
                 contact=decision_pb2.Contact(address=address, time_zone="UTC")
             )
-            for address in ("+14155550171", "+14155550172")
+            for address in (
+                "+14155550171",
+                "+14155550172",
+                *(f"+1415555{n:04d}" for n in range(1000, 1000 + others)),
+            )
         ],
         now=now,
     )
-    assert [d.allowed for d in decisions] == [True, False]  # the old one no longer counts
-    assert not await redis.hexists(attempt_index_key(TENANT), old_set)
+    # The old one no longer counts; the others have no attempts.
+    assert [d.allowed for d in decisions] == [True, False, *[True] * others]
+    assert not await redis.hexists(attempt_index_key(tenant), old_set)
     await wire.close()
     await redis.aclose()

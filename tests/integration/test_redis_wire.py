@@ -72,6 +72,36 @@ async def test_a_script_runs_by_its_digest_and_is_loaded_again_after_a_flush(
     await wire.close()
 
 
+async def test_a_transaction_answers_in_one_reply_among_other_callers(
+    own_redis: EmbeddedRedis, admin: Redis
+) -> None:
+    await admin.mset({"wire:t1": "1", "wire:t2": "2"})
+    wire = WireRedis(own_redis.url)
+    before, replies, after = await asyncio.gather(
+        wire.execute("GET", "wire:t1"),
+        wire.transaction([("GET", "wire:t1"), ("INCR", "wire:t2"), ("HMGET", "wire:no", "f")]),
+        wire.execute("GET", "wire:t2"),
+    )
+    assert (before, replies, after) == ("1", ["1", 3, [None]], "3")
+    await wire.close()
+
+
+async def test_a_refused_transaction_runs_nothing_and_the_connection_stays_in_step(
+    own_redis: EmbeddedRedis, admin: Redis
+) -> None:
+    await admin.set("wire:kept", "0")
+    wire = WireRedis(own_redis.url)
+    with pytest.raises(ResponseError, match="EXECABORT"):
+        await wire.transaction([("INCR", "wire:kept"), ("GET",)])  # GET without its key
+    assert await wire.execute("GET", "wire:kept") == "0"
+    # A command that fails while running fails the call; the others ran.
+    await admin.set("wire:text", "x")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await wire.transaction([("INCR", "wire:kept"), ("HGET", "wire:text", "f")])
+    assert await wire.execute("GET", "wire:kept") == "1"
+    await wire.close()
+
+
 async def test_a_lost_connection_fails_waiting_commands_and_the_next_one_reconnects(
     own_redis: EmbeddedRedis, admin: Redis
 ) -> None:

@@ -30,8 +30,9 @@ class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
         self._reader = hiredis.Reader(encoding="utf-8", replyError=ResponseError)
-        # (reply future, deadline) of every command written and not yet answered
-        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        # (reply future, deadline) of every command written and not yet answered; no
+        # future for a reply nobody reads (MULTI's OK, each QUEUED: EXEC reports for them)
+        self._waiting: deque[tuple[asyncio.Future[Any] | None, float]] = deque()
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -45,6 +46,21 @@ class _Protocol(asyncio.Protocol):
         self._transport.write(hiredis.pack_command(args))
         return future
 
+    def send_transaction(
+        self, commands: list[tuple[Any, ...]], deadline: float
+    ) -> asyncio.Future[Any]:
+        """MULTI, the commands, EXEC in one write; the future gets EXEC's reply."""
+        assert self._transport is not None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        unread = (None, deadline)
+        self._waiting.append(unread)
+        self._waiting.extend(unread for _ in commands)
+        self._waiting.append((future, deadline))
+        self._transport.write(
+            b"".join([_MULTI, *(hiredis.pack_command(command) for command in commands), _EXEC])
+        )
+        return future
+
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
         while True:
@@ -56,7 +72,7 @@ class _Protocol(asyncio.Protocol):
             if reply is False:
                 return
             future, _ = self._waiting.popleft()
-            if future.done():  # its caller was cancelled
+            if future is None or future.done():  # unread, or its caller was cancelled
                 continue
             if isinstance(reply, ResponseError):
                 future.set_exception(_specific(reply))
@@ -78,8 +94,12 @@ class _Protocol(asyncio.Protocol):
         self.closed = True
         while self._waiting:
             future, _ = self._waiting.popleft()
-            if not future.done():
+            if future is not None and not future.done():
                 future.set_exception(error)
+
+
+_MULTI = hiredis.pack_command(("MULTI",))
+_EXEC = hiredis.pack_command(("EXEC",))
 
 
 def _specific(error: ResponseError) -> ResponseError:
@@ -101,10 +121,21 @@ class WireRedis:
         self._watchdog: asyncio.TimerHandle | None = None
 
     async def execute(self, *args: Any) -> Any:
-        protocol = self._protocol
-        if protocol is None or protocol.closed:
-            protocol = await self._connect()
+        protocol = await self._connected()
         return await protocol.send(args, time.monotonic() + self._timeout)
+
+    async def transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The commands' replies, run atomically (MULTI/EXEC) in one round trip. A command
+        Redis refuses fails the whole transaction, one that fails running fails the call
+        (the others ran)."""
+        protocol = await self._connected()
+        replies: list[Any] = await protocol.send_transaction(
+            commands, time.monotonic() + self._timeout
+        )
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
 
     async def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -120,6 +151,12 @@ class WireRedis:
         if self._protocol is not None:
             self._protocol.abort(ConnectionError("closed"))
             self._protocol = None
+
+    async def _connected(self) -> _Protocol:
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connect()
+        return protocol
 
     async def _connect(self) -> _Protocol:
         if self._connecting is None:
