@@ -11,7 +11,7 @@ import pytest
 
 from cxmesh.compliance.v1 import decision_pb2, rule_set_pb2
 from cxmesh.types.v1 import channel_pb2
-from cxmesh_server.compliance.engine import DecisionEngine
+from cxmesh_server.compliance.engine import TRANSACTION_MAX_TARGETS, DecisionEngine
 from cxmesh_server.compliance.mirror import LOADED_KEY, RulesMirror
 from cxmesh_server.mirrors import suppression
 from cxmesh_server.runtime.redis import create_redis
@@ -136,3 +136,34 @@ async def test_an_entry_denies_until_the_instant_it_expires_and_only_on_its_chan
     assert await denied("+14155550112", expiry, channel_pb2.CHANNEL_SMS)
     assert not await denied("+14155550112", expiry, channel_pb2.CHANNEL_VOICE)
     assert not await denied("+14155550112", expiry, channel_pb2.CHANNEL_EMAIL)
+
+
+# One record is read in a MULTI/EXEC; 300 numbers, by the script. Both must fail closed.
+@pytest.mark.parametrize("records", [1, 300])
+async def test_every_read_denies_while_the_mirror_is_rebuilt_or_lost(
+    mirrored: Mirrored, records: int
+) -> None:
+    assert (records > TRANSACTION_MAX_TARGETS) == (records > 1)
+    tenant = f"suppression-unavailable-{records}"
+    await mirrored.load(tenant)
+    await mirrored.suppression.put_list(tenant, "dnc", [])
+    batch = [request(f"+1415555{n:04d}") for n in range(2000, 2000 + records)]
+
+    async def answers() -> set[tuple[bool, str]]:
+        decisions = await mirrored.engine.decide(tenant, batch, now=datetime.now(UTC))
+        return {(d.allowed, d.denials[0].reason if d.denials else "") for d in decisions}
+
+    assert await answers() == {(True, "")}
+    await mirrored.suppression.set_ready(tenant, False)
+    assert await answers() == {
+        (False, "compliance data unavailable: the suppression mirror is being rebuilt")
+    }
+    await mirrored.suppression.set_ready(tenant, True)
+    assert await answers() == {(True, "")}
+    for marker in (LOADED_KEY, suppression.LOADED_KEY):
+        await mirrored.redis.delete(marker)
+        assert await answers() == {
+            (False, "compliance data unavailable: the Redis mirrors are not loaded")
+        }
+        await mirrored.redis.set(marker, "1")
+    assert await answers() == {(True, "")}
