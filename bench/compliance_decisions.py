@@ -78,9 +78,17 @@ class _Paced:
     cpu_us_per_call: float
     datastore_cpu_us_per_call: float
     window_p99s_ms: tuple[float, ...]
+    # the host's steal in each window: the p99s follow it
+    window_steal_shares: tuple[float, ...]
 
     def windows(self) -> str:
-        return "windows' p99 " + ", ".join(f"{p99:,.2f}" for p99 in self.window_p99s_ms) + " ms"
+        return (
+            "windows' p99 "
+            + ", ".join(f"{p99:,.2f}" for p99 in self.window_p99s_ms)
+            + " ms with "
+            + ", ".join(f"{steal:.1%}" for steal in self.window_steal_shares)
+            + " stolen"
+        )
 
 
 def _latency_at(rate: float, targets: dict[str, _Target]) -> dict[str, _Paced]:
@@ -113,6 +121,7 @@ def _latency_at(rate: float, targets: dict[str, _Target]) -> dict[str, _Paced]:
             cpu_us_per_call=sum(meter.seconds for _, meter, _ in windows) / answered * 1e6,
             datastore_cpu_us_per_call=sum(d.seconds for _, _, d in windows) / answered * 1e6,
             window_p99s_ms=tuple(result.p99_ms for result, _, _ in windows),
+            window_steal_shares=tuple(meter.steal_share for _, meter, _ in windows),
         )
 
     return {name: summed(windows) for name, windows in runs.items()}
