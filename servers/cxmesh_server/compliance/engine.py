@@ -135,11 +135,14 @@ class Subject:
 
 
 # A read this small goes as plain commands in MULTI/EXEC, which Redis runs for less CPU
-# than the script (a one-record read on the bench machine, 2026-12-03: 77 µs of Redis CPU
-# against 127-147 for EVALSHA, a PING 43); a larger one as the script, which reads only the
-# attempt sets the attempt index names and sends targets shared by lists once.
+# than the script (`make bench`: compliance.redis_cpu_us_per_read_*); a larger one as the
+# script, which reads only the attempt sets the attempt index names and sends targets
+# shared by lists once.
 TRANSACTION_MAX_ATTEMPT_SETS = 32
 TRANSACTION_MAX_TARGETS = 256
+
+# What a batch reads: (list id, kind, targets) per suppression lookup.
+Plan = list[tuple[str, str, list[str]]]
 
 # Prepared subjects a view keeps (a dialer validates the same records again and again).
 SUBJECTS_PER_VIEW = 100_000
@@ -215,10 +218,12 @@ class _TimeVerdicts:
 
 
 class DecisionEngine:
-    def __init__(self, redis: Redis, wire: WireRedis) -> None:
+    def __init__(self, redis: Redis, wire: WireRedis, *, transactions: bool = True) -> None:
+        """`transactions=False` reads everything by the script (the bench compares both)."""
         self._redis = redis
         # The per-decision read goes over the pipelined connection (the hot path).
         self._wire = wire
+        self._transactions = transactions
         # tenant → what its decisions are planned from, with the versions it was read at
         self._views: dict[str, _View] = {}
         self._time_verdicts = _TimeVerdicts()
@@ -275,7 +280,7 @@ class DecisionEngine:
 
     async def _read(
         self, tenant: str, subjects: list[Subject], now: datetime
-    ) -> tuple[list[tuple[str, str, list[str]]], list[str], list[Any]]:
+    ) -> tuple[Plan, list[str], list[Any]]:
         # (list id, kind) → targets to look up, in first-seen order without repeats
         lookups: dict[tuple[str, str], dict[str, None]] = {}
         attempt_keys: dict[str, None] = {}
@@ -292,7 +297,8 @@ class DecisionEngine:
         oldest = int((now - ATTEMPT_LOOKBACK).timestamp() * 1000)
         # One command, one atomic snapshot: markers, versions, entries and attempts.
         if (
-            len(sets) <= TRANSACTION_MAX_ATTEMPT_SETS
+            self._transactions
+            and len(sets) <= TRANSACTION_MAX_ATTEMPT_SETS
             and sum(len(targets) for _, _, targets in plan) <= TRANSACTION_MAX_TARGETS
         ):
             replies, stale = await self._read_in_transaction(tenant, plan, sets, oldest)
@@ -307,7 +313,7 @@ class DecisionEngine:
     async def _read_by_script(
         self,
         tenant: str,
-        plan: list[tuple[str, str, list[str]]],
+        plan: Plan,
         attempt_keys: list[str],
         oldest: int,
     ) -> tuple[list[Any], list[str]]:
@@ -341,7 +347,7 @@ class DecisionEngine:
     async def _read_in_transaction(
         self,
         tenant: str,
-        plan: list[tuple[str, str, list[str]]],
+        plan: Plan,
         attempt_keys: list[str],
         oldest: int,
     ) -> tuple[list[Any], list[str]]:
@@ -382,7 +388,7 @@ class DecisionEngine:
         self,
         tenant: str,
         subjects: list[Subject],
-        plan: list[tuple[str, str, list[str]]],
+        plan: Plan,
         attempt_keys: list[str],
         replies: list[Any],
         now: datetime,

@@ -40,25 +40,22 @@ class _Protocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def send(self, args: tuple[Any, ...], deadline: float) -> asyncio.Future[Any]:
-        assert self._transport is not None
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.append((future, deadline))
-        self._transport.write(hiredis.pack_command(args))
-        return future
+        return self._write(hiredis.pack_command(args), 0, deadline)
 
     def send_transaction(
         self, commands: list[tuple[Any, ...]], deadline: float
     ) -> asyncio.Future[Any]:
         """MULTI, the commands, EXEC in one write; the future gets EXEC's reply."""
+        packed = b"".join([_MULTI, *(hiredis.pack_command(c) for c in commands), _EXEC])
+        return self._write(packed, 1 + len(commands), deadline)
+
+    def _write(self, packed: bytes, unread: int, deadline: float) -> asyncio.Future[Any]:
+        """Writes commands whose replies are `unread` ones and then the future's."""
         assert self._transport is not None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        unread = (None, deadline)
-        self._waiting.append(unread)
-        self._waiting.extend(unread for _ in commands)
+        self._waiting.extend((None, deadline) for _ in range(unread))
         self._waiting.append((future, deadline))
-        self._transport.write(
-            b"".join([_MULTI, *(hiredis.pack_command(command) for command in commands), _EXEC])
-        )
+        self._transport.write(packed)
         return future
 
     def data_received(self, data: bytes) -> None:
