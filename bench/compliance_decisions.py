@@ -11,6 +11,7 @@ import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 
+from bench import compliance_reads
 from bench.baselines import (
     ECHO_PATH,
     SECONDS,
@@ -238,6 +239,7 @@ def measure(run: Run, env: Environment) -> None:
             note="CreateEmergencySuppressionEntry called → first decision that denies",
         )
     )
+    compliance_reads.measure(run, env, GROUP, TENANT, _contact)
 
     compliance = env.instance("compliance")
     port = compliance.port
