@@ -37,6 +37,7 @@ from cxmesh_server.stack.datastores import EmbeddedPostgres
 from cxmesh_server.stack.mesh import Mesh, wait_serving
 from tests.conftest import grpc_bearer
 from tests.e2e.fake_google import GOOD_TOKEN, SECRET, FakeGoogle
+from tests.e2e.scrape import metric
 
 S = callback_pb2
 M = callback_service_pb2
@@ -707,40 +708,32 @@ def test_callbacks_are_listed_by_number_and_desired_time_and_counted(tenant: Ten
     ]
 
 
-def _metric(mesh: Mesh, name: str, **labels: str) -> float:
-    """The sum over the callbacks replicas of one labelled series."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    total = 0.0
-    for instance in (i for i in mesh.instances if i.name == "callbacks"):
-        text = httpx.get(f"http://127.0.0.1:{instance.metrics_port}/metrics", timeout=5).text
-        for line in text.splitlines():
-            series, _, value = line.rpartition(" ")
-            if series.startswith(name + "{"):
-                present = ",".join(sorted(series[len(name) + 1 : -1].split(",")))
-                if present == wanted:
-                    total += float(value)
-    return total
-
-
 def test_metrics_count_callbacks_by_tenant_service_and_reason_and_show_queues(
     tenant: Tenant, mesh: Mesh
 ) -> None:
     service = tenant.service("metered", queue="metered-vq")
     callback_id = tenant.create(service, "+12125550240").json()["data"]["id"]
     labels = {"tenant": tenant.tenant, "callback_service": service}
-    assert _metric(mesh, "cxmesh_callbacks_created_total", **labels) == 1
+    assert metric(mesh, "callbacks", "cxmesh_callbacks_created_total", **labels) == 1
     wait_for_state(tenant, callback_id, "QUEUED")
     deadline = time.monotonic() + 10
     while (
-        _metric(mesh, "cxmesh_callbacks_queued", tenant=tenant.tenant, virtual_queue="metered-vq")
+        metric(
+            mesh,
+            "callbacks",
+            "cxmesh_callbacks_queued",
+            tenant=tenant.tenant,
+            virtual_queue="metered-vq",
+        )
         < 1
     ):
         assert time.monotonic() < deadline, "the queue length never showed"
         time.sleep(0.5)
     tenant.ges("GET", "/callbacks/queue-status/metered-vq")
     assert (
-        _metric(
+        metric(
             mesh,
+            "callbacks",
             "cxmesh_callbacks_estimated_wait_seconds",
             tenant=tenant.tenant,
             virtual_queue="metered-vq",
@@ -748,7 +741,10 @@ def test_metrics_count_callbacks_by_tenant_service_and_reason_and_show_queues(
         == -1
     )
     tenant.ges("POST", "/callbacks/cancel", {"id": callback_id})
-    assert _metric(mesh, "cxmesh_callbacks_completed_total", reason="CANCELLED", **labels) == 1
+    assert (
+        metric(mesh, "callbacks", "cxmesh_callbacks_completed_total", reason="CANCELLED", **labels)
+        == 1
+    )
 
 
 def test_captcha_and_push_notifications_speak_to_googles_endpoints(

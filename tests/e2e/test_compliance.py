@@ -32,6 +32,7 @@ from cxmesh_server.mirrors.suppression import LOADED_KEY as SUPPRESSION_LOADED
 from cxmesh_server.runtime.devkeys import SigningKey
 from cxmesh_server.stack.datastores import EmbeddedRedis, start_redis
 from cxmesh_server.stack.mesh import Mesh, wait_serving
+from tests.e2e.scrape import metric
 
 
 class Compliance:
@@ -194,6 +195,75 @@ def test_attempts_count_once_per_attempt_id_and_limit_contacts(compliance: Compl
     denied = compliance.check("+1 415 555 0111")
     assert [d.code for d in denied.denials] == [decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT]
     assert denied.HasField("next_allowed_time")
+
+
+def _attempt(attempt_id: str, address: str) -> decision_pb2.Attempt:
+    return decision_pb2.Attempt(
+        attempt_id=attempt_id,
+        contact=decision_pb2.Contact(address=address),
+        call_result=call_result_pb2.CALL_RESULT_NO_ANSWER,
+    )
+
+
+def test_a_batch_of_attempts_is_recorded_whole_and_an_attempt_reported_twice_counts_once(
+    compliance: Compliance,
+) -> None:
+    limited = all_day("two a day")
+    limited.attempt_rules.add(max_attempts=2).window.FromTimedelta(timedelta(days=1))
+    compliance.create(limited)
+    devices = [f"+1415555{n:04d}" for n in range(1000, 1200)]
+    batch = [_attempt(f"{device}-{n}", device) for device in devices for n in (1, 2)]
+    batch += [_attempt("twice", "+14155550131"), _attempt("twice", "+14155550131")]
+    recorded = compliance.decisions.RecordAttempts(
+        decision_service_pb2.RecordAttemptsRequest(attempts=batch),
+        metadata=compliance.md,
+        timeout=10,
+    )
+    assert recorded.new_attempt_count == 401
+    decisions = compliance.decisions.PreValidateBatch(
+        decision_service_pb2.PreValidateBatchRequest(
+            decision_requests=[
+                decision_pb2.DecisionRequest(contact=decision_pb2.Contact(address=device))
+                for device in devices
+            ]
+        ),
+        metadata=compliance.md,
+        timeout=10,
+    ).decisions
+    assert {tuple(d.code for d in decision.denials) for decision in decisions} == {
+        (decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT,)
+    }
+    assert compliance.check("+1 415 555 0131").allowed  # one attempt, not two
+
+
+def test_metrics_count_decisions_by_outcome_denials_by_code_and_attempt_reports(
+    compliance: Compliance, mesh: Mesh
+) -> None:
+    limited = all_day("one an hour")
+    limited.attempt_rules.add(max_attempts=1).window.FromTimedelta(timedelta(hours=1))
+    compliance.create(limited)
+    for _ in range(2):  # as OCS reports an attempt: when dialled, then with its result
+        compliance.decisions.RecordAttempts(
+            decision_service_pb2.RecordAttemptsRequest(
+                attempts=[_attempt("metered", "+14155550141")]
+            ),
+            metadata=compliance.md,
+            timeout=10,
+        )
+    assert not compliance.check("+1 415 555 0141").allowed
+    assert compliance.check("+1 415 555 0142").allowed
+    tenant = compliance.tenant
+
+    def count(name: str, **labels: str) -> float:
+        return metric(
+            mesh, "compliance", f"cxmesh_compliance_{name}_total", tenant=tenant, **labels
+        )
+
+    assert count("decisions", outcome="allowed") == 1
+    assert count("decisions", outcome="denied") == 1
+    assert count("denials", code="ATTEMPT_LIMIT") == 1
+    assert count("attempts", report="new") == 1
+    assert count("attempts", report="repeated") == 1
 
 
 def test_a_rule_change_applies_to_the_next_decision(compliance: Compliance) -> None:

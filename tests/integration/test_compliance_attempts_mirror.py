@@ -13,6 +13,7 @@ from cxmesh_server.compliance.engine import TRANSACTION_MAX_ATTEMPT_SETS, Decisi
 from cxmesh_server.compliance.mirror import (
     ATTEMPT_RETENTION,
     LOADED_KEY,
+    AttemptReport,
     RulesMirror,
     attempt_index_key,
     attempt_key,
@@ -40,16 +41,23 @@ async def test_old_attempts_leave_the_index_and_every_attempt_key_expires(
     rules.attempt_rules.add(max_attempts=1).window.FromTimedelta(timedelta(days=7))
     await mirror.put(tenant, rules)
     now = datetime.now(UTC)
-    for attempt_id, when in (("old", now - timedelta(days=40)), ("new", now)):
-        await mirror.record_attempt(
-            tenant,
-            attempt_id,
-            ["+14155550171" if attempt_id == "old" else "+14155550172"],
-            "",
-            call_result_pb2.CALL_RESULT_BUSY,
-            channel_pb2.CHANNEL_VOICE,
-            when,
-        )
+    await mirror.record_attempts(
+        tenant,
+        [
+            AttemptReport(
+                attempt_id=attempt_id,
+                devices=(device,),
+                client_id="",
+                call_result=call_result_pb2.CALL_RESULT_BUSY,
+                channel=channel_pb2.CHANNEL_VOICE,
+                attempt_time=when,
+            )
+            for attempt_id, device, when in (
+                ("old", "+14155550171", now - timedelta(days=40)),
+                ("new", "+14155550172", now),
+            )
+        ],
+    )
     old_set = attempts_key(tenant, "device", "+14155550171")
     assert await redis.hexists(attempt_index_key(tenant), old_set)
     ttl = await redis.ttl(attempt_key(tenant, "new"))
@@ -74,5 +82,60 @@ async def test_old_attempts_leave_the_index_and_every_attempt_key_expires(
     # The old one no longer counts; the others have no attempts.
     assert [d.allowed for d in decisions] == [True, False, *[True] * others]
     assert not await redis.hexists(attempt_index_key(tenant), old_set)
+    await wire.close()
+    await redis.aclose()
+
+
+async def test_two_attempts_in_one_millisecond_count_twice_and_one_on_device_and_client_once(
+    redis_server: EmbeddedRedis,
+) -> None:
+    tenant = "attempts-same-instant"
+    redis = create_redis(redis_server.url)
+    mirror = RulesMirror(redis)
+    await redis.set(LOADED_KEY, "1")
+    await redis.set(suppression.LOADED_KEY, "1")
+    rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r")
+    rules.contact_windows.add().end_time.hours = 24
+    limit = rules.attempt_rules.add(
+        max_attempts=2, scope=rule_set_pb2.ATTEMPT_SCOPE_DEVICE_AND_CLIENT
+    )
+    limit.window.FromTimedelta(timedelta(days=1))
+    await mirror.put(tenant, rules)
+    now = datetime.now(UTC)
+    # A batch from a dialer: every report stamped with the same instant.
+    recorded = await mirror.record_attempts(
+        tenant,
+        [
+            AttemptReport(
+                attempt_id=attempt_id,
+                devices=(device,),
+                client_id=client_id,
+                call_result=call_result_pb2.CALL_RESULT_NO_ANSWER,
+                channel=channel_pb2.CHANNEL_VOICE,
+                attempt_time=now,
+            )
+            for attempt_id, device, client_id in (
+                ("first", "+14155550181", ""),
+                ("second", "+14155550181", ""),
+                ("only", "+14155550182", "client-182"),
+            )
+        ],
+    )
+    assert recorded == 3
+    wire = WireRedis(redis_server.url)
+    decisions = await DecisionEngine(redis, wire).decide(
+        tenant,
+        [
+            decision_pb2.DecisionRequest(
+                contact=decision_pb2.Contact(address=address, client_id=client_id, time_zone="UTC")
+            )
+            for address, client_id in (("+14155550181", ""), ("+14155550182", "client-182"))
+        ],
+        now=now,
+    )
+    assert [[d.code for d in decision.denials] for decision in decisions] == [
+        [decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT],  # two attempts, though at one instant
+        [],  # one attempt, though in the device's history and the client's
+    ]
     await wire.close()
     await redis.aclose()

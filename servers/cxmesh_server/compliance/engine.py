@@ -586,17 +586,21 @@ def _attempts(
         for limit in rule_set.attempt_limits:
             if subject.channel not in limit.channels:
                 continue
-            times = set()
+            # attempt id → when: an attempt on the device and the client counts once, and
+            # two attempts in the same millisecond count twice
+            times: dict[str, datetime] = {}
             keys = _limit_keys(
                 tenant, subject, limit.scope in DEVICE_SCOPES, limit.scope in CLIENT_SCOPES
             )
             for key in keys:
                 for member, score in histories.get(key, ()):
-                    _, result, channel = member.rsplit("|", 2)
+                    attempt_id, result, channel = member.rsplit("|", 2)
                     if int(result) in limit.counted_results and int(channel) in limit.channels:
-                        times.add(datetime.fromtimestamp(score / 1000, UTC))
+                        times[attempt_id] = datetime.fromtimestamp(score / 1000, UTC)
             if times:
-                attempts.append(AttemptHistory(rule_set.name, limit.index, tuple(sorted(times))))
+                attempts.append(
+                    AttemptHistory(rule_set.name, limit.index, tuple(sorted(times.values())))
+                )
     return attempts
 
 

@@ -20,7 +20,8 @@ from cxmesh.types.v1 import call_result_pb2, channel_pb2
 from cxmesh_server.compliance.domain.decide import Place, date_verdict, window_verdict
 from cxmesh_server.compliance.domain.rules import compile_rule_set, validate_rule_set
 from cxmesh_server.compliance.engine import DecisionEngine
-from cxmesh_server.compliance.mirror import RulesMirror
+from cxmesh_server.compliance.metrics import count_attempts, count_decisions
+from cxmesh_server.compliance.mirror import AttemptReport, RulesMirror
 from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
 from cxmesh_server.contacts.timezones import valid_zones
@@ -231,8 +232,10 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         check = Validator()
         _check_request("decision_request", request.decision_request, check)
         check.check()
-        (decision,) = await self._engine.decide(current_tenant(), [request.decision_request])
-        return decision_service_pb2.PreValidateResponse(decision=decision)
+        tenant = current_tenant()
+        decisions = await self._engine.decide(tenant, [request.decision_request])
+        count_decisions(tenant, decisions)
+        return decision_service_pb2.PreValidateResponse(decision=decisions[0])
 
     async def PreValidateBatch(
         self, request: decision_service_pb2.PreValidateBatchRequest, context: GrpcContext
@@ -246,7 +249,9 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         for n, item in enumerate(request.decision_requests):
             _check_request("decision_requests", item, check, index=n)
         check.check()
-        decisions = await self._engine.decide(current_tenant(), list(request.decision_requests))
+        tenant = current_tenant()
+        decisions = await self._engine.decide(tenant, list(request.decision_requests))
+        count_decisions(tenant, decisions)
         return decision_service_pb2.PreValidateBatchResponse(decisions=decisions)
 
     async def PreValidateStream(
@@ -272,6 +277,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
                 )
             else:
                 (decision,) = await self._engine.decide(tenant, [message.decision_request])
+            count_decisions(tenant, (decision,))
             yield decision_service_pb2.PreValidateStreamResponse(
                 correlation_id=message.correlation_id, decision=decision
             )
@@ -281,7 +287,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
     ) -> decision_service_pb2.RecordAttemptsResponse:
         check = Validator()
         check.require(0 < len(request.attempts) <= MAX_BATCH, "attempts", f"1-{MAX_BATCH} attempts")
-        prepared = []
+        reports = []
         for n, attempt in enumerate(request.attempts):
             check.require(
                 0 < len(attempt.attempt_id) <= 128, f"attempts[{n}].attempt_id", "1-128 characters"
@@ -299,20 +305,20 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
                 if attempt.HasField("attempt_time")
                 else datetime.now(UTC)
             )
-            prepared.append((attempt, address, when))
+            reports.append(
+                AttemptReport(
+                    attempt_id=attempt.attempt_id,
+                    devices=(address,),
+                    client_id=attempt.contact.client_id,
+                    call_result=attempt.call_result,
+                    channel=attempt.channel or channel_pb2.CHANNEL_VOICE,
+                    attempt_time=when,
+                )
+            )
         check.check()
         tenant = current_tenant()
-        new = 0
-        for attempt, address, when in prepared:
-            new += await self._mirror.record_attempt(
-                tenant,
-                attempt.attempt_id,
-                [address],
-                attempt.contact.client_id,
-                attempt.call_result,
-                attempt.channel or channel_pb2.CHANNEL_VOICE,
-                when,
-            )
+        new = await self._mirror.record_attempts(tenant, reports)
+        count_attempts(tenant, reported=len(reports), new=new)
         return decision_service_pb2.RecordAttemptsResponse(new_attempt_count=new)
 
     async def ExplainDecision(
@@ -385,7 +391,9 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         decision_request = decision_pb2.DecisionRequest(
             contact=contact, campaign=str(attributes.get("GSW_CAMPAIGN_NAME", ""))
         )
-        (decision,) = await self._engine.decide(current_tenant(), [decision_request])
+        tenant = current_tenant()
+        (decision,) = await self._engine.decide(tenant, [decision_request])
+        count_decisions(tenant, (decision,))
         if not decision.allowed:
             # HTTP 409 through the edge: the dialer applies its treatments.
             metadata = {

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
@@ -57,9 +58,22 @@ def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptReport:
+    """One report of a contact attempt: the first, or one that replaces it (same id)."""
+
+    attempt_id: str
+    devices: tuple[str, ...]
+    client_id: str
+    call_result: int
+    channel: int
+    attempt_time: datetime
+
+
 class RulesMirror:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._record_attempt = redis.register_script(_RECORD_ATTEMPT)
 
     async def put(self, tenant: str, rule_set: rule_set_pb2.RuleSet) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -96,38 +110,33 @@ class RulesMirror:
             version, encoded = await pipe.execute()
         return str(version or "0"), [decode_rule_set(v) for v in encoded.values()]
 
-    async def record_attempt(
-        self,
-        tenant: str,
-        attempt_id: str,
-        devices: Sequence[str],
-        client_id: str,
-        call_result: int,
-        channel: int,
-        attempt_time: datetime,
-    ) -> bool:
-        """Stores or replaces an attempt; True when it was new. One script, so a second
-        report of the same attempt never counts twice, whatever interleaves."""
-        keys = [
-            attempt_key(tenant, attempt_id),
-            attempt_index_key(tenant),
-            *(attempts_key(tenant, "device", d) for d in devices),
-        ]
-        if client_id:
-            keys.append(attempts_key(tenant, "client", client_id))
-        member = f"{attempt_id}|{call_result}|{channel}"
+    async def record_attempts(self, tenant: str, reports: Sequence[AttemptReport]) -> int:
+        """Stores or replaces each attempt, in order, in one round trip (a dialer reports
+        up to 1,000 at once); returns how many were new. Each is one script run, so a
+        second report of an attempt never counts twice, whatever interleaves. If the
+        connection fails midway some are stored: reporting them again is safe."""
         oldest = _ms(datetime.now(UTC) - ATTEMPT_RETENTION)
-        created = await self.redis.eval(  # type: ignore[misc]
-            _RECORD_ATTEMPT,
-            len(keys),
-            *keys,
-            attempt_id,
-            member,
-            _ms(attempt_time),
-            oldest,
-            int(ATTEMPT_RETENTION.total_seconds()),
-        )
-        return bool(created)
+        retention = int(ATTEMPT_RETENTION.total_seconds())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for report in reports:
+                keys = [
+                    attempt_key(tenant, report.attempt_id),
+                    attempt_index_key(tenant),
+                    *(attempts_key(tenant, "device", d) for d in report.devices),
+                ]
+                if report.client_id:
+                    keys.append(attempts_key(tenant, "client", report.client_id))
+                member = f"{report.attempt_id}|{report.call_result}|{report.channel}"
+                args: list[str | int] = [
+                    report.attempt_id,
+                    member,
+                    _ms(report.attempt_time),
+                    oldest,
+                    retention,
+                ]
+                await self._record_attempt(keys, args, client=pipe)
+            created = await pipe.execute()
+        return sum(1 for new in created if new)
 
     async def index_attempts(self) -> int:
         """Puts every existing attempts set in its tenant's index (sets written before the
