@@ -236,6 +236,28 @@ def test_a_batch_of_attempts_is_recorded_whole_and_an_attempt_reported_twice_cou
     assert compliance.check("+1 415 555 0131").allowed  # one attempt, not two
 
 
+def test_an_attempt_stamped_in_the_future_counts_from_when_it_was_reported(
+    compliance: Compliance,
+) -> None:
+    limited = all_day("one an hour")
+    limited.attempt_rules.add(max_attempts=1).window.FromTimedelta(timedelta(hours=1))
+    compliance.create(limited)
+    attempt = _attempt("clock-ahead", "+14155550151")
+    reported = datetime.now(UTC)
+    attempt.attempt_time.FromDatetime(reported + timedelta(days=1))  # the dialer's clock
+    compliance.decisions.RecordAttempts(
+        decision_service_pb2.RecordAttemptsRequest(attempts=[attempt]),
+        metadata=compliance.md,
+        timeout=10,
+    )
+    denied = compliance.check("+1 415 555 0151")
+    assert [d.code for d in denied.denials] == [decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT]
+    assert denied.next_allowed_time.ToDatetime(tzinfo=UTC) < reported + timedelta(hours=2)
+    # Stored as made when reported: a day on, it is long out of the hour.
+    later = compliance.explain("+1 415 555 0151", reported + timedelta(days=1, minutes=30))
+    assert later.decision.allowed
+
+
 def test_metrics_count_decisions_by_outcome_denials_by_code_and_attempt_reports(
     compliance: Compliance, mesh: Mesh
 ) -> None:

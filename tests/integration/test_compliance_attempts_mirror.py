@@ -139,3 +139,45 @@ async def test_two_attempts_in_one_millisecond_count_twice_and_one_on_device_and
     ]
     await wire.close()
     await redis.aclose()
+
+
+async def test_a_live_decision_counts_an_attempt_stamped_ahead_of_its_clock(
+    redis_server: EmbeddedRedis,
+) -> None:
+    tenant = "attempts-ahead"
+    redis = create_redis(redis_server.url)
+    mirror = RulesMirror(redis)
+    await redis.set(LOADED_KEY, "1")
+    await redis.set(suppression.LOADED_KEY, "1")
+    rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r")
+    rules.contact_windows.add().end_time.hours = 24
+    rules.attempt_rules.add(max_attempts=1).window.FromTimedelta(timedelta(hours=1))
+    await mirror.put(tenant, rules)
+    # Recorded by a replica whose clock is 30 s ahead of this one's.
+    ahead = datetime.now(UTC) + timedelta(seconds=30)
+    await mirror.record_attempts(
+        tenant,
+        [
+            AttemptReport(
+                attempt_id="ahead",
+                devices=("+14155550191",),
+                client_id="",
+                call_result=call_result_pb2.CALL_RESULT_BUSY,
+                channel=channel_pb2.CHANNEL_VOICE,
+                attempt_time=ahead,
+            )
+        ],
+    )
+    wire = WireRedis(redis_server.url)
+    engine = DecisionEngine(redis, wire)
+    request = decision_pb2.DecisionRequest(
+        contact=decision_pb2.Contact(address="+14155550191", time_zone="UTC")
+    )
+    (live,) = await engine.decide(tenant, [request])
+    assert [d.code for d in live.denials] == [decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT]
+    assert live.next_allowed_time.ToDatetime(tzinfo=UTC) <= ahead + timedelta(hours=1)
+    # As of an instant before the stamp (an explanation), the attempt is yet to come.
+    (before,) = await engine.decide(tenant, [request], now=ahead - timedelta(seconds=1))
+    assert before.allowed
+    await wire.close()
+    await redis.aclose()

@@ -235,21 +235,27 @@ class DecisionEngine:
         requests: Sequence[decision_pb2.DecisionRequest],
         now: datetime | None = None,
     ) -> list[decision_pb2.Decision]:
-        """Decisions for now (coalesced with concurrent callers), or for another instant."""
+        """Decisions for now (coalesced with concurrent callers), or as of another instant
+        (what the data in Redis now says about it: attempts made after it do not count)."""
         if now is None:
             return await self._live.submit(tenant, requests)
-        return await self._decide_safely(tenant, requests, now)
+        return await self._decide_safely(tenant, requests, now, live=False)
 
     async def _decide_now(
         self, tenant: str, requests: Sequence[decision_pb2.DecisionRequest]
     ) -> list[decision_pb2.Decision]:
-        return await self._decide_safely(tenant, requests, datetime.now(UTC))
+        return await self._decide_safely(tenant, requests, datetime.now(UTC), live=True)
 
     async def _decide_safely(
-        self, tenant: str, requests: Sequence[decision_pb2.DecisionRequest], now: datetime
+        self,
+        tenant: str,
+        requests: Sequence[decision_pb2.DecisionRequest],
+        now: datetime,
+        *,
+        live: bool,
     ) -> list[decision_pb2.Decision]:
         try:
-            return await self._decide(tenant, requests, now)
+            return await self._decide(tenant, requests, now, live)
         except (RedisError, Unavailable, OSError) as error:
             reason = (
                 f"compliance data unavailable: {error}"
@@ -259,7 +265,11 @@ class DecisionEngine:
             return [_unavailable(reason) for _ in requests]
 
     async def _decide(
-        self, tenant: str, requests: Sequence[decision_pb2.DecisionRequest], now: datetime
+        self,
+        tenant: str,
+        requests: Sequence[decision_pb2.DecisionRequest],
+        now: datetime,
+        live: bool,
     ) -> list[decision_pb2.Decision]:
         view = self._views.get(tenant) or await self._refresh(tenant)
         for _ in range(3):
@@ -274,7 +284,7 @@ class DecisionEngine:
                 view.rules_version,
                 view.index_version,
             ):
-                return self._conclude(tenant, subjects, plan, attempt_keys, replies[4:], now)
+                return self._conclude(tenant, subjects, plan, attempt_keys, replies[4:], now, live)
             view = await self._refresh(tenant)
         raise Unavailable("the compliance data kept changing while deciding")
 
@@ -392,8 +402,12 @@ class DecisionEngine:
         attempt_keys: list[str],
         replies: list[Any],
         now: datetime,
+        live: bool,
     ) -> list[decision_pb2.Decision]:
         now_ms = int(now.timestamp() * 1000)
+        # Live, every attempt recorded has been made, even one stamped later than this
+        # replica's clock (another replica's clock is ahead): it counts as made now.
+        made_by = now if live else None
         # (list id, kind) → target → the entry's mirror value, for the targets found only
         entries: dict[tuple[str, str], dict[str, str]] = {}
         listed: set[str] = set()  # every target found on some list
@@ -433,7 +447,7 @@ class DecisionEngine:
                 else []
             )
             attempts = (
-                _attempts(tenant, subject, histories)
+                _attempts(tenant, subject, histories, made_by)
                 if histories and any(key in histories for key in subject.attempt_keys)
                 else []
             )
@@ -579,8 +593,13 @@ def _suppressed_by(
 
 
 def _attempts(
-    tenant: str, subject: Subject, histories: dict[str, list[tuple[str, float]]]
+    tenant: str,
+    subject: Subject,
+    histories: dict[str, list[tuple[str, float]]],
+    made_by: datetime | None,
 ) -> list[AttemptHistory]:
+    """The attempts each of the subject's limits counts; with `made_by`, those stamped later
+    are taken as made at that instant."""
     attempts = []
     for rule_set in subject.profile.rule_sets:
         for limit in rule_set.attempt_limits:
@@ -596,7 +615,8 @@ def _attempts(
                 for member, score in histories.get(key, ()):
                     attempt_id, result, channel = member.rsplit("|", 2)
                     if int(result) in limit.counted_results and int(channel) in limit.channels:
-                        times[attempt_id] = datetime.fromtimestamp(score / 1000, UTC)
+                        made = datetime.fromtimestamp(score / 1000, UTC)
+                        times[attempt_id] = made if made_by is None else min(made, made_by)
             if times:
                 attempts.append(
                     AttemptHistory(rule_set.name, limit.index, tuple(sorted(times.values())))

@@ -288,6 +288,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         check = Validator()
         check.require(0 < len(request.attempts) <= MAX_BATCH, "attempts", f"1-{MAX_BATCH} attempts")
         reports = []
+        received = datetime.now(UTC)
         for n, attempt in enumerate(request.attempts):
             check.require(
                 0 < len(attempt.attempt_id) <= 128, f"attempts[{n}].attempt_id", "1-128 characters"
@@ -300,10 +301,12 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
                     check.require(False, f"attempts[{n}].contact.address", str(error))
             else:
                 address = address.lower()
+            # Reported, so already made: a later stamp (the dialer's clock is ahead) would
+            # not count until that instant.
             when = (
-                attempt.attempt_time.ToDatetime(tzinfo=UTC)
+                min(attempt.attempt_time.ToDatetime(tzinfo=UTC), received)
                 if attempt.HasField("attempt_time")
-                else datetime.now(UTC)
+                else received
             )
             reports.append(
                 AttemptReport(
