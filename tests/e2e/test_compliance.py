@@ -381,6 +381,63 @@ def test_ocs_pre_dial_validation_answers_200_to_dial_and_409_to_block(
     assert edge.post("/ocs/v1/validate", json=record).status_code == 401
 
 
+def test_a_dialers_campaign_name_selects_what_is_bound_to_that_campaign(
+    compliance: Compliance, edge: httpx.Client
+) -> None:
+    key = compliance.keys.CreateApiKey(
+        api_key_service_pb2.CreateApiKeyRequest(
+            api_key=api_key_pb2.ApiKey(display_name="ocs", roles=["dialer"])
+        ),
+        metadata=compliance.md,
+        timeout=10,
+    ).key
+    compliance.create(all_day("tenant-wide"))
+    summer = all_day("summer only", campaigns=["campaigns/summer"])
+    for days in (-1, 0, 1):  # today, wherever the contact is
+        day = (datetime.now(UTC) + timedelta(days=days)).date()
+        blackout = summer.blackout_dates.add(reason="summer's over")
+        blackout.date.year, blackout.date.month, blackout.date.day = day.year, day.month, day.day
+    compliance.create(summer)
+    winter_dnc = compliance.suppression.CreateSuppressionList(
+        suppression_service_pb2.CreateSuppressionListRequest(
+            suppression_list=suppression_pb2.SuppressionList(
+                display_name="winter dnc", campaigns=["campaigns/winter"]
+            )
+        ),
+        metadata=compliance.md,
+        timeout=10,
+    ).suppression_list
+    compliance.suppression.CreateSuppressionEntries(
+        suppression_service_pb2.CreateSuppressionEntriesRequest(
+            parent=winter_dnc.name,
+            entries=[suppression_pb2.SuppressionEntry(phone_number="4155550145")],
+        ),
+        metadata=compliance.md,
+        timeout=10,
+    )
+
+    def ocs(campaign: str) -> httpx.Response:
+        record = {"GSW_PHONE": "4155550145", "GSW_CAMPAIGN_NAME": campaign}
+        return edge.post("/ocs/v1/validate", json=record, headers={"x-api-key": key})
+
+    # OCS sends the campaign's bare name: it means campaigns/<name>.
+    assert ocs("winter").status_code == 409
+    assert "SUPPRESSED" in ocs("winter").text
+    assert ocs("summer").status_code == 409
+    assert "BLACKOUT_DATE" in ocs("summer").text
+    assert ocs("autumn").status_code == 200
+    for campaign in ("winter", "campaigns/winter"):
+        request = decision_pb2.DecisionRequest(
+            contact=decision_pb2.Contact(address="4155550145"), campaign=campaign
+        )
+        decision = compliance.decisions.PreValidate(
+            decision_service_pb2.PreValidateRequest(decision_request=request),
+            metadata=compliance.md,
+            timeout=10,
+        ).decision
+        assert [d.code for d in decision.denials] == [decision_pb2.DENIAL_CODE_SUPPRESSED]
+
+
 def test_ocs_call_history_feeds_attempt_rules_without_double_counting(
     compliance: Compliance, edge: httpx.Client
 ) -> None:

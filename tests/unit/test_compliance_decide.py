@@ -242,6 +242,7 @@ def test_invalid_rule_sets_name_every_bad_field() -> None:
         contact_windows=[backwards],
         attempt_rules=[rule_set_pb2.AttemptRule(max_attempts=0)],
         default_time_zone="Mars/Olympus",
+        campaigns=["campaigns/spring", "summer", "campaigns/"],
     )
     check = Validator()
     validate_rule_set(message, check)
@@ -254,4 +255,7 @@ def test_invalid_rule_sets_name_every_bad_field() -> None:
         "rule_set.attempt_rules[0].max_attempts",
         "rule_set.attempt_rules[0]",
         "rule_set.default_time_zone",
+        "rule_set.campaigns[1]",
+        "rule_set.campaigns[2]",
     } <= fields
+    assert "rule_set.campaigns[0]" not in fields

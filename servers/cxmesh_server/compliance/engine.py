@@ -44,6 +44,7 @@ from cxmesh_server.compliance.mirror import (
     rules_key,
     version_key,
 )
+from cxmesh_server.contacts.campaigns import campaign_reference
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
 from cxmesh_server.contacts.timezones import derive_time_zone
 from cxmesh_server.mirrors import suppression as suppression_mirror
@@ -506,7 +507,7 @@ def _prepare(tenant: str, request: decision_pb2.DecisionRequest, view: _View) ->
 def _prepared(tenant: str, request: decision_pb2.DecisionRequest, view: _View) -> Subject:
     contact = request.contact
     channel = request.channel or channel_pb2.CHANNEL_VOICE
-    profile = view.profile(request.campaign, channel)
+    profile = view.profile(campaign_reference(request.campaign), channel)
     kind, address, located, problem = _contact_facts(
         contact.address,
         contact.country,

@@ -8,6 +8,7 @@ from typing import Any
 
 from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2_grpc
 from cxmesh.lists.v1 import suppression_service_pb2 as pb
+from cxmesh_server.contacts.campaigns import is_campaign
 from cxmesh_server.lists.convert import entry_message, suppression_list_message
 from cxmesh_server.lists.dnc import load_dnc_file
 from cxmesh_server.lists.domain.suppression import KIND_OF_TYPE, TargetError, normalize_target
@@ -62,7 +63,7 @@ class SuppressionHandlers(suppression_service_pb2_grpc.SuppressionServiceService
         )
         for n, campaign in enumerate(suppression_list.campaigns):
             check.require(
-                campaign.startswith("campaigns/") and len(campaign) > 10,
+                is_campaign(campaign),
                 f"suppression_list.campaigns[{n}]",
                 "must be campaigns/{id}",
             )

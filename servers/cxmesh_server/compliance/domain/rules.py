@@ -7,6 +7,7 @@ from datetime import date, timedelta
 
 from cxmesh.compliance.v1 import rule_set_pb2
 from cxmesh.types.v1 import call_result_pb2, channel_pb2
+from cxmesh_server.contacts.campaigns import campaign_reference, is_campaign
 from cxmesh_server.contacts.timezones import valid_zones
 from cxmesh_server.runtime.errors import Validator
 
@@ -154,6 +155,8 @@ def validate_rule_set(
             check.require(
                 60 <= seconds <= 31 * 86400, f"{field}.window", "must be 1 minute to 31 days"
             )
+    for n, campaign in enumerate(message.campaigns):
+        check.require(is_campaign(campaign), f"{prefix}.campaigns[{n}]", "must be campaigns/{id}")
     zone = message.default_time_zone
     check.require(
         not zone or zone in valid_zones(),
@@ -194,7 +197,7 @@ def compile_rule_set(message: rule_set_pb2.RuleSet) -> CompiledRuleSet:
     return CompiledRuleSet(
         name=message.name,
         revision=message.revision,
-        campaigns=frozenset(message.campaigns),
+        campaigns=frozenset(campaign_reference(c) for c in message.campaigns),
         channels=frozenset(message.channels),
         week=_week(list(message.contact_windows)),
         overrides=tuple(overrides),
