@@ -168,6 +168,24 @@ def test_suppression_entries_from_the_lists_service_deny_at_once(compliance: Com
     assert [d.code for d in decision.denials] == [decision_pb2.DENIAL_CODE_SUPPRESSED]
     assert decision.denials[0].source == dnc.name
     assert compliance.check("+1 415 555 0102").allowed
+    compliance.suppression.CreateSuppressionEntries(
+        suppression_service_pb2.CreateSuppressionEntriesRequest(
+            parent=dnc.name,
+            entries=[
+                suppression_pb2.SuppressionEntry(email=" Jane.Doe@Example.com"),
+                suppression_pb2.SuppressionEntry(client_id=" CRM-77 "),
+            ],
+        ),
+        metadata=compliance.md,
+        timeout=10,
+    )
+    # Matched as the lists service stores them: trimmed, and emails in lower case.
+    for address, contact in (
+        ("jane.doe@EXAMPLE.com ", {"time_zone": "UTC"}),
+        ("+1 415 555 0103", {"client_id": "CRM-77 "}),
+    ):
+        denied = compliance.check(address, **contact)
+        assert [d.code for d in denied.denials] == [decision_pb2.DENIAL_CODE_SUPPRESSED], address
 
 
 def test_attempts_count_once_per_attempt_id_and_limit_contacts(compliance: Compliance) -> None:

@@ -516,7 +516,9 @@ def _prepared(tenant: str, request: decision_pb2.DecisionRequest, view: _View) -
         contact.state_province,
         profile.default_zone,
     )
-    subject = Subject(profile, channel, address, kind, contact.client_id, located, problem)
+    # Trimmed, as the lists service stores client ids on its suppression lists.
+    client_id = contact.client_id.strip()
+    subject = Subject(profile, channel, address, kind, client_id, located, problem)
     if located is None:
         return subject  # denied without reading anything
     lookups = []

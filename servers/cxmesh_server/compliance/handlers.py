@@ -312,7 +312,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
                 AttemptReport(
                     attempt_id=attempt.attempt_id,
                     devices=(address,),
-                    client_id=attempt.contact.client_id,
+                    client_id=attempt.contact.client_id.strip(),  # as decisions read it
                     call_result=attempt.call_result,
                     channel=attempt.channel or channel_pb2.CHANNEL_VOICE,
                     attempt_time=when,
