@@ -399,6 +399,35 @@ def test_ocs_pre_dial_validation_answers_200_to_dial_and_409_to_block(
     assert edge.post("/ocs/v1/validate", json=record).status_code == 401
 
 
+def test_an_ocs_time_zone_abbreviation_leaves_the_zone_to_the_number(
+    compliance: Compliance, edge: httpx.Client
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    # OCS sends its Time Zone object's name, a three-letter abbreviation with the tenant's
+    # own DST rules; tzdata's EST, MST and HST are fixed offsets (in July, EST's 20:30 is
+    # New York's 21:30). Open only around New York's hour now: HST's is five hours off.
+    hour = datetime.now(ZoneInfo("America/New_York")).hour
+    window = rule_set_pb2.ContactWindow()
+    window.start_time.hours, window.end_time.hours = max(hour - 1, 0), min(hour + 2, 24)
+    compliance.create(rule_set_pb2.RuleSet(display_name="new york hours", contact_windows=[window]))
+    key = compliance.keys.CreateApiKey(
+        api_key_service_pb2.CreateApiKeyRequest(
+            api_key=api_key_pb2.ApiKey(display_name="ocs", roles=["dialer"])
+        ),
+        metadata=compliance.md,
+        timeout=10,
+    ).key
+    dialer = {"x-api-key": key}
+    for abbreviation in ("HST", "EST", "PST"):
+        record = {"GSW_PHONE": "2125550147", "GSW_TZ_NAME": abbreviation}
+        answer = edge.post("/ocs/v1/validate", json=record, headers=dialer)
+        assert answer.status_code == 200, (abbreviation, answer.text)
+        assert answer.json()["decision"]["timeZone"] == "America/New_York"
+    named = {"GSW_PHONE": "2125550147", "GSW_TZ_NAME": "Pacific/Honolulu"}
+    assert edge.post("/ocs/v1/validate", json=named, headers=dialer).status_code == 409
+
+
 def test_a_dialers_campaign_name_selects_what_is_bound_to_that_campaign(
     compliance: Compliance, edge: httpx.Client
 ) -> None:

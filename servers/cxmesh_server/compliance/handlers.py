@@ -214,8 +214,11 @@ def _ocs_contact(attributes: dict[str, Any]) -> decision_pb2.Contact:
     return decision_pb2.Contact(
         address=str(attributes.get("GSW_PHONE", "")),
         client_id=str(attributes.get("CLIENT_ID", attributes.get("GSW_CLIENT_ID", ""))),
-        # OCS time zone names are not always IANA names; those that are not are ignored.
-        time_zone=zone if zone in valid_zones() else "",
+        # GSW_TZ_NAME names the tenant's Genesys Time Zone object, usually a three-letter
+        # abbreviation with DST rules of its own configuring; tzdata's EST, MST and HST are
+        # fixed offsets (in July EST's 20:30 is New York's 21:30: a wrong allow). Only an
+        # Area/Location name is taken; otherwise the postal code or the number decides.
+        time_zone=zone if "/" in zone and zone in valid_zones() else "",
         postal_code=str(attributes.get("POSTAL_CODE", attributes.get("ZIP", ""))),
         state_province=str(attributes.get("STATE", attributes.get("STATE_PROVINCE", ""))),
     )
