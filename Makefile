@@ -21,8 +21,8 @@ $(GENERATED): $(INSTALLED) $(PROTOS) clients/gen_protos.py
 	$(BIN)/python clients/gen_protos.py
 	# Reinstalled so that the editable install sees the generated package.
 	$(BIN)/pip install --quiet --no-deps -e .
-	# ZIP code → time zone table for imports, derived from the zipcodes package's data.
-	$(BIN)/python -m cxmesh_server.contacts.timezones build/zip_zones.tsv
+	# ZIP code and area code tables (zone, state), from the zipcodes and phonenumbers data.
+	$(BIN)/python -m cxmesh_server.contacts.places build
 	touch $@
 
 setup: $(GENERATED)

@@ -21,6 +21,7 @@ def holiday_name(country: str, subdivision: str, day: date) -> str | None:
     return str(name) if name else None
 
 
+@cache
 def supported(country: str, subdivision: str = "") -> bool:
     codes = holidays.list_supported_countries()
     if country not in codes:

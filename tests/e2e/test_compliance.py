@@ -147,6 +147,26 @@ def test_the_default_window_and_dst_through_explain(compliance: Compliance) -> N
     ).decision.allowed
 
 
+def test_a_state_window_applies_by_the_area_code_the_zip_code_or_the_named_state(
+    compliance: Compliance,
+) -> None:
+    florida = rule_set_pb2.WindowOverride(state_province="FL")
+    window = florida.contact_windows.add()
+    window.start_time.hours, window.end_time.hours = 8, 20
+    compliance.create(rule_set_pb2.RuleSet(display_name="tcpa+fl", window_overrides=[florida]))
+    evening = datetime(2026, 7, 16, 0, 30, tzinfo=UTC)  # 20:30 in Miami and New York
+    for address, contact in (
+        ("+1 305 555 0100", {}),  # a Florida area code, no state given
+        ("+1 212 555 0100", {"postal_code": "33101"}),  # a Miami ZIP code
+        ("+1 212 555 0100", {"state_province": "Florida"}),
+    ):
+        explained = compliance.explain(address, evening, **contact)
+        assert not explained.decision.allowed, (address, contact)
+        (window_verdict,) = [v for v in explained.verdicts if v.rule.endswith("#contact_windows")]
+        assert "08:00–20:00" in window_verdict.detail
+    assert compliance.explain("+1 212 555 0100", evening).decision.allowed
+
+
 def test_suppression_entries_from_the_lists_service_deny_at_once(compliance: Compliance) -> None:
     compliance.create(all_day())
     assert compliance.check("+1 415 555 0101").allowed

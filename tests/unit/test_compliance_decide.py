@@ -18,7 +18,7 @@ from cxmesh_server.compliance.domain.rules import (
 )
 from cxmesh_server.runtime.errors import InvalidArgument, Validator
 
-NEW_YORK = Place(zones=("America/New_York",), state="NY")
+NEW_YORK = Place(zones=("America/New_York",), states=("NY",))
 TCPA = compile_rule_set(
     rule_set_pb2.RuleSet(name="ruleSets/tcpa", display_name="default")
 )  # 08:00–21:00 every day
@@ -77,7 +77,7 @@ def test_dst_fall_back_in_new_york() -> None:
 
 
 def test_arizona_keeps_standard_time_all_year() -> None:
-    phoenix = Place(zones=("America/Phoenix",), state="AZ")
+    phoenix = Place(zones=("America/Phoenix",), states=("AZ",))
     # July: Phoenix is UTC-7 while Denver (same zone in winter) is UTC-6.
     assert decide([TCPA], phoenix, datetime(2026, 7, 1, 15, 0, tzinfo=UTC)).allowed  # 08:00 MST
     assert not decide([TCPA], phoenix, datetime(2026, 7, 1, 14, 59, tzinfo=UTC)).allowed
@@ -86,7 +86,7 @@ def test_arizona_keeps_standard_time_all_year() -> None:
 
 
 def test_an_indiana_contact_in_either_zone_may_only_be_called_when_both_allow() -> None:
-    split = Place(zones=("America/Indiana/Indianapolis", "America/Chicago"), state="IN")
+    split = Place(zones=("America/Indiana/Indianapolis", "America/Chicago"), states=("IN",))
     early = decide(
         [TCPA], split, at("America/Indiana/Indianapolis", 2026, 11, 24, 8, 30)
     )  # 07:30 Central
@@ -98,10 +98,10 @@ def test_an_indiana_contact_in_either_zone_may_only_be_called_when_both_allow() 
 
 
 def test_hawaii_and_alaska() -> None:
-    honolulu = Place(zones=("Pacific/Honolulu",), state="HI")
+    honolulu = Place(zones=("Pacific/Honolulu",), states=("HI",))
     assert decide([TCPA], honolulu, datetime(2026, 11, 24, 18, 0, tzinfo=UTC)).allowed  # 08:00 HST
     assert not decide([TCPA], honolulu, datetime(2026, 11, 24, 17, 59, tzinfo=UTC)).allowed
-    alaska = Place(zones=("America/Anchorage", "America/Adak"), state="AK")  # area code 907
+    alaska = Place(zones=("America/Anchorage", "America/Adak"), states=("AK",))  # area code 907
     # 08:30 in Anchorage is 07:30 in Adak: both must allow.
     outcome = decide([TCPA], alaska, at("America/Anchorage", 2026, 11, 24, 8, 30))
     assert not outcome.allowed
@@ -139,9 +139,11 @@ def test_state_holidays_follow_the_contacts_state() -> None:
     )
     chavez_day = at("America/Los_Angeles", 2026, 3, 31, 12, 0)  # a California holiday
     assert not decide(
-        [by_state], Place(zones=("America/Los_Angeles",), state="CA"), chavez_day
+        [by_state], Place(zones=("America/Los_Angeles",), states=("CA",)), chavez_day
     ).allowed
-    assert decide([by_state], Place(zones=("America/Los_Angeles",), state="WA"), chavez_day).allowed
+    assert decide(
+        [by_state], Place(zones=("America/Los_Angeles",), states=("WA",)), chavez_day
+    ).allowed
 
 
 def test_a_stricter_state_window_overrides_the_default() -> None:
@@ -150,7 +152,7 @@ def test_a_stricter_state_window_overrides_the_default() -> None:
     window.start_time.hours, window.end_time.hours = 8, 20
     strict = rule_set(window_overrides=[florida])
     evening = at("America/New_York", 2026, 11, 24, 20, 30)
-    in_florida = decide([strict], Place(zones=("America/New_York",), state="FL"), evening)
+    in_florida = decide([strict], Place(zones=("America/New_York",), states=("FL",)), evening)
     assert not in_florida.allowed and "08:00–20:00" in in_florida.denials[0].reason
     assert decide([strict], NEW_YORK, evening).allowed
     area_code = rule_set_pb2.WindowOverride(area_code="305")
@@ -162,6 +164,30 @@ def test_a_stricter_state_window_overrides_the_default() -> None:
         (postal, Place(zones=("America/New_York",), postal_code="33101")),
     ]:
         assert not decide([rule_set(window_overrides=[override])], place, evening).allowed
+
+
+def test_a_contact_in_several_states_keeps_the_stricter_rules_of_each() -> None:
+    florida = rule_set_pb2.WindowOverride(state_province="FL")
+    window = florida.contact_windows.add()
+    window.start_time.hours, window.end_time.hours = 8, 20
+    strict = rule_set(window_overrides=[florida])
+    evening = at("America/New_York", 2026, 11, 24, 20, 30)
+    # Living in New York with a Florida area code: Florida's law presumes a resident.
+    both = Place(zones=("America/New_York",), states=("NY", "FL"))
+    assert not decide([strict], both, evening).allowed
+
+
+def test_state_holidays_skip_a_state_the_calendars_country_does_not_have() -> None:
+    by_state = rule_set(
+        holiday_calendars=[rule_set_pb2.HolidayCalendar(country="US", by_contact_state=True)]
+    )
+    # A Nova Scotia number (a Canadian area code) under a US calendar: the US holidays.
+    halifax = Place(zones=("America/Halifax",), states=("NS",))
+    independence_day = at("America/Halifax", 2026, 7, 4, 12, 0)
+    assert codes(decide([by_state], halifax, independence_day)) == [
+        decision_pb2.DENIAL_CODE_BLACKOUT_DATE
+    ]
+    assert decide([by_state], halifax, at("America/Halifax", 2026, 7, 6, 12, 0)).allowed
 
 
 def test_attempt_windows_slide() -> None:

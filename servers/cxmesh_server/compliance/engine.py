@@ -46,6 +46,7 @@ from cxmesh_server.compliance.mirror import (
 )
 from cxmesh_server.contacts.campaigns import campaign_reference
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
+from cxmesh_server.contacts.places import state_for_postal_code, states_for_e164, subdivision_code
 from cxmesh_server.contacts.timezones import derive_time_zone
 from cxmesh_server.mirrors import suppression as suppression_mirror
 from cxmesh_server.runtime.redis_wire import Script, WireRedis
@@ -241,6 +242,12 @@ class DecisionEngine:
         if now is None:
             return await self._live.submit(tenant, requests)
         return await self._decide_safely(tenant, requests, now, live=False)
+
+    async def place(self, tenant: str, request: decision_pb2.DecisionRequest) -> Place | None:
+        """Where decisions take the request's contact to be; None when nowhere (denied)."""
+        view = self._views.get(tenant) or await self._refresh(tenant)
+        located = _prepare(tenant, request, view).located
+        return located.place if located is not None else None
 
     async def _decide_now(
         self, tenant: str, requests: Sequence[decision_pb2.DecisionRequest]
@@ -574,9 +581,14 @@ def _contact_facts(
         )
         return kind, address, None, problem
     zones = decision.candidates or (decision.time_zone,)
+    # The rules of every state the record names, its ZIP code lies in or its area code
+    # covers apply (`contacts.places`).
+    named = subdivision_code(state) if state.strip() else ""
+    by_postal = state_for_postal_code(postal_code, country.upper()) or ""
+    by_number = states_for_e164(address) if kind == "phone" else ()
     place = Place(
         zones=tuple(zones),
-        state=state.upper(),
+        states=tuple(dict.fromkeys(s for s in (named, by_postal, *by_number) if s)),
         area_code=address[2:5] if address.startswith("+1") else "",
         postal_code=postal_code,
     )

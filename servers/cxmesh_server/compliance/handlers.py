@@ -17,7 +17,7 @@ from cxmesh.compliance.v1 import (
     rule_set_service_pb2_grpc,
 )
 from cxmesh.types.v1 import call_result_pb2, channel_pb2
-from cxmesh_server.compliance.domain.decide import Place, date_verdict, window_verdict
+from cxmesh_server.compliance.domain.decide import date_verdict, window_verdict
 from cxmesh_server.compliance.domain.rules import compile_rule_set, validate_rule_set
 from cxmesh_server.compliance.engine import DecisionEngine
 from cxmesh_server.compliance.metrics import count_attempts, count_decisions
@@ -346,7 +346,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         )
         denied = {(d.source, d.code) for d in decision.denials}
         _, messages = await self._mirror.load(tenant)
-        place = Place(zones=tuple(decision.time_zone.split(","))) if decision.time_zone else None
+        place = await self._engine.place(tenant, request.decision_request)
         for message in messages:
             compiled = compile_rule_set(message)
             if place is not None:

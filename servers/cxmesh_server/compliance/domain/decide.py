@@ -13,8 +13,8 @@ from functools import cache
 from zoneinfo import ZoneInfo
 
 from cxmesh.compliance.v1 import decision_pb2
-from cxmesh_server.compliance.domain.rules import CompiledRuleSet, Span, Week
-from cxmesh_server.public_holidays import holiday_name
+from cxmesh_server.compliance.domain.rules import CompiledRuleSet, HolidayRule, Span, Week
+from cxmesh_server.public_holidays import holiday_name, supported
 
 # How far ahead the next allowed instant is searched.
 SEARCH_DAYS = 14
@@ -25,7 +25,8 @@ class Place:
     """Where the contact is: what window overrides and state holidays look at."""
 
     zones: tuple[str, ...]  # every zone the contact may be in; one when certain
-    state: str = ""
+    # every state or province whose rules apply (`contacts.places`), as codes
+    states: tuple[str, ...] = ()
     area_code: str = ""
     postal_code: str = ""
 
@@ -69,7 +70,7 @@ def _fmt(seconds: int) -> str:
 def _weeks(rule_set: CompiledRuleSet, place: Place) -> list[Week]:
     """The rule set's windows and every override that applies to the place: all must allow."""
     applicable = [
-        o for o in rule_set.overrides if o.applies(place.state, place.area_code, place.postal_code)
+        o for o in rule_set.overrides if o.applies(place.states, place.area_code, place.postal_code)
     ]
     return [rule_set.week, *(o.week for o in applicable)]
 
@@ -90,16 +91,25 @@ def window_verdict(rule_set: CompiledRuleSet, place: Place, moment: datetime) ->
     return None
 
 
+def _calendar_subdivisions(calendar: HolidayRule, place: Place) -> tuple[str, ...]:
+    """Whose holidays a calendar keeps: its own subdivision's, or by the contact's state
+    each of the contact's states' that the country has (a Canadian province of a
+    Canadian area code is no US state); with none, the country's alone."""
+    if not calendar.by_contact_state:
+        return (calendar.subdivision,)
+    return tuple(s for s in place.states if supported(calendar.country, s)) or ("",)
+
+
 def date_verdict(rule_set: CompiledRuleSet, place: Place, moment: datetime) -> str | None:
     for zone in place.zones:
         day = moment.astimezone(_zone(zone)).date()
         if day in rule_set.blackout_dates:
             return f"{day} ({zone}) is a blackout date"
         for calendar in rule_set.holidays:
-            subdivision = place.state if calendar.by_contact_state else calendar.subdivision
-            name = holiday_name(calendar.country, subdivision, day)
-            if name:
-                return f"{day} ({zone}) is a holiday: {name}"
+            for subdivision in _calendar_subdivisions(calendar, place):
+                name = holiday_name(calendar.country, subdivision, day)
+                if name:
+                    return f"{day} ({zone}) is a holiday: {name}"
     return None
 
 

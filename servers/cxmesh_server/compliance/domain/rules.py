@@ -56,9 +56,9 @@ class Override:
     prefix: bool
     week: Week
 
-    def applies(self, state: str, area_code: str, postal_code: str) -> bool:
+    def applies(self, states: tuple[str, ...], area_code: str, postal_code: str) -> bool:
         if self.kind == "state":
-            return state == self.value
+            return self.value in states
         if self.kind == "area_code":
             return area_code == self.value
         return postal_code.startswith(self.value) if self.prefix else postal_code == self.value

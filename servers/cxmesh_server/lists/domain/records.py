@@ -357,7 +357,7 @@ def warm_up_worker() -> None:
     """Loads the data every row needs (ZIP zones, phone metadata) when a worker starts,
     rather than during the first import."""
     from cxmesh_server.contacts.phones import normalize_phone
-    from cxmesh_server.contacts.timezones import zone_for_postal_code
+    from cxmesh_server.contacts.places import zone_for_postal_code
 
     zone_for_postal_code("10001", "US")
     normalize_phone("+14155550101", "US")
