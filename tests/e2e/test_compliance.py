@@ -45,6 +45,25 @@ class Compliance:
         self.suppression = suppression_service_pb2_grpc.SuppressionServiceStub(channel)
         self.keys = api_key_service_pb2_grpc.ApiKeyServiceStub(channel)
 
+    def dialer(self) -> dict[str, str]:
+        """The header of a new API key with the dialer role, as OCS sends it."""
+        key = self.keys.CreateApiKey(
+            api_key_service_pb2.CreateApiKeyRequest(
+                api_key=api_key_pb2.ApiKey(display_name="ocs", roles=["dialer"])
+            ),
+            metadata=self.md,
+            timeout=10,
+        ).key
+        return {"x-api-key": key}
+
+    def record(self, attempts: list[decision_pb2.Attempt]) -> int:
+        """Records the attempts; how many were new."""
+        return self.decisions.RecordAttempts(
+            decision_service_pb2.RecordAttemptsRequest(attempts=attempts),
+            metadata=self.md,
+            timeout=10,
+        ).new_attempt_count
+
     def create(self, rule_set: rule_set_pb2.RuleSet) -> rule_set_pb2.RuleSet:
         return self.rules.CreateRuleSet(
             rule_set_service_pb2.CreateRuleSetRequest(rule_set=rule_set),
@@ -82,6 +101,13 @@ def all_day(name: str = "all day", **fields: object) -> rule_set_pb2.RuleSet:
     window = message.contact_windows.add()
     window.end_time.hours = 24
     return message
+
+
+def limited(name: str, max_attempts: int, window: timedelta) -> rule_set_pb2.RuleSet:
+    """Any hour, at most `max_attempts` in `window`."""
+    rules = all_day(name)
+    rules.attempt_rules.add(max_attempts=max_attempts).window.FromTimedelta(window)
+    return rules
 
 
 @pytest.fixture
@@ -246,18 +272,11 @@ def _attempt(attempt_id: str, address: str) -> decision_pb2.Attempt:
 def test_a_batch_of_attempts_is_recorded_whole_and_an_attempt_reported_twice_counts_once(
     compliance: Compliance,
 ) -> None:
-    limited = all_day("two a day")
-    limited.attempt_rules.add(max_attempts=2).window.FromTimedelta(timedelta(days=1))
-    compliance.create(limited)
+    compliance.create(limited("two a day", 2, timedelta(days=1)))
     devices = [f"+1415555{n:04d}" for n in range(1000, 1200)]
     batch = [_attempt(f"{device}-{n}", device) for device in devices for n in (1, 2)]
     batch += [_attempt("twice", "+14155550131"), _attempt("twice", "+14155550131")]
-    recorded = compliance.decisions.RecordAttempts(
-        decision_service_pb2.RecordAttemptsRequest(attempts=batch),
-        metadata=compliance.md,
-        timeout=10,
-    )
-    assert recorded.new_attempt_count == 401
+    assert compliance.record(batch) == 401
     decisions = compliance.decisions.PreValidateBatch(
         decision_service_pb2.PreValidateBatchRequest(
             decision_requests=[
@@ -277,17 +296,11 @@ def test_a_batch_of_attempts_is_recorded_whole_and_an_attempt_reported_twice_cou
 def test_an_attempt_stamped_in_the_future_counts_from_when_it_was_reported(
     compliance: Compliance,
 ) -> None:
-    limited = all_day("one an hour")
-    limited.attempt_rules.add(max_attempts=1).window.FromTimedelta(timedelta(hours=1))
-    compliance.create(limited)
+    compliance.create(limited("one an hour", 1, timedelta(hours=1)))
     attempt = _attempt("clock-ahead", "+14155550151")
     reported = datetime.now(UTC)
     attempt.attempt_time.FromDatetime(reported + timedelta(days=1))  # the dialer's clock
-    compliance.decisions.RecordAttempts(
-        decision_service_pb2.RecordAttemptsRequest(attempts=[attempt]),
-        metadata=compliance.md,
-        timeout=10,
-    )
+    compliance.record([attempt])
     denied = compliance.check("+1 415 555 0151")
     assert [d.code for d in denied.denials] == [decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT]
     assert denied.next_allowed_time.ToDatetime(tzinfo=UTC) < reported + timedelta(hours=2)
@@ -299,17 +312,9 @@ def test_an_attempt_stamped_in_the_future_counts_from_when_it_was_reported(
 def test_metrics_count_decisions_by_outcome_denials_by_code_and_attempt_reports(
     compliance: Compliance, mesh: Mesh
 ) -> None:
-    limited = all_day("one an hour")
-    limited.attempt_rules.add(max_attempts=1).window.FromTimedelta(timedelta(hours=1))
-    compliance.create(limited)
+    compliance.create(limited("one an hour", 1, timedelta(hours=1)))
     for _ in range(2):  # as OCS reports an attempt: when dialled, then with its result
-        compliance.decisions.RecordAttempts(
-            decision_service_pb2.RecordAttemptsRequest(
-                attempts=[_attempt("metered", "+14155550141")]
-            ),
-            metadata=compliance.md,
-            timeout=10,
-        )
+        compliance.record([_attempt("metered", "+14155550141")])
     assert not compliance.check("+1 415 555 0141").allowed
     assert compliance.check("+1 415 555 0142").allowed
     tenant = compliance.tenant
@@ -379,14 +384,7 @@ def test_ocs_pre_dial_validation_answers_200_to_dial_and_409_to_block(
     compliance: Compliance, edge: httpx.Client
 ) -> None:
     compliance.create(all_day("ocs"))
-    key = compliance.keys.CreateApiKey(
-        api_key_service_pb2.CreateApiKeyRequest(
-            api_key=api_key_pb2.ApiKey(display_name="ocs", roles=["dialer"])
-        ),
-        metadata=compliance.md,
-        timeout=10,
-    ).key
-    dialer = {"x-api-key": key}
+    dialer = compliance.dialer()
     record = {
         "GSW_PHONE": "4155550141",
         "GSW_CAMPAIGN_NAME": "spring",
@@ -431,14 +429,7 @@ def test_an_ocs_time_zone_abbreviation_leaves_the_zone_to_the_number(
     window = rule_set_pb2.ContactWindow()
     window.start_time.hours, window.end_time.hours = max(hour - 1, 0), min(hour + 2, 24)
     compliance.create(rule_set_pb2.RuleSet(display_name="new york hours", contact_windows=[window]))
-    key = compliance.keys.CreateApiKey(
-        api_key_service_pb2.CreateApiKeyRequest(
-            api_key=api_key_pb2.ApiKey(display_name="ocs", roles=["dialer"])
-        ),
-        metadata=compliance.md,
-        timeout=10,
-    ).key
-    dialer = {"x-api-key": key}
+    dialer = compliance.dialer()
     for abbreviation in ("HST", "EST", "PST"):
         record = {"GSW_PHONE": "2125550147", "GSW_TZ_NAME": abbreviation}
         answer = edge.post("/ocs/v1/validate", json=record, headers=dialer)
@@ -451,13 +442,7 @@ def test_an_ocs_time_zone_abbreviation_leaves_the_zone_to_the_number(
 def test_a_dialers_campaign_name_selects_what_is_bound_to_that_campaign(
     compliance: Compliance, edge: httpx.Client
 ) -> None:
-    key = compliance.keys.CreateApiKey(
-        api_key_service_pb2.CreateApiKeyRequest(
-            api_key=api_key_pb2.ApiKey(display_name="ocs", roles=["dialer"])
-        ),
-        metadata=compliance.md,
-        timeout=10,
-    ).key
+    dialer = compliance.dialer()
     compliance.create(all_day("tenant-wide"))
     summer = all_day("summer only", campaigns=["campaigns/summer"])
     for days in (-1, 0, 1):  # today, wherever the contact is
@@ -485,7 +470,7 @@ def test_a_dialers_campaign_name_selects_what_is_bound_to_that_campaign(
 
     def ocs(campaign: str) -> httpx.Response:
         record = {"GSW_PHONE": "4155550145", "GSW_CAMPAIGN_NAME": campaign}
-        return edge.post("/ocs/v1/validate", json=record, headers={"x-api-key": key})
+        return edge.post("/ocs/v1/validate", json=record, headers=dialer)
 
     # OCS sends the campaign's bare name: it means campaigns/<name>.
     assert ocs("winter").status_code == 409

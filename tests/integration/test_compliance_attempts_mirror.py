@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from redis.asyncio import Redis
 
 from cxmesh.compliance.v1 import decision_pb2, rule_set_pb2
 from cxmesh.types.v1 import call_result_pb2, channel_pb2
@@ -25,6 +26,51 @@ from cxmesh_server.runtime.redis_wire import WireRedis
 from cxmesh_server.stack.datastores import EmbeddedRedis
 
 
+def _limit(
+    max_attempts: int,
+    window: timedelta,
+    scope: rule_set_pb2.AttemptScope.ValueType = rule_set_pb2.ATTEMPT_SCOPE_DEVICE,
+) -> rule_set_pb2.AttemptRule:
+    limit = rule_set_pb2.AttemptRule(max_attempts=max_attempts, scope=scope)
+    limit.window.FromTimedelta(window)
+    return limit
+
+
+async def _mirror(
+    redis_server: EmbeddedRedis, tenant: str, limit: rule_set_pb2.AttemptRule
+) -> tuple[Redis, RulesMirror]:
+    """Loaded mirrors whose one rule set allows any hour: only `limit` decides."""
+    redis = create_redis(redis_server.url)
+    mirror = RulesMirror(redis)
+    await redis.set(LOADED_KEY, "1")
+    await redis.set(suppression.LOADED_KEY, "1")
+    rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r", attempt_rules=[limit])
+    rules.contact_windows.add().end_time.hours = 24
+    await mirror.put(tenant, rules)
+    return redis, mirror
+
+
+def _report(attempt_id: str, device: str, when: datetime, client_id: str = "") -> AttemptReport:
+    return AttemptReport(
+        attempt_id=attempt_id,
+        devices=(device,),
+        client_id=client_id,
+        call_result=call_result_pb2.CALL_RESULT_BUSY,
+        channel=channel_pb2.CHANNEL_VOICE,
+        attempt_time=when,
+    )
+
+
+def _request(address: str, client_id: str = "") -> decision_pb2.DecisionRequest:
+    return decision_pb2.DecisionRequest(
+        contact=decision_pb2.Contact(address=address, client_id=client_id, time_zone="UTC")
+    )
+
+
+def _codes(decisions: list[decision_pb2.Decision]) -> list[list[int]]:
+    return [[d.code for d in decision.denials] for decision in decisions]
+
+
 # Decided alone, the two records are read in one MULTI/EXEC; among 40 others, by the script.
 @pytest.mark.parametrize("others", [0, 40])
 async def test_old_attempts_leave_the_index_and_every_attempt_key_expires(
@@ -32,30 +78,13 @@ async def test_old_attempts_leave_the_index_and_every_attempt_key_expires(
 ) -> None:
     assert (others + 2 > TRANSACTION_MAX_ATTEMPT_SETS) == bool(others)
     tenant = f"attempts-mirror-{others}"
-    redis = create_redis(redis_server.url)
-    mirror = RulesMirror(redis)
-    await redis.set(LOADED_KEY, "1")
-    await redis.set(suppression.LOADED_KEY, "1")
-    rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r")
-    rules.contact_windows.add().end_time.hours = 24  # any hour: only attempts decide
-    rules.attempt_rules.add(max_attempts=1).window.FromTimedelta(timedelta(days=7))
-    await mirror.put(tenant, rules)
+    redis, mirror = await _mirror(redis_server, tenant, _limit(1, timedelta(days=7)))
     now = datetime.now(UTC)
     await mirror.record_attempts(
         tenant,
         [
-            AttemptReport(
-                attempt_id=attempt_id,
-                devices=(device,),
-                client_id="",
-                call_result=call_result_pb2.CALL_RESULT_BUSY,
-                channel=channel_pb2.CHANNEL_VOICE,
-                attempt_time=when,
-            )
-            for attempt_id, device, when in (
-                ("old", "+14155550171", now - timedelta(days=40)),
-                ("new", "+14155550172", now),
-            )
+            _report("old", "+14155550171", now - timedelta(days=40)),
+            _report("new", "+14155550172", now),
         ],
     )
     old_set = attempts_key(tenant, "device", "+14155550171")
@@ -65,18 +94,10 @@ async def test_old_attempts_leave_the_index_and_every_attempt_key_expires(
 
     wire = WireRedis(redis_server.url)
     engine = DecisionEngine(redis, wire)
+    others_numbers = (f"+1415555{n:04d}" for n in range(1000, 1000 + others))
     decisions = await engine.decide(
         tenant,
-        [
-            decision_pb2.DecisionRequest(
-                contact=decision_pb2.Contact(address=address, time_zone="UTC")
-            )
-            for address in (
-                "+14155550171",
-                "+14155550172",
-                *(f"+1415555{n:04d}" for n in range(1000, 1000 + others)),
-            )
-        ],
+        [_request(a) for a in ("+14155550171", "+14155550172", *others_numbers)],
         now=now,
     )
     # The old one no longer counts; the others have no attempts.
@@ -90,50 +111,26 @@ async def test_two_attempts_in_one_millisecond_count_twice_and_one_on_device_and
     redis_server: EmbeddedRedis,
 ) -> None:
     tenant = "attempts-same-instant"
-    redis = create_redis(redis_server.url)
-    mirror = RulesMirror(redis)
-    await redis.set(LOADED_KEY, "1")
-    await redis.set(suppression.LOADED_KEY, "1")
-    rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r")
-    rules.contact_windows.add().end_time.hours = 24
-    limit = rules.attempt_rules.add(
-        max_attempts=2, scope=rule_set_pb2.ATTEMPT_SCOPE_DEVICE_AND_CLIENT
-    )
-    limit.window.FromTimedelta(timedelta(days=1))
-    await mirror.put(tenant, rules)
+    limit = _limit(2, timedelta(days=1), rule_set_pb2.ATTEMPT_SCOPE_DEVICE_AND_CLIENT)
+    redis, mirror = await _mirror(redis_server, tenant, limit)
     now = datetime.now(UTC)
     # A batch from a dialer: every report stamped with the same instant.
     recorded = await mirror.record_attempts(
         tenant,
         [
-            AttemptReport(
-                attempt_id=attempt_id,
-                devices=(device,),
-                client_id=client_id,
-                call_result=call_result_pb2.CALL_RESULT_NO_ANSWER,
-                channel=channel_pb2.CHANNEL_VOICE,
-                attempt_time=now,
-            )
-            for attempt_id, device, client_id in (
-                ("first", "+14155550181", ""),
-                ("second", "+14155550181", ""),
-                ("only", "+14155550182", "client-182"),
-            )
+            _report("first", "+14155550181", now),
+            _report("second", "+14155550181", now),
+            _report("only", "+14155550182", now, client_id="client-182"),
         ],
     )
     assert recorded == 3
     wire = WireRedis(redis_server.url)
     decisions = await DecisionEngine(redis, wire).decide(
         tenant,
-        [
-            decision_pb2.DecisionRequest(
-                contact=decision_pb2.Contact(address=address, client_id=client_id, time_zone="UTC")
-            )
-            for address, client_id in (("+14155550181", ""), ("+14155550182", "client-182"))
-        ],
+        [_request("+14155550181"), _request("+14155550182", client_id="client-182")],
         now=now,
     )
-    assert [[d.code for d in decision.denials] for decision in decisions] == [
+    assert _codes(decisions) == [
         [decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT],  # two attempts, though at one instant
         [],  # one attempt, though in the device's history and the client's
     ]
@@ -145,37 +142,16 @@ async def test_a_live_decision_counts_an_attempt_stamped_ahead_of_its_clock(
     redis_server: EmbeddedRedis,
 ) -> None:
     tenant = "attempts-ahead"
-    redis = create_redis(redis_server.url)
-    mirror = RulesMirror(redis)
-    await redis.set(LOADED_KEY, "1")
-    await redis.set(suppression.LOADED_KEY, "1")
-    rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r")
-    rules.contact_windows.add().end_time.hours = 24
-    rules.attempt_rules.add(max_attempts=1).window.FromTimedelta(timedelta(hours=1))
-    await mirror.put(tenant, rules)
+    redis, mirror = await _mirror(redis_server, tenant, _limit(1, timedelta(hours=1)))
     # Recorded by a replica whose clock is 30 s ahead of this one's.
     ahead = datetime.now(UTC) + timedelta(seconds=30)
-    await mirror.record_attempts(
-        tenant,
-        [
-            AttemptReport(
-                attempt_id="ahead",
-                devices=("+14155550191",),
-                client_id="",
-                call_result=call_result_pb2.CALL_RESULT_BUSY,
-                channel=channel_pb2.CHANNEL_VOICE,
-                attempt_time=ahead,
-            )
-        ],
-    )
+    await mirror.record_attempts(tenant, [_report("ahead", "+14155550191", ahead)])
     wire = WireRedis(redis_server.url)
     engine = DecisionEngine(redis, wire)
-    request = decision_pb2.DecisionRequest(
-        contact=decision_pb2.Contact(address="+14155550191", time_zone="UTC")
-    )
-    (live,) = await engine.decide(tenant, [request])
-    assert [d.code for d in live.denials] == [decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT]
-    assert live.next_allowed_time.ToDatetime(tzinfo=UTC) <= ahead + timedelta(hours=1)
+    request = _request("+14155550191")
+    live = await engine.decide(tenant, [request])
+    assert _codes(live) == [[decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT]]
+    assert live[0].next_allowed_time.ToDatetime(tzinfo=UTC) <= ahead + timedelta(hours=1)
     # As of an instant before the stamp (an explanation), the attempt is yet to come.
     (before,) = await engine.decide(tenant, [request], now=ahead - timedelta(seconds=1))
     assert before.allowed

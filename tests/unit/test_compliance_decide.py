@@ -146,19 +146,25 @@ def test_state_holidays_follow_the_contacts_state() -> None:
     ).allowed
 
 
-def test_a_stricter_state_window_overrides_the_default() -> None:
-    florida = rule_set_pb2.WindowOverride(state_province="FL")
-    window = florida.contact_windows.add()
+def _eight_to_eight(override: rule_set_pb2.WindowOverride) -> rule_set_pb2.WindowOverride:
+    window = override.contact_windows.add()
     window.start_time.hours, window.end_time.hours = 8, 20
-    strict = rule_set(window_overrides=[florida])
-    evening = at("America/New_York", 2026, 11, 24, 20, 30)
+    return override
+
+
+FLORIDA = rule_set(
+    window_overrides=[_eight_to_eight(rule_set_pb2.WindowOverride(state_province="FL"))]
+)
+EVENING = at("America/New_York", 2026, 11, 24, 20, 30)
+
+
+def test_a_stricter_state_window_overrides_the_default() -> None:
+    strict, evening = FLORIDA, EVENING
     in_florida = decide([strict], Place(zones=("America/New_York",), states=("FL",)), evening)
     assert not in_florida.allowed and "08:00–20:00" in in_florida.denials[0].reason
     assert decide([strict], NEW_YORK, evening).allowed
-    area_code = rule_set_pb2.WindowOverride(area_code="305")
-    area_code.contact_windows.add().CopyFrom(window)
-    postal = rule_set_pb2.WindowOverride(postal_code="331*")
-    postal.contact_windows.add().CopyFrom(window)
+    area_code = _eight_to_eight(rule_set_pb2.WindowOverride(area_code="305"))
+    postal = _eight_to_eight(rule_set_pb2.WindowOverride(postal_code="331*"))
     for override, place in [
         (area_code, Place(zones=("America/New_York",), area_code="305")),
         (postal, Place(zones=("America/New_York",), postal_code="33101")),
@@ -167,14 +173,9 @@ def test_a_stricter_state_window_overrides_the_default() -> None:
 
 
 def test_a_contact_in_several_states_keeps_the_stricter_rules_of_each() -> None:
-    florida = rule_set_pb2.WindowOverride(state_province="FL")
-    window = florida.contact_windows.add()
-    window.start_time.hours, window.end_time.hours = 8, 20
-    strict = rule_set(window_overrides=[florida])
-    evening = at("America/New_York", 2026, 11, 24, 20, 30)
     # Living in New York with a Florida area code: Florida's law presumes a resident.
     both = Place(zones=("America/New_York",), states=("NY", "FL"))
-    assert not decide([strict], both, evening).allowed
+    assert not decide([FLORIDA], both, EVENING).allowed
 
 
 def test_state_holidays_skip_a_state_the_calendars_country_does_not_have() -> None:
