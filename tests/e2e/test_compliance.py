@@ -520,6 +520,21 @@ def test_ocs_call_history_feeds_attempt_rules_without_double_counting(
     assert not compliance.check("+1 415 555 0151").allowed
 
 
+def test_an_attempt_in_progress_counts_until_its_result_says_otherwise(
+    compliance: Compliance, edge: httpx.Client
+) -> None:
+    compliance.create(limited("one an hour", 1, timedelta(hours=1)))
+    headers = {"authorization": f"Bearer {compliance.token}"}
+    dialling = {"GSW_PHONE": "4155550153", "GSW_CALL_ATTEMPT_GUID": "in-progress"}
+    for sequence, result, allowed in ((0, None, False), (1, "Cancelled", True)):
+        body = {**dialling, "GSW_OCS_SEQUENCE_NO": sequence}
+        if result:
+            body["GSW_CALL_RESULT"] = result
+        assert edge.post("/ocs/v1/history", json=body, headers=headers).status_code == 200
+        # While the call is up, another campaign's dialer must not reach the same number.
+        assert compliance.check("+1 415 555 0153").allowed is allowed, result
+
+
 def _decide_direct(target: str, compliance: Compliance, address: str) -> decision_pb2.Decision:
     with grpc.insecure_channel(target) as channel:
         request = decision_pb2.DecisionRequest(contact=decision_pb2.Contact(address=address))

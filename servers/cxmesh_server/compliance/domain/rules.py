@@ -190,7 +190,10 @@ def compile_rule_set(message: rule_set_pb2.RuleSet) -> CompiledRuleSet:
                 max_attempts=rule.max_attempts,
                 window=rule.window.ToTimedelta() if rule.WhichOneof("period") == "window" else None,
                 scope=rule.scope or rule_set_pb2.ATTEMPT_SCOPE_DEVICE,
-                counted_results=frozenset(rule.counted_results) or DEFAULT_COUNTED_RESULTS,
+                # An attempt with no result yet is in progress and may end in a counted
+                # one: it counts until its result says otherwise.
+                counted_results=(frozenset(rule.counted_results) or DEFAULT_COUNTED_RESULTS)
+                | {call_result_pb2.CALL_RESULT_UNSPECIFIED},
                 channels=frozenset(rule.channels) or frozenset({channel_pb2.CHANNEL_VOICE}),
             )
         )
