@@ -293,6 +293,24 @@ def test_a_batch_of_attempts_is_recorded_whole_and_an_attempt_reported_twice_cou
     assert compliance.check("+1 415 555 0131").allowed  # one attempt, not two
 
 
+def test_a_client_limit_counts_by_the_number_when_the_record_has_no_client_id(
+    compliance: Compliance,
+) -> None:
+    per_client = all_day("one per client an hour")
+    limit = per_client.attempt_rules.add(max_attempts=1, scope=rule_set_pb2.ATTEMPT_SCOPE_CLIENT)
+    limit.window.FromTimedelta(timedelta(hours=1))
+    compliance.create(per_client)
+    compliance.record([_attempt("no-client", "+14155550155")])
+    denied = compliance.check("+1 415 555 0155")
+    assert [d.code for d in denied.denials] == [decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT]
+    # With client ids, the client's attempts count, on any of its numbers.
+    with_client = _attempt("client-1", "+14155550156")
+    with_client.contact.client_id = "debt-42"
+    compliance.record([with_client])
+    assert not compliance.check("+1 415 555 0157", client_id="debt-42").allowed
+    assert compliance.check("+1 415 555 0157", client_id="debt-43").allowed
+
+
 def test_an_attempt_stamped_in_the_future_counts_from_when_it_was_reported(
     compliance: Compliance,
 ) -> None:

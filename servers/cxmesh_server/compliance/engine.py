@@ -641,7 +641,9 @@ def _attempts(
 
 def _limit_keys(tenant: str, subject: Subject, devices: bool, clients: bool) -> list[str]:
     keys = []
-    if devices:
+    # Without a client id the number stands for the client: a limit by client id (the
+    # Regulation F preset's) would otherwise count nothing for the record.
+    if devices or (clients and not subject.client_id):
         keys.append(attempts_key(tenant, "device", subject.address))
     if clients and subject.client_id:
         keys.append(attempts_key(tenant, "client", subject.client_id))
