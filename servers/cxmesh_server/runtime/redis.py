@@ -18,7 +18,7 @@ class _HiredisPackingConnection(Connection):
     which dominated the cost of large pipelines (a 1,000-record decision batch sends
     thousands of arguments); its sync connection already uses hiredis."""
 
-    _serializer = HiredisRespSerializer()
+    _serializer = HiredisRespSerializer()  # type: ignore[no-untyped-call,unused-ignore]
 
     def pack_command(self, *args: Any) -> list[bytes]:
         return self._serializer.pack(*args)  # type: ignore[no-any-return]
