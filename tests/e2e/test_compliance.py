@@ -457,6 +457,27 @@ def test_an_ocs_time_zone_abbreviation_leaves_the_zone_to_the_number(
     assert edge.post("/ocs/v1/validate", json=named, headers=dialer).status_code == 409
 
 
+def test_an_ocs_zip_code_sent_as_a_number_keeps_its_leading_zero(
+    compliance: Compliance, edge: httpx.Client
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    # Boston's ZIP codes (021xx) may only be called in an hour that is not now.
+    boston = rule_set_pb2.WindowOverride(postal_code="021*")
+    later = (datetime.now(ZoneInfo("America/New_York")).hour + 12) % 24
+    window = boston.contact_windows.add()
+    window.start_time.hours, window.end_time.hours = later, later + 1
+    compliance.create(all_day("boston", window_overrides=[boston]))
+    dialer = compliance.dialer()
+    for zip_code in (2134, "02134"):
+        record = {"GSW_PHONE": "2125550149", "ZIP": zip_code}
+        answer = edge.post("/ocs/v1/validate", json=record, headers=dialer)
+        assert answer.status_code == 409, zip_code
+        assert "OUTSIDE_CONTACT_WINDOW" in answer.text
+    nowhere = {"GSW_PHONE": "2125550149"}
+    assert edge.post("/ocs/v1/validate", json=nowhere, headers=dialer).status_code == 200
+
+
 def test_a_dialers_campaign_name_selects_what_is_bound_to_that_campaign(
     compliance: Compliance, edge: httpx.Client
 ) -> None:

@@ -209,6 +209,13 @@ def _ocs_attributes(attributes: struct_pb2.Struct) -> dict[str, Any]:
     return values
 
 
+def _postal_code(value: Any) -> str:
+    """A US ZIP code sent as a JSON number has lost its leading zeros (02134 → 2134)."""
+    if isinstance(value, int) and 0 <= value < 100_000:
+        return f"{value:05d}"
+    return str(value)
+
+
 def _ocs_contact(attributes: dict[str, Any]) -> decision_pb2.Contact:
     zone = str(attributes.get("GSW_TZ_NAME", ""))
     return decision_pb2.Contact(
@@ -219,7 +226,7 @@ def _ocs_contact(attributes: dict[str, Any]) -> decision_pb2.Contact:
         # fixed offsets (in July EST's 20:30 is New York's 21:30: a wrong allow). Only an
         # Area/Location name is taken; otherwise the postal code or the number decides.
         time_zone=zone if "/" in zone and zone in valid_zones() else "",
-        postal_code=str(attributes.get("POSTAL_CODE", attributes.get("ZIP", ""))),
+        postal_code=_postal_code(attributes.get("POSTAL_CODE", attributes.get("ZIP", ""))),
         state_province=str(attributes.get("STATE", attributes.get("STATE_PROVINCE", ""))),
     )
 
