@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cxmesh.compliance.v1 import decision_service_pb2_grpc, rule_set_service_pb2_grpc
-from cxmesh_server.compliance.engine import DecisionEngine
+from cxmesh_server.compliance.engine import DecisionEngine, warm_up
 from cxmesh_server.compliance.handlers import DecisionHandlers, RuleSetHandlers
 from cxmesh_server.compliance.mirror import RulesMirror
 from cxmesh_server.compliance.store import RuleSetStore
@@ -62,6 +62,7 @@ async def _watch_data(store: RuleSetStore, resources: Resources) -> None:
 
 
 async def on_start(resources: Resources) -> None:
+    warm_up()
     store = _store(resources)
     await store.rebuild_mirror()
     start_background(_watch_data(store, resources))

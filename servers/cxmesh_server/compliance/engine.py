@@ -500,6 +500,14 @@ class DecisionEngine:
         return view
 
 
+def warm_up() -> None:
+    """Loads what placing a contact reads (the ZIP and area code tables, phone metadata:
+    ~160 ms on the bench machine) before serving, so the first calls after a start do not
+    wait for it; and before the runtime's gc.freeze, which keeps it out of the collector's
+    sight."""
+    _contact_facts("+12125550100", DEFAULT_REGION, "", "10001", "NY", "")
+
+
 def _prepare(tenant: str, request: decision_pb2.DecisionRequest, view: _View) -> Subject:
     # Serialising is cheaper than reading the eight fields the preparation needs.
     key = request.SerializeToString()
