@@ -81,12 +81,16 @@ class _Paced:
     window_p99s_ms: tuple[float, ...]
     # the host's steal in each window: the p99s follow it
     window_steal_shares: tuple[float, ...]
+    # the rate each window reached: h2load's pacing can over- or undershoot one
+    window_rates: tuple[float, ...]
 
     def windows(self) -> str:
         return (
             "windows' p99 "
             + ", ".join(f"{p99:,.2f}" for p99 in self.window_p99s_ms)
-            + " ms with "
+            + " ms at "
+            + ", ".join(f"{rate:,.0f}" for rate in self.window_rates)
+            + " req/s with "
             + ", ".join(f"{steal:.1%}" for steal in self.window_steal_shares)
             + " stolen"
         )
@@ -123,6 +127,7 @@ def _latency_at(rate: float, targets: dict[str, _Target]) -> dict[str, _Paced]:
             datastore_cpu_us_per_call=sum(d.seconds for _, _, d in windows) / answered * 1e6,
             window_p99s_ms=tuple(result.p99_ms for result, _, _ in windows),
             window_steal_shares=tuple(meter.steal_share for _, meter, _ in windows),
+            window_rates=tuple(result.requests_per_second for result, _, _ in windows),
         )
 
     return {name: summed(windows) for name, windows in runs.items()}
