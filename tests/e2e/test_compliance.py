@@ -234,6 +234,43 @@ def test_suppression_entries_from_the_lists_service_deny_at_once(compliance: Com
         assert [d.code for d in denied.denials] == [decision_pb2.DENIAL_CODE_SUPPRESSED], address
 
 
+def test_a_stream_answers_every_question_once_by_its_correlation_id(
+    compliance: Compliance,
+) -> None:
+    compliance.create(all_day("streamed"))
+    questions = [
+        decision_service_pb2.PreValidateStreamRequest(
+            correlation_id=f"q{n}",
+            decision_request=decision_pb2.DecisionRequest(
+                contact=decision_pb2.Contact(address=f"+1415555{1000 + n:04d}")
+            ),
+        )
+        for n in range(300)
+    ]
+    questions.append(
+        decision_service_pb2.PreValidateStreamRequest(
+            correlation_id="no-address", decision_request=decision_pb2.DecisionRequest()
+        )
+    )
+    questions.append(
+        decision_service_pb2.PreValidateStreamRequest(
+            correlation_id="x" * 65,
+            decision_request=decision_pb2.DecisionRequest(
+                contact=decision_pb2.Contact(address="+14155550170")
+            ),
+        )
+    )
+    streamed = list(
+        compliance.decisions.PreValidateStream(iter(questions), metadata=compliance.md, timeout=30)
+    )
+    assert sorted(a.correlation_id for a in streamed) == sorted(q.correlation_id for q in questions)
+    answers = {a.correlation_id: a.decision for a in streamed}
+    assert all(answers[f"q{n}"].allowed for n in range(300))
+    for bad, field in (("no-address", "contact.address"), ("x" * 65, "correlation_id")):
+        assert [d.code for d in answers[bad].denials] == [decision_pb2.DENIAL_CODE_INVALID_ADDRESS]
+        assert field in answers[bad].denials[0].reason
+
+
 def test_attempts_count_once_per_attempt_id_and_limit_contacts(compliance: Compliance) -> None:
     limited = all_day("two an hour")
     rule = limited.attempt_rules.add(max_attempts=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,6 +33,9 @@ from cxmesh_server.runtime.errors import Aborted, FieldViolation, InvalidArgumen
 from cxmesh_server.runtime.masks import update_paths
 
 MAX_BATCH = 1000
+# Questions of one PreValidateStream decided at once: enough to fill the coalescer's
+# batches, few enough that one stream cannot hold unbounded work.
+STREAM_IN_FLIGHT = 64
 # How far from now PreValidate accepts a decision time (only Explain looks elsewhere).
 NOW_TOLERANCE = timedelta(seconds=5)
 UPDATABLE = {
@@ -269,28 +273,70 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         request_iterator: AsyncIterator[decision_service_pb2.PreValidateStreamRequest],
         context: GrpcContext,
     ) -> AsyncIterator[decision_service_pb2.PreValidateStreamResponse]:
+        """Up to `STREAM_IN_FLIGHT` questions of a stream are decided at once, answered as
+        they are decided (the contract allows any order): one at a time, each would wait
+        out the previous one's Redis read, and none would share a read."""
         tenant = current_tenant()
-        async for message in request_iterator:
-            check = Validator()
-            _check_request("decision_request", message.decision_request, check)
-            if check.violations:
-                decision = decision_pb2.Decision(
-                    allowed=False,
-                    denials=[
-                        decision_pb2.Denial(
-                            code=decision_pb2.DENIAL_CODE_INVALID_ADDRESS,
-                            reason="; ".join(
-                                f"{v.field}: {v.description}" for v in check.violations
-                            ),
-                        )
-                    ],
+        answers: asyncio.Queue[decision_service_pb2.PreValidateStreamResponse | None] = (
+            asyncio.Queue()
+        )
+        in_flight = asyncio.Semaphore(STREAM_IN_FLIGHT)
+
+        async def answer(message: decision_service_pb2.PreValidateStreamRequest) -> None:
+            try:
+                decision = await self._stream_decision(tenant, message)
+                await answers.put(
+                    decision_service_pb2.PreValidateStreamResponse(
+                        correlation_id=message.correlation_id, decision=decision
+                    )
                 )
-            else:
-                (decision,) = await self._engine.decide(tenant, [message.decision_request])
-            count_decisions(tenant, (decision,))
-            yield decision_service_pb2.PreValidateStreamResponse(
-                correlation_id=message.correlation_id, decision=decision
+            finally:
+                in_flight.release()
+
+        async def read() -> None:
+            deciding: set[asyncio.Task[None]] = set()
+            try:
+                async for message in request_iterator:
+                    await in_flight.acquire()  # a sender faster than Redis waits here
+                    task = asyncio.create_task(answer(message))
+                    deciding.add(task)
+                    task.add_done_callback(deciding.discard)
+                await asyncio.gather(*deciding)
+            finally:
+                for task in deciding:
+                    task.cancel()
+                await answers.put(None)
+
+        reading = asyncio.create_task(read())
+        try:
+            while (response := await answers.get()) is not None:
+                yield response
+            await reading  # a failed read or decision ends the stream with its error
+        finally:
+            reading.cancel()
+
+    async def _stream_decision(
+        self, tenant: str, message: decision_service_pb2.PreValidateStreamRequest
+    ) -> decision_pb2.Decision:
+        """A stream answers a bad question with a denial naming what is wrong: one bad
+        record must not end the stream of a dialer's others."""
+        check = Validator()
+        check.require(len(message.correlation_id) <= 64, "correlation_id", "at most 64 characters")
+        _check_request("decision_request", message.decision_request, check)
+        if check.violations:
+            decision = decision_pb2.Decision(
+                allowed=False,
+                denials=[
+                    decision_pb2.Denial(
+                        code=decision_pb2.DENIAL_CODE_INVALID_ADDRESS,
+                        reason="; ".join(f"{v.field}: {v.description}" for v in check.violations),
+                    )
+                ],
             )
+        else:
+            (decision,) = await self._engine.decide(tenant, [message.decision_request])
+        count_decisions(tenant, (decision,))
+        return decision
 
     async def RecordAttempts(
         self, request: decision_service_pb2.RecordAttemptsRequest, context: GrpcContext
