@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -71,7 +72,7 @@ class Compliance:
             timeout=10,
         ).rule_set
 
-    def check(self, address: str, **contact: str) -> decision_pb2.Decision:
+    def check(self, address: str, **contact: Any) -> decision_pb2.Decision:
         request = decision_pb2.DecisionRequest(
             contact=decision_pb2.Contact(address=address, **contact)
         )
@@ -82,7 +83,7 @@ class Compliance:
         ).decision
 
     def explain(
-        self, address: str, moment: datetime, **contact: str
+        self, address: str, moment: datetime, **contact: Any
     ) -> decision_service_pb2.ExplainDecisionResponse:
         stamp = Timestamp()
         stamp.FromDatetime(moment)
@@ -472,26 +473,46 @@ def test_ocs_pre_dial_validation_answers_200_to_dial_and_409_to_block(
     assert edge.post("/ocs/v1/validate", json=record).status_code == 401
 
 
-def test_an_ocs_time_zone_abbreviation_leaves_the_zone_to_the_number(
+def test_an_ocs_time_zone_abbreviation_is_one_more_zone_the_contact_may_be_in(
     compliance: Compliance, edge: httpx.Client
 ) -> None:
     from zoneinfo import ZoneInfo
 
-    # OCS sends its Time Zone object's name, a three-letter abbreviation with the tenant's
-    # own DST rules; tzdata's EST, MST and HST are fixed offsets (in July, EST's 20:30 is
-    # New York's 21:30). Open only around New York's hour now: HST's is five hours off.
+    # OCS sends its Time Zone object's name, an abbreviation with the tenant's own DST
+    # rules; tzdata's EST, MST and HST are fixed offsets (in July, EST's 20:30 is New York's
+    # 21:30). Open only around New York's hour now: Hawaii's and California's are not in it.
     hour = datetime.now(ZoneInfo("America/New_York")).hour
     window = rule_set_pb2.ContactWindow()
     window.start_time.hours, window.end_time.hours = max(hour - 1, 0), min(hour + 2, 24)
     compliance.create(rule_set_pb2.RuleSet(display_name="new york hours", contact_windows=[window]))
     dialer = compliance.dialer()
-    for abbreviation in ("HST", "EST", "PST"):
-        record = {"GSW_PHONE": "2125550147", "GSW_TZ_NAME": abbreviation}
-        answer = edge.post("/ocs/v1/validate", json=record, headers=dialer)
-        assert answer.status_code == 200, (abbreviation, answer.text)
+
+    def validate(tz_name: str) -> httpx.Response:
+        record = {"GSW_PHONE": "2125550147", "GSW_TZ_NAME": tz_name}
+        return edge.post("/ocs/v1/validate", json=record, headers=dialer)
+
+    # A New York number whose record says Eastern, or a name we do not know: New York.
+    for tz_name in ("EST", "Eastern", "XYZ"):
+        answer = validate(tz_name)
+        assert answer.status_code == 200, (tz_name, answer.text)
         assert answer.json()["decision"]["timeZone"] == "America/New_York"
-    named = {"GSW_PHONE": "2125550147", "GSW_TZ_NAME": "Pacific/Honolulu"}
-    assert edge.post("/ocs/v1/validate", json=named, headers=dialer).status_code == 409
+    # Its record says Hawaii or Pacific (a number kept after a move): both must allow.
+    for tz_name in ("HST", "PST", "Pacific/Honolulu"):
+        assert validate(tz_name).status_code == 409, tz_name
+
+
+def test_candidate_time_zones_restrict_and_never_replace(compliance: Compliance) -> None:
+    # No rule set: the built-in 08:00-21:00.
+    morning = datetime(2026, 7, 15, 13, 30, tzinfo=UTC)  # 09:30 in New York, 06:30 in LA
+    assert compliance.explain("+1 212 555 0100", morning).decision.allowed
+    also_la = compliance.explain(
+        "+1 212 555 0100", morning, candidate_time_zones=["America/Los_Angeles"]
+    )
+    assert not also_la.decision.allowed
+    assert list(also_la.time_zone_candidates) == ["America/New_York", "America/Los_Angeles"]
+    with pytest.raises(grpc.RpcError) as refused:
+        compliance.check("+1 212 555 0100", candidate_time_zones=["Mars/Olympus"])
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_an_ocs_zip_code_sent_as_a_number_keeps_its_leading_zero(

@@ -530,6 +530,7 @@ def _prepared(tenant: str, request: decision_pb2.DecisionRequest, view: _View) -
         contact.postal_code,
         contact.state_province,
         profile.default_zone,
+        tuple(contact.candidate_time_zones),
     )
     # Trimmed, as the lists service stores client ids on its suppression lists.
     client_id = contact.client_id.strip()
@@ -556,6 +557,7 @@ def _contact_facts(
     postal_code: str,
     state: str,
     default_zone: str,
+    candidate_zones: tuple[str, ...] = (),
 ) -> tuple[str, str, Located | None, Denial | None]:
     """(kind, normalised address, place, problem) of a contact. Dialers validate the same
     records again and again: each contact is parsed and placed once."""
@@ -581,14 +583,16 @@ def _contact_facts(
         phone_zones=phone_zones,
         default_zone=default_zone,
     )
-    if decision is None:
+    if decision is None and not candidate_zones:
         problem = Denial(
             decision_pb2.DENIAL_CODE_UNKNOWN_TIME_ZONE,
             "no time zone can be determined for the contact",
             "",
         )
         return kind, address, None, problem
-    zones = decision.candidates or (decision.time_zone,)
+    # Zones other data gives add to those the contact's own data gives.
+    derived = () if decision is None else decision.candidates or (decision.time_zone,)
+    zones = tuple(dict.fromkeys((*derived, *candidate_zones)))
     # The rules of every state the record names, its ZIP code lies in or its area code
     # covers apply (`contacts.places`).
     named = subdivision_code(state) if state.strip() else ""

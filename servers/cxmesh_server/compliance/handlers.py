@@ -158,8 +158,13 @@ def _check_request(
     zone = contact.time_zone
     no_address = not contact.address.strip()
     unknown_zone = bool(zone) and zone not in valid_zones()
+    unknown_candidates = [
+        n
+        for n, candidate in enumerate(contact.candidate_time_zones)
+        if candidate not in valid_zones()
+    ]
     timed = not any_time and request.HasField("decision_time")
-    if not (no_address or unknown_zone or timed):
+    if not (no_address or unknown_zone or unknown_candidates or timed):
         return  # the usual case: nothing to say
     if index is not None:
         field = f"{field}[{index}]"
@@ -167,6 +172,8 @@ def _check_request(
         check.require(False, f"{field}.contact.address", "is required")
     if unknown_zone:
         check.require(False, f"{field}.contact.time_zone", "must be an IANA zone")
+    for n in unknown_candidates:
+        check.require(False, f"{field}.contact.candidate_time_zones[{n}]", "must be an IANA zone")
     if timed:
         offset = abs(request.decision_time.ToDatetime(tzinfo=UTC) - datetime.now(UTC))
         if offset > NOW_TOLERANCE:
@@ -220,16 +227,34 @@ def _postal_code(value: Any) -> str:
     return str(value)
 
 
+# GSW_TZ_NAME names the tenant's Genesys Time Zone object, usually a North American
+# abbreviation whose DST rules are the tenant's own configuring. tzdata's EST, MST and HST
+# are fixed offsets (in July EST's 20:30 is New York's 21:30), so such a name is not taken
+# as the zone: it adds the zones it may mean as candidates beside the number's or ZIP
+# code's, and a time must be allowed in all of them. Names not here add nothing.
+_OCS_ZONE_NAMES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("EST", "EDT", "ET", "EASTERN", "EST5EDT"), ("America/New_York",)),
+    **dict.fromkeys(("CST", "CDT", "CT", "CENTRAL", "CST6CDT"), ("America/Chicago",)),
+    # Mountain time with DST, or Arizona's without
+    "MST": ("America/Denver", "America/Phoenix"),
+    **dict.fromkeys(("MDT", "MT", "MOUNTAIN", "MST7MDT"), ("America/Denver",)),
+    **dict.fromkeys(("PST", "PDT", "PT", "PACIFIC", "PST8PDT"), ("America/Los_Angeles",)),
+    **dict.fromkeys(("AKST", "AKDT", "AKT", "ALASKA"), ("America/Anchorage",)),
+    **dict.fromkeys(("HST", "HAST", "HAWAII"), ("Pacific/Honolulu",)),
+    # Atlantic time with DST (Canada), or Puerto Rico's without
+    **dict.fromkeys(("AST", "ADT", "ATLANTIC"), ("America/Halifax", "America/Puerto_Rico")),
+    **dict.fromkeys(("NST", "NDT", "NEWFOUNDLAND"), ("America/St_Johns",)),
+}
+
+
 def _ocs_contact(attributes: dict[str, Any]) -> decision_pb2.Contact:
-    zone = str(attributes.get("GSW_TZ_NAME", ""))
+    zone = str(attributes.get("GSW_TZ_NAME", "")).strip()
+    named = "/" in zone and zone in valid_zones()  # an IANA Area/Location name wins
     return decision_pb2.Contact(
         address=str(attributes.get("GSW_PHONE", "")),
         client_id=str(attributes.get("CLIENT_ID", attributes.get("GSW_CLIENT_ID", ""))),
-        # GSW_TZ_NAME names the tenant's Genesys Time Zone object, usually a three-letter
-        # abbreviation with DST rules of its own configuring; tzdata's EST, MST and HST are
-        # fixed offsets (in July EST's 20:30 is New York's 21:30: a wrong allow). Only an
-        # Area/Location name is taken; otherwise the postal code or the number decides.
-        time_zone=zone if "/" in zone and zone in valid_zones() else "",
+        time_zone=zone if named else "",
+        candidate_time_zones=() if named else _OCS_ZONE_NAMES.get(zone.upper(), ()),
         postal_code=_postal_code(attributes.get("POSTAL_CODE", attributes.get("ZIP", ""))),
         state_province=str(attributes.get("STATE", attributes.get("STATE_PROVINCE", ""))),
     )
