@@ -49,7 +49,6 @@ PRE_VALIDATE_BATCH_METHOD = "PreValidateBatch"
 PRE_VALIDATE = f"/cxmesh.compliance.v1.DecisionService/{PRE_VALIDATE_METHOD}"
 PRE_VALIDATE_BATCH = f"/cxmesh.compliance.v1.DecisionService/{PRE_VALIDATE_BATCH_METHOD}"
 RECORD_ATTEMPTS_METHOD = "RecordAttempts"
-RECORD_ATTEMPTS = f"/cxmesh.compliance.v1.DecisionService/{RECORD_ATTEMPTS_METHOD}"
 
 
 def _contact(n: int) -> decision_pb2.DecisionRequest:
@@ -371,18 +370,7 @@ def measure(run: Run, env: Environment) -> None:
     batch = decision_service_pb2.PreValidateBatchRequest(
         decision_requests=[_contact(n) for n in range(1000)]
     )
-    batched = answered_ok(
-        [compliance.metrics_port],
-        PRE_VALIDATE_BATCH_METHOD,
-        lambda: h2load_grpc(
-            f"http://127.0.0.1:{port}{PRE_VALIDATE_BATCH}",
-            batch,
-            headers=auth,
-            seconds=SECONDS,
-            connections=2,
-            streams=2,
-        ),
-    )
+    batched = _batches(compliance.metrics_port, port, auth, PRE_VALIDATE_BATCH_METHOD, batch)
     run.record(
         Figure(
             GROUP,
@@ -433,18 +421,7 @@ def measure(run: Run, env: Environment) -> None:
             for n in range(1000)
         ]
     )
-    recorded = answered_ok(
-        [compliance.metrics_port],
-        RECORD_ATTEMPTS_METHOD,
-        lambda: h2load_grpc(
-            f"http://127.0.0.1:{port}{RECORD_ATTEMPTS}",
-            attempts,
-            headers=auth,
-            seconds=SECONDS,
-            connections=2,
-            streams=2,
-        ),
-    )
+    recorded = _batches(compliance.metrics_port, port, auth, RECORD_ATTEMPTS_METHOD, attempts)
     run.record(
         Figure(
             GROUP,
@@ -456,6 +433,24 @@ def measure(run: Run, env: Environment) -> None:
             "each replaces its last report, one script of 5-7 Redis commands per attempt, all "
             "in one pipeline)",
         )
+    )
+
+
+def _batches(
+    metrics_port: int, port: int, auth: dict[str, str], method: str, request: Message
+) -> LoadResult:
+    """Calls of 1,000 items each to a DecisionService method, h2load -c2 -m2."""
+    return answered_ok(
+        [metrics_port],
+        method,
+        lambda: h2load_grpc(
+            f"http://127.0.0.1:{port}/cxmesh.compliance.v1.DecisionService/{method}",
+            request,
+            headers=auth,
+            seconds=SECONDS,
+            connections=2,
+            streams=2,
+        ),
     )
 
 
