@@ -502,7 +502,7 @@ class DecisionEngine:
 
 def warm_up() -> None:
     """Loads what placing a contact reads (the ZIP and area code tables, phone metadata:
-    ~160 ms on the bench machine) before serving, so the first calls after a start do not
+    ~160 ms for the first contact, timed in-process on the bench machine) before serving, so the first calls after a start do not
     wait for it; and before the runtime's gc.freeze, which keeps it out of the collector's
     sight."""
     _contact_facts("+12125550100", DEFAULT_REGION, "", "10001", "NY", "")
