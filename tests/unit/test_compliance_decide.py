@@ -9,9 +9,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from cxmesh.compliance.v1 import decision_pb2, rule_set_pb2
+from cxmesh.types.v1 import channel_pb2
 from cxmesh_server.compliance.domain.decide import AttemptHistory, Place, decide
 from cxmesh_server.compliance.domain.rules import (
     CompiledRuleSet,
+    InvalidRuleSet,
     compile_rule_set,
     preset,
     validate_rule_set,
@@ -133,6 +135,18 @@ def test_federal_holidays_and_blackout_dates() -> None:
     assert not decide([frozen], NEW_YORK, at("America/New_York", 2026, 12, 1, 12, 0)).allowed
 
 
+def test_a_blackout_date_without_a_year_recurs_every_year() -> None:
+    # google.type.Date: year 0 is "every year", the way an operator blacks out Christmas.
+    christmas = rule_set_pb2.BlackoutDate(reason="Christmas")
+    christmas.date.month, christmas.date.day = 12, 25
+    yearly = rule_set(blackout_dates=[christmas])
+    for year in (2026, 2027, 2031):
+        closed = decide([yearly], NEW_YORK, at("America/New_York", year, 12, 25, 12, 0))
+        assert codes(closed) == [decision_pb2.DENIAL_CODE_BLACKOUT_DATE]
+        assert closed.next_allowed == at("America/New_York", year, 12, 26, 8, 0)
+    assert decide([yearly], NEW_YORK, at("America/New_York", 2026, 12, 24, 12, 0)).allowed
+
+
 def test_state_holidays_follow_the_contacts_state() -> None:
     by_state = rule_set(
         holiday_calendars=[rule_set_pb2.HolidayCalendar(country="US", by_contact_state=True)]
@@ -170,6 +184,15 @@ def test_a_stricter_state_window_overrides_the_default() -> None:
         (postal, Place(zones=("America/New_York",), postal_code="33101")),
     ]:
         assert not decide([rule_set(window_overrides=[override])], place, evening).allowed
+
+
+def test_a_state_override_may_name_the_state() -> None:
+    # Contacts' states are codes; an override written "Florida" must still match them.
+    named = rule_set(
+        window_overrides=[_eight_to_eight(rule_set_pb2.WindowOverride(state_province=" florida"))]
+    )
+    in_florida = Place(zones=("America/New_York",), states=("FL",))
+    assert not decide([named], in_florida, EVENING).allowed
 
 
 def test_a_contact_in_several_states_keeps_the_stricter_rules_of_each() -> None:
@@ -286,3 +309,92 @@ def test_invalid_rule_sets_name_every_bad_field() -> None:
         "rule_set.campaigns[2]",
     } <= fields
     assert "rule_set.campaigns[0]" not in fields
+
+
+def _violations(message: rule_set_pb2.RuleSet) -> dict[str, str]:
+    check = Validator()
+    validate_rule_set(message, check)
+    return {v.field: v.description for v in check.violations}
+
+
+def test_a_rule_that_could_match_nothing_is_refused() -> None:
+    """A value that matches no contact, call or day would not restrict anything: a wrong
+    allow. Every such value is a field violation, and a stored one fails to compile."""
+    odd_minutes = rule_set_pb2.ContactWindow()
+    odd_minutes.start_time.hours, odd_minutes.start_time.minutes = 8, 90
+    odd_minutes.end_time.hours = 20
+    fraction = rule_set_pb2.ContactWindow()
+    fraction.start_time.hours, fraction.end_time.hours, fraction.end_time.nanos = 8, 20, 5
+    february_30 = rule_set_pb2.BlackoutDate()
+    february_30.date.year, february_30.date.month, february_30.date.day = 2027, 2, 30
+    no_month = rule_set_pb2.BlackoutDate()
+    no_month.date.day = 4
+    message = rule_set_pb2.RuleSet(
+        display_name="typos",
+        channels=[99],  # type: ignore[list-item]
+        contact_windows=[odd_minutes, fraction],
+        window_overrides=[
+            rule_set_pb2.WindowOverride(state_province="Floride"),
+            rule_set_pb2.WindowOverride(area_code="(305)"),
+            rule_set_pb2.WindowOverride(postal_code="331**"),
+        ],
+        blackout_dates=[february_30, no_month],
+        holiday_calendars=[
+            rule_set_pb2.HolidayCalendar(country="XX"),
+            rule_set_pb2.HolidayCalendar(country="US", subdivision="ZZ"),
+        ],
+        attempt_rules=[
+            rule_set_pb2.AttemptRule(
+                max_attempts=3,
+                since_local_midnight=False,
+                scope=77,  # type: ignore[arg-type]
+                counted_results=[500],  # type: ignore[list-item]
+                channels=[channel_pb2.CHANNEL_UNSPECIFIED],
+            )
+        ],
+        suppression_lists=["dnc"],
+    )
+    assert set(_violations(message)) == {
+        "rule_set.channels",
+        "rule_set.contact_windows[0].start_time",
+        "rule_set.contact_windows[1].end_time",
+        "rule_set.window_overrides[0].state_province",
+        "rule_set.window_overrides[1].area_code",
+        "rule_set.window_overrides[2].postal_code",
+        "rule_set.blackout_dates[0].date",
+        "rule_set.blackout_dates[1].date",
+        "rule_set.holiday_calendars[0].country",
+        "rule_set.holiday_calendars[1].subdivision",
+        "rule_set.attempt_rules[0].since_local_midnight",
+        "rule_set.attempt_rules[0].scope",
+        "rule_set.attempt_rules[0].counted_results",
+        "rule_set.attempt_rules[0].channels",
+        "rule_set.suppression_lists[0]",
+    }
+    message.name = "ruleSets/typos"
+    with pytest.raises(InvalidRuleSet, match=r"ruleSets/typos\.window_overrides\[0\]"):
+        compile_rule_set(message)
+
+
+def test_the_values_rules_are_written_with_are_accepted() -> None:
+    closing = rule_set_pb2.ContactWindow()
+    closing.start_time.hours, closing.end_time.hours = 18, 24  # until the day ends
+    leap_day = rule_set_pb2.BlackoutDate()
+    leap_day.date.month, leap_day.date.day = 2, 29  # every year that has one
+    message = rule_set_pb2.RuleSet(
+        display_name="fine",
+        channels=[channel_pb2.CHANNEL_VOICE, channel_pb2.CHANNEL_SMS],
+        contact_windows=[closing],
+        window_overrides=[
+            rule_set_pb2.WindowOverride(state_province="Nova Scotia"),
+            rule_set_pb2.WindowOverride(state_province="pr"),
+            rule_set_pb2.WindowOverride(area_code="305"),
+            rule_set_pb2.WindowOverride(postal_code="K1A 0B1"),
+            rule_set_pb2.WindowOverride(postal_code="331*"),
+        ],
+        blackout_dates=[leap_day],
+        holiday_calendars=[rule_set_pb2.HolidayCalendar(country="ca", subdivision="qc")],
+        suppression_lists=["suppressionLists/dnc"],
+    )
+    assert _violations(message) == {}
+    assert _violations(preset(rule_set_pb2.RULE_SET_PRESET_US_TCPA_REG_F)) == {}

@@ -35,7 +35,11 @@ from cxmesh_server.compliance.domain.decide import (
     decide,
     time_verdict,
 )
-from cxmesh_server.compliance.domain.rules import CompiledRuleSet, compile_rule_set
+from cxmesh_server.compliance.domain.rules import (
+    CompiledRuleSet,
+    InvalidRuleSet,
+    compile_rule_set,
+)
 from cxmesh_server.compliance.mirror import LOADED_KEY as RULES_LOADED
 from cxmesh_server.compliance.mirror import (
     attempt_index_key,
@@ -158,6 +162,8 @@ class _View:
     rule_sets: list[CompiledRuleSet]
     index_version: str
     bindings: dict[str, list[str]]
+    # why the rules cannot be applied (a stored rule set fails validation); "" when they can
+    problem: str = ""
     profiles: dict[tuple[str, int], Profile] = field(default_factory=dict)
     # request bytes → the request prepared under this view
     subjects: dict[bytes, Subject] = field(default_factory=dict)
@@ -246,6 +252,8 @@ class DecisionEngine:
     async def place(self, tenant: str, request: decision_pb2.DecisionRequest) -> Place | None:
         """Where decisions take the request's contact to be; None when nowhere (denied)."""
         view = self._views.get(tenant) or await self._refresh(tenant)
+        if view.problem:
+            return None
         located = _prepare(tenant, request, view).located
         return located.place if located is not None else None
 
@@ -292,6 +300,8 @@ class DecisionEngine:
                 view.rules_version,
                 view.index_version,
             ):
+                if view.problem:
+                    raise Unavailable(view.problem)
                 return self._conclude(tenant, subjects, plan, attempt_keys, replies[4:], now, live)
             view = await self._refresh(tenant)
         raise Unavailable("the compliance data kept changing while deciding")
@@ -490,9 +500,17 @@ class DecisionEngine:
             pipe.get(suppression_mirror.index_version_key(tenant))
             pipe.hgetall(suppression_mirror.index_key(tenant))
             rules_version, encoded, index_version, index = await pipe.execute()
+        problem = ""
+        try:
+            rule_sets = [compile_rule_set(decode_rule_set(v)) for v in encoded.values()]
+        except InvalidRuleSet as error:
+            # Left out, it would restrict nothing: every decision of the tenant is denied
+            # until the rules change.
+            rule_sets, problem = [], f"a rule set is invalid: {error}"
         view = _View(
             rules_version=str(rules_version or "0"),
-            rule_sets=[compile_rule_set(decode_rule_set(v)) for v in encoded.values()],
+            rule_sets=rule_sets,
+            problem=problem,
             index_version=str(index_version or "0"),
             bindings={list_id: json.loads(value)["campaigns"] for list_id, value in index.items()},
         )

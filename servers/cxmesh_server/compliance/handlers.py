@@ -19,7 +19,11 @@ from cxmesh.compliance.v1 import (
 )
 from cxmesh.types.v1 import call_result_pb2, channel_pb2
 from cxmesh_server.compliance.domain.decide import date_verdict, window_verdict
-from cxmesh_server.compliance.domain.rules import compile_rule_set, validate_rule_set
+from cxmesh_server.compliance.domain.rules import (
+    InvalidRuleSet,
+    compile_rule_set,
+    validate_rule_set,
+)
 from cxmesh_server.compliance.engine import DecisionEngine
 from cxmesh_server.compliance.metrics import count_attempts, count_decisions
 from cxmesh_server.compliance.mirror import AttemptReport, RulesMirror
@@ -428,7 +432,11 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         _, messages = await self._mirror.load(tenant)
         place = await self._engine.place(tenant, request.decision_request)
         for message in messages:
-            compiled = compile_rule_set(message)
+            try:
+                compiled = compile_rule_set(message)
+            except InvalidRuleSet as error:
+                response.verdicts.add(rule=message.name, allowed=False, detail=str(error))
+                continue
             if place is not None:
                 window = window_verdict(compiled, place, when)
                 response.verdicts.add(

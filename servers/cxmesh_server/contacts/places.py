@@ -141,6 +141,12 @@ def _codes_by_folded_name() -> dict[str, str]:
     return {name.casefold(): code for name, code in _subdivision_codes().items()}
 
 
+def is_subdivision(value: str) -> bool:
+    """Whether `value` names a US state or territory or a Canadian province, by code or
+    name."""
+    return value.strip().casefold() in _codes_by_folded_name()
+
+
 def subdivision_code(value: str) -> str:
     """A state or province as its code: "Florida", "fl" and "FL" are all "FL"; a value
     that names none is kept, upper-cased."""

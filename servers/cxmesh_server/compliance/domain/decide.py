@@ -103,7 +103,7 @@ def _calendar_subdivisions(calendar: HolidayRule, place: Place) -> tuple[str, ..
 def date_verdict(rule_set: CompiledRuleSet, place: Place, moment: datetime) -> str | None:
     for zone in place.zones:
         day = moment.astimezone(_zone(zone)).date()
-        if day in rule_set.blackout_dates:
+        if day in rule_set.blackout_dates or (day.month, day.day) in rule_set.yearly_blackout_dates:
             return f"{day} ({zone}) is a blackout date"
         for calendar in rule_set.holidays:
             for subdivision in _calendar_subdivisions(calendar, place):

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
+
+from google.protobuf.descriptor import EnumDescriptor
+from google.type import date_pb2, timeofday_pb2
 
 from cxmesh.compliance.v1 import rule_set_pb2
 from cxmesh.types.v1 import call_result_pb2, channel_pb2
 from cxmesh_server.contacts.campaigns import campaign_reference, is_campaign
+from cxmesh_server.contacts.places import is_subdivision, subdivision_code
 from cxmesh_server.contacts.timezones import valid_zones
+from cxmesh_server.public_holidays import supported
 from cxmesh_server.runtime.errors import Validator
 
 DAY_SECONDS = 24 * 3600
@@ -90,6 +97,8 @@ class CompiledRuleSet:
     week: Week
     overrides: tuple[Override, ...]
     blackout_dates: frozenset[date]
+    # (month, day) of every blackout date given without a year: every year
+    yearly_blackout_dates: frozenset[tuple[int, int]]
     holidays: tuple[HolidayRule, ...]
     attempt_limits: tuple[AttemptLimit, ...]
     suppression_lists: tuple[str, ...]
@@ -120,30 +129,109 @@ def _week(windows: list[rule_set_pb2.ContactWindow] | None) -> Week:
     return tuple(tuple(sorted(spans)) for spans in days)
 
 
+# A North American area code: NXX.
+_AREA_CODE = re.compile(r"[2-9][0-9]{2}")
+# A postal code, or a prefix of one ending in `*`.
+_POSTAL_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 -]{0,9}\*?")
+_SUPPRESSION_LIST = re.compile(r"suppressionLists/[^/]+")
+
+
+def _defined(enum: EnumDescriptor, values: Iterable[int], *, zero: bool = False) -> bool:
+    """Every value is one the enum defines (its UNSPECIFIED zero only with `zero`): a value
+    no one defined matches nothing, and a rule that matches nothing restricts nothing."""
+    return all((value or zero) and value in enum.values_by_number for value in values)
+
+
+def _time_of_day_problem(time_of_day: timeofday_pb2.TimeOfDay, end: bool) -> str | None:
+    """Why a window's bound is no time of day (an end may be 24:00, the day's end); windows
+    are whole seconds, so a fraction would move the bound without saying so."""
+    hours, minutes, seconds = time_of_day.hours, time_of_day.minutes, time_of_day.seconds
+    if end and (hours, minutes, seconds, time_of_day.nanos) == (24, 0, 0, 0):
+        return None
+    if not (0 <= hours <= 23 and 0 <= minutes <= 59 and 0 <= seconds <= 59):
+        return "hours 0-23, minutes and seconds 0-59" + (" (or 24:00)" if end else "")
+    if time_of_day.nanos:
+        return "whole seconds"
+    return None
+
+
+def _date_problem(day: date_pb2.Date) -> str | None:
+    """Why a blackout date names no day; year 0 means every year (google.type.Date)."""
+    try:
+        date(day.year or 2000, day.month, day.day)  # 2000: a leap year allows 29 February
+    except ValueError as error:
+        return f"no such date: {error}"
+    return None
+
+
 def validate_rule_set(
     message: rule_set_pb2.RuleSet, check: Validator, prefix: str = "rule_set"
 ) -> None:
+    """Every field a decision reads, checked: a value that can match nothing (a misspelt
+    state, an undefined channel) would silently not restrict, and a wrong allow is a fine."""
     check.require(
         0 < len(message.display_name) <= 128, f"{prefix}.display_name", "must be 1-128 characters"
     )
+    check.require(
+        _defined(channel_pb2.Channel.DESCRIPTOR, message.channels),
+        f"{prefix}.channels",
+        "must be defined channels",
+    )
     windows = [(f"{prefix}.contact_windows[{n}]", w) for n, w in enumerate(message.contact_windows)]
     for n, override in enumerate(message.window_overrides):
-        check.require(
-            override.WhichOneof("scope") is not None,
-            f"{prefix}.window_overrides[{n}]",
-            "needs a state, area code or postal code",
-        )
+        field = f"{prefix}.window_overrides[{n}]"
+        scope = override.WhichOneof("scope")
+        check.require(scope is not None, field, "needs a state, area code or postal code")
+        if scope == "state_province":
+            check.require(
+                is_subdivision(override.state_province),
+                f"{field}.state_province",
+                "must be a US state or territory or a Canadian province, by code or name",
+            )
+        elif scope == "area_code":
+            check.require(
+                _AREA_CODE.fullmatch(override.area_code) is not None,
+                f"{field}.area_code",
+                "must be a 3-digit North American area code",
+            )
+        elif scope == "postal_code":
+            check.require(
+                _POSTAL_CODE.fullmatch(override.postal_code) is not None,
+                f"{field}.postal_code",
+                "must be a postal code or a prefix ending in *",
+            )
         windows += [
-            (f"{prefix}.window_overrides[{n}].contact_windows[{m}]", w)
-            for m, w in enumerate(override.contact_windows)
+            (f"{field}.contact_windows[{m}]", w) for m, w in enumerate(override.contact_windows)
         ]
     for field, window in windows:
+        for bound, is_end in (("start_time", False), ("end_time", True)):
+            problem = _time_of_day_problem(getattr(window, bound), is_end)
+            check.require(problem is None, f"{field}.{bound}", problem or "")
         start, end = _seconds(window.start_time), _seconds(window.end_time) or DAY_SECONDS
         check.require(
             0 <= start < end <= DAY_SECONDS, field, "start must be before end, within one day"
         )
         check.require(
             all(1 <= int(d) <= 7 for d in window.days), f"{field}.days", "must be MONDAY..SUNDAY"
+        )
+    for n, blackout in enumerate(message.blackout_dates):
+        problem = _date_problem(blackout.date)
+        check.require(problem is None, f"{prefix}.blackout_dates[{n}].date", problem or "")
+        check.require(
+            len(blackout.reason) <= 128,
+            f"{prefix}.blackout_dates[{n}].reason",
+            "at most 128 characters",
+        )
+    for n, calendar in enumerate(message.holiday_calendars):
+        field = f"{prefix}.holiday_calendars[{n}]"
+        country = calendar.country.upper()
+        check.require(
+            supported(country), f"{field}.country", "a country the holidays package knows"
+        )
+        check.require(
+            not calendar.subdivision or supported(country, calendar.subdivision.upper()),
+            f"{field}.subdivision",
+            "a subdivision of the country the holidays package knows",
         )
     for n, rule in enumerate(message.attempt_rules):
         field = f"{prefix}.attempt_rules[{n}]"
@@ -155,23 +243,50 @@ def validate_rule_set(
             check.require(
                 60 <= seconds <= 31 * 86400, f"{field}.window", "must be 1 minute to 31 days"
             )
+        elif period == "since_local_midnight":
+            check.require(
+                rule.since_local_midnight, f"{field}.since_local_midnight", "must be true when set"
+            )
+        check.require(
+            rule.scope in rule_set_pb2.AttemptScope.values(), f"{field}.scope", "a defined scope"
+        )
+        check.require(
+            # UNSPECIFIED: an attempt still in progress (the Regulation F preset counts it)
+            _defined(call_result_pb2.CallResult.DESCRIPTOR, rule.counted_results, zero=True),
+            f"{field}.counted_results",
+            "must be defined call results",
+        )
+        check.require(
+            _defined(channel_pb2.Channel.DESCRIPTOR, rule.channels),
+            f"{field}.channels",
+            "must be defined channels",
+        )
     for n, campaign in enumerate(message.campaigns):
         check.require(is_campaign(campaign), f"{prefix}.campaigns[{n}]", "must be campaigns/{id}")
+    for n, name in enumerate(message.suppression_lists):
+        check.require(
+            _SUPPRESSION_LIST.fullmatch(name) is not None,
+            f"{prefix}.suppression_lists[{n}]",
+            "must be suppressionLists/{id}",
+        )
     zone = message.default_time_zone
     check.require(
         not zone or zone in valid_zones(),
         f"{prefix}.default_time_zone",
         "must be an IANA zone",
     )
-    for n, calendar in enumerate(message.holiday_calendars):
-        check.require(
-            len(calendar.country) == 2,
-            f"{prefix}.holiday_calendars[{n}].country",
-            "ISO 3166-1 alpha-2 code",
-        )
+
+
+class InvalidRuleSet(ValueError):
+    """A stored rule set that fails today's validation (stored before a check existed):
+    its decisions cannot be trusted to restrict what it says."""
 
 
 def compile_rule_set(message: rule_set_pb2.RuleSet) -> CompiledRuleSet:
+    check = Validator()
+    validate_rule_set(message, check, prefix=message.name or "rule_set")
+    if check.violations:
+        raise InvalidRuleSet("; ".join(f"{v.field}: {v.description}" for v in check.violations))
     overrides = []
     for override in message.window_overrides:
         field = override.WhichOneof("scope") or "state_province"
@@ -180,7 +295,8 @@ def compile_rule_set(message: rule_set_pb2.RuleSet) -> CompiledRuleSet:
             field
         ]
         prefix = kind == "postal_code" and value.endswith("*")
-        value = value.rstrip("*").upper() if kind == "state" else value.rstrip("*")
+        # A state is matched against the contact's states, which are codes: Florida is FL.
+        value = subdivision_code(value) if kind == "state" else value.rstrip("*")
         overrides.append(Override(kind, value, prefix, _week(list(override.contact_windows))))
     limits = []
     for n, rule in enumerate(message.attempt_rules):
@@ -197,6 +313,11 @@ def compile_rule_set(message: rule_set_pb2.RuleSet) -> CompiledRuleSet:
                 channels=frozenset(rule.channels) or frozenset({channel_pb2.CHANNEL_VOICE}),
             )
         )
+    holidays = tuple(
+        HolidayRule(h.country.upper(), h.subdivision.upper(), h.by_contact_state)
+        for h in message.holiday_calendars
+    )
+    dated = [d.date for d in message.blackout_dates]
     return CompiledRuleSet(
         name=message.name,
         revision=message.revision,
@@ -204,13 +325,9 @@ def compile_rule_set(message: rule_set_pb2.RuleSet) -> CompiledRuleSet:
         channels=frozenset(message.channels),
         week=_week(list(message.contact_windows)),
         overrides=tuple(overrides),
-        blackout_dates=frozenset(
-            date(d.date.year, d.date.month, d.date.day) for d in message.blackout_dates
-        ),
-        holidays=tuple(
-            HolidayRule(h.country.upper(), h.subdivision.upper(), h.by_contact_state)
-            for h in message.holiday_calendars
-        ),
+        blackout_dates=frozenset(date(d.year, d.month, d.day) for d in dated if d.year),
+        yearly_blackout_dates=frozenset((d.month, d.day) for d in dated if not d.year),
+        holidays=holidays,
         attempt_limits=tuple(limits),
         suppression_lists=tuple(message.suppression_lists),
         default_time_zone=message.default_time_zone,
