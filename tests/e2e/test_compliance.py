@@ -331,6 +331,40 @@ def test_a_batch_of_attempts_is_recorded_whole_and_an_attempt_reported_twice_cou
     assert compliance.check("+1 415 555 0131").allowed  # one attempt, not two
 
 
+def test_an_undefined_channel_or_call_result_is_refused_rather_than_left_uncounted(
+    compliance: Compliance,
+) -> None:
+    # Attempt rules count the channels and results they name: a decision or an attempt of
+    # a channel or result no one defined would match none of them.
+    compliance.create(limited("one a day", 1, timedelta(days=1)))
+    assert compliance.record([_attempt("made", "+14155550141")]) == 1
+    undefined_channel = decision_pb2.DecisionRequest(
+        contact=decision_pb2.Contact(address="+14155550141"),
+        channel=99,  # type: ignore[arg-type]
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        compliance.decisions.PreValidate(
+            decision_service_pb2.PreValidateRequest(decision_request=undefined_channel),
+            metadata=compliance.md,
+            timeout=10,
+        )
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "decision_request.channel" in str(refused.value.details())
+
+    odd_channel = _attempt("odd-channel", "+14155550142")
+    odd_channel.channel = 99  # type: ignore[assignment]
+    odd_result = _attempt("odd-result", "+14155550142")
+    odd_result.call_result = 500  # type: ignore[assignment]
+    with pytest.raises(grpc.RpcError) as refused:
+        compliance.record([_attempt("fine", "+14155550142"), odd_channel, odd_result])
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "attempts[1].channel" in str(refused.value.details())
+    assert "attempts[2].call_result" in str(refused.value.details())
+    # Refused whole: nothing of the batch was recorded.
+    assert compliance.check("+1 415 555 0142").allowed
+    assert not compliance.check("+1 415 555 0141").allowed
+
+
 def test_a_client_limit_counts_by_the_number_when_the_record_has_no_client_id(
     compliance: Compliance,
 ) -> None:

@@ -148,6 +148,12 @@ class RuleSetHandlers(rule_set_service_pb2_grpc.RuleSetServiceServicer):
         )
 
 
+# Defined values (UNSPECIFIED included: a decision's channel defaults to voice, an
+# attempt's result to "in progress").
+_CHANNELS = frozenset(channel_pb2.Channel.values())
+_CALL_RESULTS = frozenset(call_result_pb2.CallResult.values())
+
+
 def _check_request(
     field: str,
     request: decision_pb2.DecisionRequest,
@@ -170,7 +176,9 @@ def _check_request(
         else ()
     )
     timed = not any_time and request.HasField("decision_time")
-    if not (no_address or unknown_zone or unknown_candidates or timed):
+    # An undefined channel matches no attempt rule and no channel's suppression entry.
+    unknown_channel = request.channel not in _CHANNELS
+    if not (no_address or unknown_zone or unknown_candidates or timed or unknown_channel):
         return  # the usual case: nothing to say
     if index is not None:
         field = f"{field}[{index}]"
@@ -180,6 +188,8 @@ def _check_request(
         check.require(False, f"{field}.contact.time_zone", "must be an IANA zone")
     for n in unknown_candidates:
         check.require(False, f"{field}.contact.candidate_time_zones[{n}]", "must be an IANA zone")
+    if unknown_channel:
+        check.require(False, f"{field}.channel", "must be a defined channel")
     if timed:
         offset = abs(request.decision_time.ToDatetime(tzinfo=UTC) - datetime.now(UTC))
         if offset > NOW_TOLERANCE:
@@ -379,6 +389,15 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         for n, attempt in enumerate(request.attempts):
             check.require(
                 0 < len(attempt.attempt_id) <= 128, f"attempts[{n}].attempt_id", "1-128 characters"
+            )
+            # An undefined one would be stored and never counted by any attempt rule.
+            check.require(
+                attempt.channel in _CHANNELS, f"attempts[{n}].channel", "must be a defined channel"
+            )
+            check.require(
+                attempt.call_result in _CALL_RESULTS,
+                f"attempts[{n}].call_result",
+                "must be a defined call result",
             )
             address = attempt.contact.address.strip()
             if "@" not in address:
