@@ -120,6 +120,51 @@ def test_an_entry_stops_counting_at_its_expiry_without_a_sweep(
     assert len(listed) == 0
 
 
+def test_adding_a_target_again_never_loosens_its_suppression(
+    lists: Lists, redis_server: EmbeddedRedis
+) -> None:
+    dnc = lists.new_suppression_list("opt-outs")
+    now = datetime.now(UTC)
+    week, month = _ts(now + timedelta(days=7)), _ts(now + timedelta(days=30))
+    # Opted out of calls for good, then of texts for a week: both, for good.
+    _add(
+        lists,
+        dnc.name,
+        suppression_pb2.SuppressionEntry(
+            phone_number="+14155550104", channels=[channel_pb2.CHANNEL_VOICE]
+        ),
+    )
+    (merged,) = _add(
+        lists,
+        dnc.name,
+        suppression_pb2.SuppressionEntry(
+            phone_number="+14155550104", channels=[channel_pb2.CHANNEL_SMS], expire_time=week
+        ),
+    )
+    assert set(merged.channels) == {channel_pb2.CHANNEL_VOICE, channel_pb2.CHANNEL_SMS}
+    assert not merged.HasField("expire_time")
+    # The same target twice in one call: merged alike, the later expiry kept.
+    merged_in_call = _add(
+        lists,
+        dnc.name,
+        suppression_pb2.SuppressionEntry(email="ada@example.com", expire_time=month),
+        suppression_pb2.SuppressionEntry(
+            email="ada@example.com", channels=[channel_pb2.CHANNEL_EMAIL], expire_time=week
+        ),
+    )
+    assert [(list(e.channels), e.expire_time.seconds) for e in merged_in_call] == [
+        ([], month.seconds)
+    ]
+    later_ms = int((now + timedelta(days=20)).timestamp() * 1000)
+    for kind, target, channel in (
+        ("phone", "+14155550104", channel_pb2.CHANNEL_VOICE),
+        ("phone", "+14155550104", channel_pb2.CHANNEL_SMS),
+        ("email", "ada@example.com", channel_pb2.CHANNEL_EMAIL),
+    ):
+        value = _mirror_value(redis_server, lists.tenant, dnc.name, kind, target)
+        assert value is not None and is_active(value, later_ms, channel)
+
+
 def test_an_emergency_entry_is_in_the_mirror_when_the_call_returns(
     lists: Lists, redis_server: EmbeddedRedis
 ) -> None:

@@ -146,21 +146,39 @@ class SuppressionStore:
         self, tenant: str, list_id: str, entries: Sequence[EntryRow], *, emergency: bool = False
     ) -> list[EntryRow]:
         """Writes entries; the mirror is updated inside the transaction, so a failure of
-        either leaves both as they were (Redis writes are idempotent upserts)."""
-        # One statement may not upsert a row twice: the last entry for a target wins.
-        entries = list({(e.kind, e.target): e for e in entries}.values())
+        either leaves both as they were (Redis writes are idempotent upserts). Adding never
+        loosens: a target already in force (or given twice) keeps the union of the channels
+        and the later expiry, as a consumer who opted out of calls and then of texts has
+        opted out of both."""
         async with tenant_transaction(self.pool, tenant) as db:
             await self._require(db, list_id)
+            # Mask 0 is every channel and no expiry is forever: either wins a merge.
             rows = await db.fetch(
                 """
+                WITH given AS (
+                    SELECT t, v,
+                           CASE WHEN bool_or(m = 0) THEN 0 ELSE bit_or(m) END AS m,
+                           CASE WHEN bool_or(x IS NULL) THEN NULL ELSE max(x) END AS x,
+                           (array_agg(r ORDER BY n DESC))[1] AS r
+                    FROM unnest($2::smallint[], $3::text[], $4::smallint[], $5::timestamptz[],
+                                $6::text[]) WITH ORDINALITY AS u(t, v, m, x, r, n)
+                    GROUP BY t, v
+                )
                 INSERT INTO lists.suppression_entries AS e
                     (tenant_id, list_id, target_type, target, channels_mask, expire_time, emergency, reason)
-                SELECT current_setting('cxmesh.tenant'), $1, t, v, m, x, $7, r
-                FROM unnest($2::smallint[], $3::text[], $4::smallint[], $5::timestamptz[], $6::text[])
-                    AS u(t, v, m, x, r)
+                SELECT current_setting('cxmesh.tenant'), $1, t, v, m, x, $7, r FROM given
                 ON CONFLICT (tenant_id, list_id, target_type, target) DO UPDATE
-                SET channels_mask = excluded.channels_mask, expire_time = excluded.expire_time,
-                    emergency = e.emergency OR excluded.emergency, reason = excluded.reason
+                SET channels_mask = CASE
+                        WHEN e.expire_time <= now() THEN excluded.channels_mask
+                        WHEN e.channels_mask = 0 OR excluded.channels_mask = 0 THEN 0
+                        ELSE e.channels_mask | excluded.channels_mask END,
+                    expire_time = CASE
+                        WHEN e.expire_time <= now() THEN excluded.expire_time
+                        WHEN e.expire_time IS NULL OR excluded.expire_time IS NULL THEN NULL
+                        ELSE greatest(e.expire_time, excluded.expire_time) END,
+                    emergency = (e.emergency AND (e.expire_time IS NULL OR e.expire_time > now()))
+                        OR excluded.emergency,
+                    reason = excluded.reason
                 RETURNING *
                 """,
                 list_id,
@@ -174,7 +192,7 @@ class SuppressionStore:
             stored = [_entry(r) for r in rows]
             await self.mirror.put_entries(tenant, list_id, (mirror_entry(e) for e in stored))
         by_target = {(e.kind, e.target): e for e in stored}
-        return [by_target[(e.kind, e.target)] for e in entries]
+        return [by_target[key] for key in dict.fromkeys((e.kind, e.target) for e in entries)]
 
     async def delete_entries(self, tenant: str, list_id: str, targets: dict[str, list[str]]) -> int:
         async with tenant_transaction(self.pool, tenant) as db:
