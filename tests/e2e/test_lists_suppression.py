@@ -84,10 +84,16 @@ def test_invalid_entries_are_refused_with_every_field_violation(lists: Lists) ->
             dnc.name,
             suppression_pb2.SuppressionEntry(phone_number="12"),
             suppression_pb2.SuppressionEntry(email="nope"),
+            # A channel no decision is for: the entry would suppress nothing.
+            suppression_pb2.SuppressionEntry(
+                email="ada@example.com", channels=[channel_pb2.CHANNEL_UNSPECIFIED]
+            ),
+            suppression_pb2.SuppressionEntry(client_id="C-1", channels=[99]),  # type: ignore[list-item]
         )
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     details = caught.value.details() or ""
     assert "entries[0].phone_number" in details and "entries[1].email" in details
+    assert "entries[2].channels" in details and "entries[3].channels" in details
 
 
 def test_an_entry_stops_counting_at_its_expiry_without_a_sweep(
@@ -314,10 +320,14 @@ def test_imported_records_that_match_a_suppression_list_are_marked_not_dropped(
 def test_bulk_import_of_entries_from_a_file(lists: Lists) -> None:
     dnc = lists.new_suppression_list("bulk")
 
-    def messages() -> Iterator[suppression_service_pb2.ImportSuppressionEntriesRequest]:
+    def messages(
+        *channels: int,
+    ) -> Iterator[suppression_service_pb2.ImportSuppressionEntriesRequest]:
         yield suppression_service_pb2.ImportSuppressionEntriesRequest(
             options=suppression_service_pb2.ImportSuppressionEntriesOptions(
-                parent=dnc.name, target_type=suppression_service_pb2.SUPPRESSION_TARGET_TYPE_EMAIL
+                parent=dnc.name,
+                target_type=suppression_service_pb2.SUPPRESSION_TARGET_TYPE_EMAIL,
+                channels=channels,  # type: ignore[arg-type]
             )
         )
         yield suppression_service_pb2.ImportSuppressionEntriesRequest(
@@ -326,6 +336,12 @@ def test_bulk_import_of_entries_from_a_file(lists: Lists) -> None:
 
     result = lists.suppression.ImportSuppressionEntries(messages(), metadata=lists.md, timeout=30)
     assert (result.lines_read, result.entries_added, result.lines_rejected) == (3, 2, 1)
+    with pytest.raises(grpc.RpcError) as refused:
+        lists.suppression.ImportSuppressionEntries(
+            messages(channel_pb2.CHANNEL_UNSPECIFIED), metadata=lists.md, timeout=30
+        )
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "options.channels" in (refused.value.details() or "")
 
 
 def test_deleting_a_suppression_list_drops_its_mirror(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2_grpc
 from cxmesh.lists.v1 import suppression_service_pb2 as pb
+from cxmesh.types.v1 import channel_pb2
 from cxmesh_server.contacts.campaigns import is_campaign
 from cxmesh_server.lists.convert import entry_message, suppression_list_message
 from cxmesh_server.lists.dnc import load_dnc_file
@@ -19,7 +20,18 @@ from cxmesh_server.runtime.convert import resource_id
 from cxmesh_server.runtime.errors import FieldViolation, InvalidArgument, Validator
 
 MAX_BATCH = 1000
+_CHANNELS = frozenset(channel_pb2.Channel.values()) - {channel_pb2.CHANNEL_UNSPECIFIED}
 DEFAULT_REGION = "US"
+
+
+def _check_channels(channels: Iterable[int], field: str, check: Validator) -> None:
+    # UNSPECIFIED or an undefined channel is one no decision is for: an entry of it would
+    # suppress nothing.
+    check.require(
+        all(channel in _CHANNELS for channel in channels),
+        field,
+        "must be defined channels (none: every channel)",
+    )
 
 
 def entry_row(
@@ -36,6 +48,7 @@ def entry_row(
         check.require(False, f"{field}.{target}", str(error))
         return None
     check.require(len(entry.reason) <= 256, f"{field}.reason", "at most 256 characters")
+    _check_channels(entry.channels, f"{field}.channels", check)
     expire = entry.expire_time.ToDatetime(tzinfo=UTC) if entry.HasField("expire_time") else None
     return EntryRow(
         kind=kind,
@@ -187,8 +200,11 @@ class SuppressionHandlers(suppression_service_pb2_grpc.SuppressionServiceService
         options = await _options(request_iterator)
         list_id = resource_id(options.parent, "suppressionLists", "options.parent")
         kind = KIND_OF_TYPE.get(options.target_type)
-        if kind is None:
-            raise InvalidArgument([FieldViolation("options.target_type", "is required")])
+        check = Validator()
+        check.require(kind is not None, "options.target_type", "is required")
+        _check_channels(options.channels, "options.channels", check)
+        check.check()
+        assert kind is not None
         result = pb.ImportSuppressionEntriesResponse()
         entries: list[EntryRow] = []
         async for line_number, line in _lines(request_iterator):
