@@ -6,8 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from cxmesh.compliance.v1 import rule_set_pb2
+from cxmesh.types.v1 import channel_pb2
 from cxmesh_server.compliance.domain.decide import Place
-from cxmesh_server.compliance.domain.rules import compile_rule_set
+from cxmesh_server.compliance.domain.rules import compile_rule_set, preset
 from cxmesh_server.compliance.engine import Located, _place_number, _TimeVerdicts, _View
 
 NEW_YORK_PLACE = Place(zones=("America/New_York",))
@@ -65,6 +66,22 @@ def test_profiles_pick_campaign_rules_and_their_suppression_lists() -> None:
     assert [r.name for r in elsewhere.rule_sets] == ["ruleSets/t"]
     assert elsewhere.suppression_lists == ("all",)
     assert rules.profile("campaigns/x", 1) is for_x  # worked out once
+
+
+def test_a_campaigns_rule_set_for_another_channel_leaves_the_tenants_default_in_force() -> None:
+    texts_only = rule_set_pb2.RuleSet(
+        name="ruleSets/sms",
+        display_name="texts",
+        campaigns=["campaigns/x"],
+        channels=[channel_pb2.CHANNEL_SMS],
+    )
+    reg_f = preset(rule_set_pb2.RULE_SET_PRESET_US_TCPA_REG_F, "ruleSets/tenant")
+    rules = _View("1", [compile_rule_set(texts_only), compile_rule_set(reg_f)], "1", {})
+    voice = rules.profile("campaigns/x", channel_pb2.CHANNEL_VOICE)
+    assert [r.name for r in voice.rule_sets] == ["ruleSets/tenant"]
+    assert voice.counts_clients  # Regulation F's 7-in-7 still counts
+    sms = rules.profile("campaigns/x", channel_pb2.CHANNEL_SMS)
+    assert [r.name for r in sms.rule_sets] == ["ruleSets/sms"]
 
 
 def test_a_place_keeps_its_number_and_numbers_are_never_shared() -> None:

@@ -176,10 +176,11 @@ class _View:
         return found
 
     def _profile(self, campaign: str, channel: int) -> Profile:
-        compiled = self.rule_sets
-        bound = [r for r in compiled if campaign and campaign in r.campaigns]
-        chosen = bound or [r for r in compiled if not r.campaigns] or [DEFAULT_RULES]
-        rule_sets = tuple(r for r in chosen if r.applies_to(channel)) or (DEFAULT_RULES,)
+        # Channel first: a campaign's SMS-only rule set leaves its voice calls to the
+        # tenant's default rule sets, not to the built-in ones.
+        applicable = [r for r in self.rule_sets if r.applies_to(channel)]
+        bound = [r for r in applicable if campaign and campaign in r.campaigns]
+        rule_sets = tuple(bound or [r for r in applicable if not r.campaigns]) or (DEFAULT_RULES,)
         named = {
             s.removeprefix("suppressionLists/") for r in rule_sets for s in r.suppression_lists
         }
