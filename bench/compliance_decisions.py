@@ -12,7 +12,7 @@ import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 
-from bench import compliance_reads
+from bench import compliance_new_records, compliance_reads
 from bench.baselines import (
     ECHO_PATH,
     SECONDS,
@@ -393,6 +393,7 @@ def measure(run: Run, env: Environment) -> None:
             + ", ".join(f"{rate:,.0f}" for rate in windows),
         )
     )
+    compliance_new_records.measure(run, GROUP, port, compliance.metrics_port, auth)
     ocs = bracketed(
         run,
         GROUP,
