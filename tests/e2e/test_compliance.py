@@ -83,12 +83,14 @@ class Compliance:
         ).decision
 
     def explain(
-        self, address: str, moment: datetime, **contact: Any
+        self, address: str, moment: datetime, campaign: str = "", **contact: Any
     ) -> decision_service_pb2.ExplainDecisionResponse:
         stamp = Timestamp()
         stamp.FromDatetime(moment)
         request = decision_pb2.DecisionRequest(
-            contact=decision_pb2.Contact(address=address, **contact), decision_time=stamp
+            contact=decision_pb2.Contact(address=address, **contact),
+            decision_time=stamp,
+            campaign=campaign,
         )
         return self.decisions.ExplainDecision(
             decision_service_pb2.ExplainDecisionRequest(decision_request=request),
@@ -172,6 +174,28 @@ def test_the_default_window_and_dst_through_explain(compliance: Compliance) -> N
     assert compliance.explain(
         "+1 212 555 0101", datetime(2026, 3, 8, 12, 0, tzinfo=UTC)
     ).decision.allowed
+
+
+def test_explain_shows_the_verdicts_of_the_rule_sets_the_decision_used(
+    compliance: Compliance,
+) -> None:
+    noon = datetime(2026, 7, 15, 16, 0, tzinfo=UTC)  # 12:00 in New York
+    # No rule set: the built-in default's verdicts.
+    (builtin,) = [
+        v.rule for v in compliance.explain("+1 212 555 0102", noon).verdicts if "#contact" in v.rule
+    ]
+    assert builtin == "ruleSets/builtin-default#contact_windows"
+    mornings = all_day("campaign x: mornings", campaigns=["campaigns/x"])
+    mornings.contact_windows[0].start_time.hours, mornings.contact_windows[0].end_time.hours = 8, 11
+    bound = compliance.create(mornings)
+    default = compliance.create(all_day("tenant default"))
+    # Without a campaign, the tenant default decides: campaign x's mornings are not shown.
+    explained = compliance.explain("+1 212 555 0102", noon)
+    assert explained.decision.allowed
+    assert {v.rule.partition("#")[0] for v in explained.verdicts} == {default.name}
+    on_x = compliance.explain("+1 212 555 0102", noon, campaign="campaigns/x")
+    assert not on_x.decision.allowed
+    assert {v.rule.partition("#")[0] for v in on_x.verdicts} == {bound.name}
 
 
 def test_a_state_window_applies_by_the_area_code_the_zip_code_or_the_named_state(

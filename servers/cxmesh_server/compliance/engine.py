@@ -55,9 +55,9 @@ from cxmesh_server.contacts.timezones import derive_time_zone
 from cxmesh_server.mirrors import suppression as suppression_mirror
 from cxmesh_server.runtime.redis_wire import Script, WireRedis
 
-DEFAULT_RULES = compile_rule_set(
-    rule_set_pb2.RuleSet(name="ruleSets/builtin-default", display_name="default")
-)
+# What decides where a tenant has no rule set for the channel: 08:00–21:00 every day.
+DEFAULT_RULE_SET = rule_set_pb2.RuleSet(name="ruleSets/builtin-default", display_name="default")
+DEFAULT_RULES = compile_rule_set(DEFAULT_RULE_SET)
 DEFAULT_REGION = "US"
 # Attempts older than the longest attempt window are never read.
 ATTEMPT_LOOKBACK = timedelta(days=32)

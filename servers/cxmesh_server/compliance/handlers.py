@@ -24,7 +24,7 @@ from cxmesh_server.compliance.domain.rules import (
     compile_rule_set,
     validate_rule_set,
 )
-from cxmesh_server.compliance.engine import DecisionEngine
+from cxmesh_server.compliance.engine import DEFAULT_RULE_SET, DecisionEngine
 from cxmesh_server.compliance.metrics import count_attempts, count_decisions
 from cxmesh_server.compliance.mirror import AttemptReport, RulesMirror
 from cxmesh_server.compliance.store import RuleSetStore
@@ -450,7 +450,13 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         denied = {(d.source, d.code) for d in decision.denials}
         _, messages = await self._mirror.load(tenant)
         place = await self._engine.place(tenant, request.decision_request)
-        for message in messages:
+        # The rule sets the decision was made with (another campaign's or channel's would
+        # only mislead), or every one when it could be made with none (one is invalid).
+        used = {revision.rpartition("@")[0] for revision in decision.rule_set_revisions}
+        candidates: list[rule_set_pb2.RuleSet] = [m for m in messages if not used or m.name in used]
+        if DEFAULT_RULE_SET.name in used:
+            candidates.append(DEFAULT_RULE_SET)
+        for message in candidates:
             try:
                 compiled = compile_rule_set(message)
             except InvalidRuleSet as error:
