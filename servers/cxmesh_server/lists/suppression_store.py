@@ -140,16 +140,17 @@ class SuppressionStore:
             )
             if deleted == "DELETE 0":
                 raise NotFound(f"suppressionLists/{list_id} not found")
-            await self.mirror.drop_list(tenant, list_id)
+        # Removals leave the mirror only once committed (`delete_entries`).
+        await self.mirror.drop_list(tenant, list_id)
 
     async def upsert_entries(
         self, tenant: str, list_id: str, entries: Sequence[EntryRow], *, emergency: bool = False
     ) -> list[EntryRow]:
-        """Writes entries; the mirror is updated inside the transaction, so a failure of
-        either leaves both as they were (Redis writes are idempotent upserts). Adding never
-        loosens: a target already in force (or given twice) keeps the union of the channels
-        and the later expiry, as a consumer who opted out of calls and then of texts has
-        opted out of both."""
+        """Writes entries, and the mirror inside the transaction before the commit: a
+        failure of either leaves Postgres as it was and the mirror at most suppressing more
+        (Redis writes are idempotent upserts). Adding never loosens: a target already in
+        force (or given twice) keeps the union of the channels and the later expiry, as a
+        consumer who opted out of calls and then of texts has opted out of both."""
         async with tenant_transaction(self.pool, tenant) as db:
             await self._require(db, list_id)
             # Mask 0 is every channel and no expiry is forever: either wins a merge.
@@ -207,7 +208,10 @@ class SuppressionStore:
                         values,
                     )
                     deleted += int(result.split()[-1])
-            await self.mirror.remove_entries(tenant, list_id, targets)
+        # Removed from the mirror only once committed: a removal that failed to commit
+        # would otherwise leave numbers Postgres still suppresses callable. If this fails
+        # the mirror suppresses more than Postgres until retried or rebuilt: never less.
+        await self.mirror.remove_entries(tenant, list_id, targets)
         return deleted
 
     async def list_entries(

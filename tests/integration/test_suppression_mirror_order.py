@@ -1,0 +1,86 @@
+"""The suppression mirror never suppresses less than Postgres: entries reach it before
+their commit, and removals leave it only after theirs. A removal whose commit fails leaves
+the numbers suppressed in both (real Postgres, real Redis; the commit is made to fail by a
+deferred constraint trigger)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from cxmesh.types.v1 import channel_pb2
+from cxmesh_server.lists.bootstrap import PROCESS as LISTS
+from cxmesh_server.lists.suppression_store import EntryRow, SuppressionStore
+from cxmesh_server.mirrors.suppression import SuppressionMirror, is_active, list_key
+from cxmesh_server.runtime.migrations import migrate
+from cxmesh_server.runtime.postgres import create_pool
+from cxmesh_server.runtime.redis import create_redis
+from cxmesh_server.stack.datastores import EmbeddedPostgres, EmbeddedRedis
+
+TENANT = "mirror-order"
+REFUSED = "refused at commit"
+# Fails the commit of any transaction that deleted an entry with the reason REFUSED.
+_FAIL_COMMIT = f"""
+CREATE OR REPLACE FUNCTION lists.refuse_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF OLD.reason = '{REFUSED}' THEN RAISE EXCEPTION 'commit refused'; END IF;
+  RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS refuse_commit ON lists.suppression_entries;
+CREATE CONSTRAINT TRIGGER refuse_commit AFTER DELETE ON lists.suppression_entries
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION lists.refuse_commit();
+"""
+_REMOVE_TRIGGER = """
+DROP TRIGGER IF EXISTS refuse_commit ON lists.suppression_entries;
+DROP FUNCTION IF EXISTS lists.refuse_commit();
+"""
+
+
+@pytest.fixture
+async def store(
+    postgres: EmbeddedPostgres, redis_server: EmbeddedRedis
+) -> AsyncIterator[SuppressionStore]:
+    for schema, folder in LISTS.migrations:
+        await migrate(postgres.dsn, schema, folder)
+    owner = await asyncpg.connect(postgres.dsn)  # the schema's owner, not the app's role
+    await owner.execute(_FAIL_COMMIT)
+    pool = await create_pool(postgres.dsn)
+    redis = create_redis(redis_server.url)
+    try:
+        yield SuppressionStore(pool, SuppressionMirror(redis))
+    finally:
+        await owner.execute(_REMOVE_TRIGGER)
+        await owner.close()
+        await pool.close()
+        await redis.aclose()
+
+
+async def _suppressed(store: SuppressionStore, list_id: str, target: str) -> bool:
+    value = await store.mirror._redis.hget(list_key(TENANT, list_id, "phone"), target)
+    return value is not None and is_active(str(value), 0, channel_pb2.CHANNEL_VOICE)
+
+
+async def test_a_removal_that_fails_to_commit_leaves_the_number_suppressed(
+    store: SuppressionStore,
+) -> None:
+    created = await store.create_list(TENANT, "order", [], 0, "")
+    list_id = created.list_id
+    await store.upsert_entries(
+        TENANT, list_id, [EntryRow("phone", "+14155550161", [], None, False, REFUSED)]
+    )
+    assert await _suppressed(store, list_id, "+14155550161")
+
+    with pytest.raises(asyncpg.RaiseError):
+        await store.delete_entries(TENANT, list_id, {"phone": ["+14155550161"]})
+    assert [e.target for e in await store.list_entries(TENANT, list_id, (0, ""), 10, False)] == [
+        "+14155550161"
+    ]
+    assert await _suppressed(store, list_id, "+14155550161")
+
+    # The list itself: its deletion cascades to the entry, and its commit fails alike.
+    with pytest.raises(asyncpg.RaiseError):
+        await store.delete_list(TENANT, list_id)
+    assert list_id in await store.mirror.lists(TENANT)
+    assert await _suppressed(store, list_id, "+14155550161")
