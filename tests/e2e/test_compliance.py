@@ -218,6 +218,21 @@ def test_a_state_window_applies_by_the_area_code_the_zip_code_or_the_named_state
     assert compliance.explain("+1 212 555 0100", evening).decision.allowed
 
 
+def test_a_postal_code_window_applies_to_the_zip_plus_4_of_its_zip_code(
+    compliance: Compliance,
+) -> None:
+    miami = rule_set_pb2.WindowOverride(postal_code="33101")
+    window = miami.contact_windows.add()
+    window.start_time.hours, window.end_time.hours = 8, 20
+    compliance.create(rule_set_pb2.RuleSet(display_name="33101", window_overrides=[miami]))
+    evening = datetime(2026, 7, 16, 0, 30, tzinfo=UTC)  # 20:30 in Miami
+    for written in ("33101", "33101-1234", "331011234"):
+        assert not compliance.explain(
+            "+1 212 555 0100", evening, postal_code=written
+        ).decision.allowed, written
+    assert compliance.explain("+1 212 555 0100", evening, postal_code="33102").decision.allowed
+
+
 def test_suppression_entries_from_the_lists_service_deny_at_once(compliance: Compliance) -> None:
     compliance.create(all_day())
     assert compliance.check("+1 415 555 0101").allowed

@@ -18,6 +18,7 @@ from cxmesh_server.compliance.domain.rules import (
     preset,
     validate_rule_set,
 )
+from cxmesh_server.contacts.places import postal_key
 from cxmesh_server.runtime.errors import InvalidArgument, Validator
 
 NEW_YORK = Place(zones=("America/New_York",), states=("NY",))
@@ -184,6 +185,26 @@ def test_a_stricter_state_window_overrides_the_default() -> None:
         (postal, Place(zones=("America/New_York",), postal_code="33101")),
     ]:
         assert not decide([rule_set(window_overrides=[override])], place, evening).allowed
+
+
+def test_a_postal_code_override_matches_however_the_record_writes_the_code() -> None:
+    zip_only = rule_set(
+        window_overrides=[_eight_to_eight(rule_set_pb2.WindowOverride(postal_code="33101"))]
+    )
+    canadian = rule_set(
+        window_overrides=[_eight_to_eight(rule_set_pb2.WindowOverride(postal_code="K1A 0B1"))]
+    )
+    for rules, written in (
+        (zip_only, "33101-1234"),
+        (zip_only, "331011234"),
+        (zip_only, " 33101 "),
+        (canadian, "k1a0b1"),
+        (canadian, "K1A-0B1"),
+    ):
+        place = Place(zones=("America/New_York",), postal_code=postal_key(written))
+        assert not decide([rules], place, EVENING).allowed, written
+    elsewhere = Place(zones=("America/New_York",), postal_code=postal_key("33102"))
+    assert decide([zip_only], elsewhere, EVENING).allowed
 
 
 def test_a_state_override_may_name_the_state() -> None:

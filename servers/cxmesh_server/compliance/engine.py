@@ -50,7 +50,12 @@ from cxmesh_server.compliance.mirror import (
 )
 from cxmesh_server.contacts.campaigns import campaign_reference
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
-from cxmesh_server.contacts.places import state_for_postal_code, states_for_e164, subdivision_code
+from cxmesh_server.contacts.places import (
+    postal_key,
+    state_for_postal_code,
+    states_for_e164,
+    subdivision_code,
+)
 from cxmesh_server.contacts.timezones import derive_time_zone
 from cxmesh_server.mirrors import suppression as suppression_mirror
 from cxmesh_server.runtime.redis_wire import Script, WireRedis
@@ -621,7 +626,7 @@ def _contact_facts(
         zones=tuple(zones),
         states=tuple(dict.fromkeys(s for s in (named, by_postal, *by_number) if s)),
         area_code=address[2:5] if address.startswith("+1") else "",
-        postal_code=postal_code,
+        postal_code=postal_key(postal_code),
     )
     return kind, address, Located(place, ",".join(zones), _place_number(place)), None
 

@@ -141,6 +141,13 @@ def _codes_by_folded_name() -> dict[str, str]:
     return {name.casefold(): code for name, code in _subdivision_codes().items()}
 
 
+def postal_key(value: str) -> str:
+    """A postal code as rules compare it: no spaces or dashes, upper case, a US ZIP+4 as
+    its ZIP ("k1a 0b1" is K1A0B1; "33101-1234" and "331011234" are 33101)."""
+    key = "".join(value.split()).replace("-", "").upper()
+    return key[:5] if len(key) == 9 and key.isdigit() else key
+
+
 def is_subdivision(value: str) -> bool:
     """Whether `value` names a US state or territory or a Canadian province, by code or
     name."""

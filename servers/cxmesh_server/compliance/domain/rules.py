@@ -13,7 +13,7 @@ from google.type import date_pb2, timeofday_pb2
 from cxmesh.compliance.v1 import rule_set_pb2
 from cxmesh.types.v1 import call_result_pb2, channel_pb2
 from cxmesh_server.contacts.campaigns import campaign_reference, is_campaign
-from cxmesh_server.contacts.places import is_subdivision, subdivision_code
+from cxmesh_server.contacts.places import is_subdivision, postal_key, subdivision_code
 from cxmesh_server.contacts.timezones import valid_zones
 from cxmesh_server.public_holidays import supported
 from cxmesh_server.runtime.errors import Validator
@@ -59,7 +59,7 @@ Week = tuple[tuple[Span, ...], ...]
 @dataclass(frozen=True, slots=True)
 class Override:
     kind: str  # state | area_code | postal_code
-    value: str  # a postal code prefix has its trailing '*' removed
+    value: str  # a postal code by `postal_key`, a prefix without its trailing '*'
     prefix: bool
     week: Week
 
@@ -295,8 +295,12 @@ def compile_rule_set(message: rule_set_pb2.RuleSet) -> CompiledRuleSet:
             field
         ]
         prefix = kind == "postal_code" and value.endswith("*")
-        # A state is matched against the contact's states, which are codes: Florida is FL.
-        value = subdivision_code(value) if kind == "state" else value.rstrip("*")
+        # Compared as the contact's are: states as codes (Florida is FL), postal codes by
+        # `postal_key` (33101 matches 33101-1234, K1A 0B1 matches k1a0b1).
+        if kind == "state":
+            value = subdivision_code(value)
+        elif kind == "postal_code":
+            value = postal_key(value.rstrip("*"))
         overrides.append(Override(kind, value, prefix, _week(list(override.contact_windows))))
     limits = []
     for n, rule in enumerate(message.attempt_rules):
