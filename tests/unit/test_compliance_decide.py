@@ -373,7 +373,7 @@ def test_a_rule_that_could_match_nothing_is_refused() -> None:
                 channels=[channel_pb2.CHANNEL_UNSPECIFIED],
             )
         ],
-        suppression_lists=["dnc"],
+        suppression_lists=["do not call"],
     )
     assert set(_violations(message)) == {
         "rule_set.channels",
@@ -415,7 +415,7 @@ def test_the_values_rules_are_written_with_are_accepted() -> None:
         ],
         blackout_dates=[leap_day],
         holiday_calendars=[rule_set_pb2.HolidayCalendar(country="ca", subdivision="qc")],
-        suppression_lists=["suppressionLists/dnc"],
+        suppression_lists=["suppressionLists/dnc", "dnc-by-id"],
     )
     assert _violations(message) == {}
     assert _violations(preset(rule_set_pb2.RULE_SET_PRESET_US_TCPA_REG_F)) == {}

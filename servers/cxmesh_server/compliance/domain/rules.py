@@ -133,7 +133,8 @@ def _week(windows: list[rule_set_pb2.ContactWindow] | None) -> Week:
 _AREA_CODE = re.compile(r"[2-9][0-9]{2}")
 # A postal code, or a prefix of one ending in `*`.
 _POSTAL_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 -]{0,9}\*?")
-_SUPPRESSION_LIST = re.compile(r"suppressionLists/[^/]+")
+# `suppressionLists/{id}`; a bare id has always meant the same list and is still taken.
+_SUPPRESSION_LIST = re.compile(r"(?:suppressionLists/)?[^/\s]+")
 
 
 def _defined(enum: EnumDescriptor, values: Iterable[int], *, zero: bool = False) -> bool:
