@@ -8,6 +8,7 @@ from collections.abc import Callable
 import grpc
 import httpx
 import pytest
+import redis
 
 from cxmesh.diagnostics.v1 import echo_service_pb2, echo_service_pb2_grpc
 from cxmesh.iam.v1 import (
@@ -17,7 +18,10 @@ from cxmesh.iam.v1 import (
     tenant_service_pb2,
     tenant_service_pb2_grpc,
 )
+from cxmesh_server.iam.store import API_KEYS_LOADED
+from cxmesh_server.runtime.auth import api_key_redis_key, hash_api_key
 from cxmesh_server.runtime.devkeys import SigningKey, generate_key
+from cxmesh_server.stack.datastores import EmbeddedRedis
 from cxmesh_server.stack.mesh import Mesh
 from tests.conftest import bearer, grpc_bearer
 
@@ -155,6 +159,34 @@ def test_api_key_works_until_revoked_then_401_within_a_second(
     while _echo(edge, {"x-api-key": created.key}).status_code != 401:
         assert time.monotonic() - revoked < 1.5, "a revoked key must stop working within 1 s"
         time.sleep(0.05)
+
+
+def test_api_keys_work_again_soon_after_redis_loses_their_mirror(
+    edge: httpx.Client,
+    edge_channel: grpc.Channel,
+    key: SigningKey,
+    new_tenant: Callable[[], str],
+    redis_server: EmbeddedRedis,
+) -> None:
+    # A dialer's key must not stay refused (every validation a 401) after a Redis failover.
+    admin = grpc_bearer(key.mint(tenant=new_tenant(), roles=["admin"]))
+    created = api_key_service_pb2_grpc.ApiKeyServiceStub(edge_channel).CreateApiKey(
+        api_key_service_pb2.CreateApiKeyRequest(api_key=api_key_pb2.ApiKey(display_name="dialer")),
+        metadata=admin,
+        timeout=5,
+    )
+    mirrored = api_key_redis_key(hash_api_key(created.key))
+    client = redis.Redis(port=redis_server.port)
+    try:
+        client.delete(mirrored, API_KEYS_LOADED)  # what a flushed Redis looks like to IAM
+        deadline = time.monotonic() + 15
+        while not client.exists(API_KEYS_LOADED):
+            assert time.monotonic() < deadline, "IAM did not rebuild its API key mirror"
+            time.sleep(0.1)
+        assert client.exists(mirrored)
+    finally:
+        client.close()
+    assert _echo(edge, {"x-api-key": created.key}).status_code == 200
 
 
 def test_api_keys_are_refused_where_the_contract_wants_a_bearer_token(

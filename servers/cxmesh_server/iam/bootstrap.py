@@ -12,7 +12,8 @@ from cxmesh_server.diagnostics.handlers import EchoHandlers
 from cxmesh_server.iam.handlers import ApiKeyHandlers, TenantHandlers
 from cxmesh_server.iam.store import IamStore
 from cxmesh_server.runtime.accept_loops import Registration
-from cxmesh_server.runtime.server import Resources, ServiceProcess
+from cxmesh_server.runtime.mirror_keeper import keep_loaded
+from cxmesh_server.runtime.server import Resources, ServiceProcess, start_background
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,22 @@ async def build(resources: Resources) -> Sequence[Registration]:
     ]
 
 
-async def rebuild_api_key_mirror(resources: Resources) -> None:
-    count = await _store(resources).rebuild_mirror()
+# How often IAM checks that Redis still holds the API key mirror.
+MIRROR_CHECK_SECONDS = 2.0
+
+
+async def _rebuild(store: IamStore) -> None:
+    count = await store.rebuild_mirror()
     log.info("api key mirror rebuilt", extra={"active_keys": count})
+
+
+async def rebuild_api_key_mirror(resources: Resources) -> None:
+    store = _store(resources)
+    await _rebuild(store)
+    # Without the mirror every API key is refused: a dialer's validations would answer 401.
+    start_background(
+        keep_loaded("api keys", store.mirror_loaded, lambda: _rebuild(store), MIRROR_CHECK_SECONDS)
+    )
 
 
 PROCESS = ServiceProcess(

@@ -35,6 +35,11 @@ def _api_key(row: asyncpg.Record) -> ApiKey:
     )
 
 
+# Set once the API key mirror has been built since Redis started: a Redis that lost its
+# data (flushed, replaced, restarted without persistence) has lost it too.
+API_KEYS_LOADED = "cx:iam:api_keys:loaded"
+
+
 class IamStore:
     def __init__(self, pool: asyncpg.Pool, redis: Redis) -> None:
         self._pool = pool
@@ -165,8 +170,11 @@ class IamStore:
             await self._redis.delete(api_key_redis_key(row["key_hash"]))
         return _api_key(row)
 
+    async def mirror_loaded(self) -> bool:
+        return bool(await self._redis.exists(API_KEYS_LOADED))
+
     async def rebuild_mirror(self) -> int:
-        """Makes the Redis mirror exactly the active keys of Postgres."""
+        """Makes the Redis mirror exactly the active keys of Postgres, then marks it loaded."""
         async with tenant_transaction(self._pool, PLATFORM_SCOPE) as db:
             tenants = [r["tenant_id"] for r in await db.fetch("SELECT tenant_id FROM iam.tenants")]
         active: set[str] = set()
@@ -179,6 +187,7 @@ class IamStore:
         async for key in self._redis.scan_iter(match=api_key_redis_key("*"), count=1000):
             if key not in active:
                 await self._redis.delete(key)
+        await self._redis.set(API_KEYS_LOADED, "1")
         return len(active)
 
     async def _mirror(self, tenant: str, row: asyncpg.Record) -> None:

@@ -28,6 +28,7 @@ from cxmesh_server.lists.suppression_handlers import SuppressionHandlers
 from cxmesh_server.lists.suppression_store import SuppressionStore
 from cxmesh_server.mirrors.suppression import SuppressionMirror
 from cxmesh_server.runtime.accept_loops import Registration
+from cxmesh_server.runtime.mirror_keeper import keep_loaded
 from cxmesh_server.runtime.server import Resources, ServiceProcess, start_background
 
 log = logging.getLogger(__name__)
@@ -78,18 +79,6 @@ async def rebuild_all_mirrors(store: SuppressionStore) -> None:
     log.info("suppression mirror loaded", extra={"tenants": len(tenants)})
 
 
-async def _keep_mirror_loaded(store: SuppressionStore) -> None:
-    """Redis may be flushed or replaced: whenever the loaded marker is gone, rebuild."""
-    while True:
-        await asyncio.sleep(MIRROR_CHECK_SECONDS)
-        try:
-            if not await store.mirror.is_loaded():
-                log.warning("suppression mirror missing; rebuilding from Postgres")
-                await rebuild_all_mirrors(store)
-        except Exception:
-            log.exception("suppression mirror check failed; retrying")
-
-
 async def _sweep_interrupted_imports(imports: ImportsStore, every: float) -> None:
     while True:
         try:
@@ -104,7 +93,14 @@ async def _sweep_interrupted_imports(imports: ImportsStore, every: float) -> Non
 async def on_start(resources: Resources) -> None:
     store = _suppression(resources)
     await rebuild_all_mirrors(store)
-    start_background(_keep_mirror_loaded(store))
+    start_background(
+        keep_loaded(
+            "suppression",
+            store.mirror.is_loaded,
+            lambda: rebuild_all_mirrors(store),
+            MIRROR_CHECK_SECONDS,
+        )
+    )
     start_background(
         _sweep_interrupted_imports(
             ImportsStore(resources.require_postgres()), resources.settings.import_sweep_seconds

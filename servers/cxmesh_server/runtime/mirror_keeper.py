@@ -1,0 +1,28 @@
+"""Redis mirrors of Postgres data survive Redis losing them: a service checks its mirror's
+loaded marker and rebuilds the mirror whenever the marker is gone (Redis flushed,
+replaced, or restarted without persistence)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+
+async def keep_loaded(
+    mirror: str,
+    is_loaded: Callable[[], Awaitable[bool]],
+    rebuild: Callable[[], Awaitable[object]],
+    every_seconds: float,
+) -> None:
+    """Runs for the process's life (`start_background`); `mirror` names it in the logs."""
+    while True:
+        await asyncio.sleep(every_seconds)
+        try:
+            if not await is_loaded():
+                log.warning("mirror missing; rebuilding from Postgres", extra={"mirror": mirror})
+                await rebuild()
+        except Exception:
+            log.exception("mirror check failed; retrying", extra={"mirror": mirror})
