@@ -198,14 +198,21 @@ def test_explain_shows_the_verdicts_of_the_rule_sets_the_decision_used(
     assert {v.rule.partition("#")[0] for v in on_x.verdicts} == {bound.name}
 
 
+def _eight_to_eight(override: rule_set_pb2.WindowOverride) -> rule_set_pb2.RuleSet:
+    """A rule set whose override closes at 20:00 where it applies (21:00 elsewhere)."""
+    window = override.contact_windows.add()
+    window.start_time.hours, window.end_time.hours = 8, 20
+    return rule_set_pb2.RuleSet(display_name="closes at 20:00", window_overrides=[override])
+
+
+EVENING = datetime(2026, 7, 16, 0, 30, tzinfo=UTC)  # 20:30 in Miami and New York
+
+
 def test_a_state_window_applies_by_the_area_code_the_zip_code_or_the_named_state(
     compliance: Compliance,
 ) -> None:
-    florida = rule_set_pb2.WindowOverride(state_province="FL")
-    window = florida.contact_windows.add()
-    window.start_time.hours, window.end_time.hours = 8, 20
-    compliance.create(rule_set_pb2.RuleSet(display_name="tcpa+fl", window_overrides=[florida]))
-    evening = datetime(2026, 7, 16, 0, 30, tzinfo=UTC)  # 20:30 in Miami and New York
+    compliance.create(_eight_to_eight(rule_set_pb2.WindowOverride(state_province="FL")))
+    evening = EVENING
     for address, contact in (
         ("+1 305 555 0100", {}),  # a Florida area code, no state given
         ("+1 212 555 0100", {"postal_code": "33101"}),  # a Miami ZIP code
@@ -221,16 +228,12 @@ def test_a_state_window_applies_by_the_area_code_the_zip_code_or_the_named_state
 def test_a_postal_code_window_applies_to_the_zip_plus_4_of_its_zip_code(
     compliance: Compliance,
 ) -> None:
-    miami = rule_set_pb2.WindowOverride(postal_code="33101")
-    window = miami.contact_windows.add()
-    window.start_time.hours, window.end_time.hours = 8, 20
-    compliance.create(rule_set_pb2.RuleSet(display_name="33101", window_overrides=[miami]))
-    evening = datetime(2026, 7, 16, 0, 30, tzinfo=UTC)  # 20:30 in Miami
+    compliance.create(_eight_to_eight(rule_set_pb2.WindowOverride(postal_code="33101")))
     for written in ("33101", "33101-1234", "331011234"):
         assert not compliance.explain(
-            "+1 212 555 0100", evening, postal_code=written
+            "+1 212 555 0100", EVENING, postal_code=written
         ).decision.allowed, written
-    assert compliance.explain("+1 212 555 0100", evening, postal_code="33102").decision.allowed
+    assert compliance.explain("+1 212 555 0100", EVENING, postal_code="33102").decision.allowed
 
 
 def test_suppression_entries_from_the_lists_service_deny_at_once(compliance: Compliance) -> None:
