@@ -292,6 +292,33 @@ def test_national_dnc_full_file_then_additions_and_deletions(
     assert _mirror_value(redis_server, lists.tenant, dnc.name, "phone", "+12015550101") is None
 
 
+def test_a_registry_file_never_lifts_an_emergency_entry(
+    lists: Lists, redis_server: EmbeddedRedis
+) -> None:
+    dnc = lists.new_suppression_list("registry and opt-outs")
+    lists.suppression.CreateEmergencySuppressionEntry(
+        suppression_service_pb2.CreateEmergencySuppressionEntryRequest(
+            parent=dnc.name,
+            entry=suppression_pb2.SuppressionEntry(phone_number="+12015550199", reason="stop"),
+        ),
+        metadata=lists.md,
+        timeout=10,
+    )
+    full = _dnc(lists, dnc.name, suppression_service_pb2.DNC_FILE_KIND_FULL, b"2015550101\n")
+    assert full.entries_added == 1
+    _dnc(lists, dnc.name, suppression_service_pb2.DNC_FILE_KIND_DELETIONS, b"2015550199\n")
+    entries = lists.suppression.ListSuppressionEntries(
+        suppression_service_pb2.ListSuppressionEntriesRequest(parent=dnc.name),
+        metadata=lists.md,
+        timeout=10,
+    ).entries
+    assert {(e.phone_number, e.emergency) for e in entries} == {
+        ("+12015550101", False),
+        ("+12015550199", True),
+    }
+    assert _mirror_value(redis_server, lists.tenant, dnc.name, "phone", "+12015550199") is not None
+
+
 def test_imported_records_that_match_a_suppression_list_are_marked_not_dropped(
     lists: Lists,
 ) -> None:

@@ -20,16 +20,20 @@ from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.stack.datastores import EmbeddedPostgres, EmbeddedRedis
 
 TENANT = "mirror-order"
-REFUSED = "refused at commit"
-# Fails the commit of any transaction that deleted an entry with the reason REFUSED.
+# Reasons whose entries fail their transaction's commit: when deleted, when inserted.
+UNDELETABLE = "fails the commit of its deletion"
+UNINSERTABLE = "fails the commit of its insertion"
 _FAIL_COMMIT = f"""
 CREATE OR REPLACE FUNCTION lists.refuse_commit() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  IF OLD.reason = '{REFUSED}' THEN RAISE EXCEPTION 'commit refused'; END IF;
+  IF (TG_OP = 'DELETE' AND OLD.reason = '{UNDELETABLE}')
+     OR (TG_OP = 'INSERT' AND NEW.reason = '{UNINSERTABLE}') THEN
+    RAISE EXCEPTION 'commit refused';
+  END IF;
   RETURN NULL;
 END $$;
 DROP TRIGGER IF EXISTS refuse_commit ON lists.suppression_entries;
-CREATE CONSTRAINT TRIGGER refuse_commit AFTER DELETE ON lists.suppression_entries
+CREATE CONSTRAINT TRIGGER refuse_commit AFTER DELETE OR INSERT ON lists.suppression_entries
   DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION lists.refuse_commit();
 """
 _REMOVE_TRIGGER = """
@@ -68,7 +72,7 @@ async def test_a_removal_that_fails_to_commit_leaves_the_number_suppressed(
     created = await store.create_list(TENANT, "order", [], 0, "")
     list_id = created.list_id
     await store.upsert_entries(
-        TENANT, list_id, [EntryRow("phone", "+14155550161", [], None, False, REFUSED)]
+        TENANT, list_id, [EntryRow("phone", "+14155550161", [], None, False, UNDELETABLE)]
     )
     assert await _suppressed(store, list_id, "+14155550161")
 
@@ -84,3 +88,21 @@ async def test_a_removal_that_fails_to_commit_leaves_the_number_suppressed(
         await store.delete_list(TENANT, list_id)
     assert list_id in await store.mirror.lists(TENANT)
     assert await _suppressed(store, list_id, "+14155550161")
+
+
+async def test_a_full_load_that_fails_to_commit_leaves_the_mirror_as_postgres_kept_it(
+    store: SuppressionStore,
+) -> None:
+    list_id = (await store.create_list(TENANT, "registry", [], 0, "")).list_id
+    await store.upsert_entries(
+        TENANT, list_id, [EntryRow("phone", "+14155550162", [], None, False, "registry")]
+    )
+
+    async def new_file() -> AsyncIterator[list[str]]:
+        yield ["+14155550163"]
+
+    # The staged list is swapped in before the commit, which then fails.
+    with pytest.raises(asyncpg.RaiseError):
+        await store.replace_all(TENANT, list_id, "phone", new_file(), UNINSERTABLE)
+    assert await _suppressed(store, list_id, "+14155550162")
+    assert not await _suppressed(store, list_id, "+14155550163")

@@ -84,5 +84,7 @@ async def load_dnc_file(
             result.entries_added += len(batch)
     else:
         async for batch in batches():
-            result.entries_removed += await store.delete_entries(tenant, list_id, {"phone": batch})
+            result.entries_removed += await store.delete_entries(
+                tenant, list_id, {"phone": batch}, keep_emergency=True
+            )
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +14,8 @@ from cxmesh_server.lists.store import new_id
 from cxmesh_server.mirrors.suppression import Entry, SuppressionMirror, channel_mask
 from cxmesh_server.runtime.errors import NotFound
 from cxmesh_server.runtime.postgres import Db, copy_into, tenant_transaction
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,24 +198,40 @@ class SuppressionStore:
         by_target = {(e.kind, e.target): e for e in stored}
         return [by_target[key] for key in dict.fromkeys((e.kind, e.target) for e in entries)]
 
-    async def delete_entries(self, tenant: str, list_id: str, targets: dict[str, list[str]]) -> int:
+    async def delete_entries(
+        self,
+        tenant: str,
+        list_id: str,
+        targets: dict[str, list[str]],
+        *,
+        keep_emergency: bool = False,
+    ) -> int:
+        """Deletes the entries of these targets; with `keep_emergency` (a registry's
+        deletions file) not the emergency ones: a consumer's own "never call me again"
+        outlives the number leaving a registry."""
+        deleted: dict[str, list[str]] = {}
         async with tenant_transaction(self.pool, tenant) as db:
             await self._require(db, list_id)
-            deleted = 0
             for kind, values in targets.items():
                 if values:
-                    result = await db.execute(
-                        "DELETE FROM lists.suppression_entries WHERE list_id = $1 AND target_type = $2 AND target = ANY($3::text[])",
+                    rows = await db.fetch(
+                        """
+                        DELETE FROM lists.suppression_entries
+                        WHERE list_id = $1 AND target_type = $2 AND target = ANY($3::text[])
+                          AND NOT ($4 AND emergency)
+                        RETURNING target
+                        """,
                         list_id,
                         TYPE_OF_KIND[kind],
                         values,
+                        keep_emergency,
                     )
-                    deleted += int(result.split()[-1])
+                    deleted[kind] = [r["target"] for r in rows]
         # Removed from the mirror only once committed: a removal that failed to commit
         # would otherwise leave numbers Postgres still suppresses callable. If this fails
         # the mirror suppresses more than Postgres until retried or rebuilt: never less.
-        await self.mirror.remove_entries(tenant, list_id, targets)
-        return deleted
+        await self.mirror.remove_entries(tenant, list_id, deleted)
+        return sum(len(values) for values in deleted.values())
 
     async def list_entries(
         self, tenant: str, list_id: str, after: tuple[int, str], limit: int, show_expired: bool
@@ -238,25 +257,50 @@ class SuppressionStore:
         self, tenant: str, list_id: str, kind: str, batches: AsyncIterable[list[str]], reason: str
     ) -> int:
         """A full load (a DNC full file): the list becomes exactly these targets (every
-        channel, no expiry), in Postgres in one transaction and in Redis by swapping a staged
-        copy in, so neither ever shows a half-loaded list. Batches stream: memory stays
-        bounded whatever the file size."""
+        channel, no expiry) and its emergency entries, which a registry never lifts; in
+        Postgres in one transaction and in Redis by swapping a staged copy in, so neither
+        ever shows a half-loaded list. Batches stream: memory stays bounded whatever the
+        file size. Returns how many of the file's targets were loaded."""
         columns = ["tenant_id", "list_id", "target_type", "target", "channels_mask", "reason"]
         target_type = TYPE_OF_KIND[kind]
         count = 0
-        async with tenant_transaction(self.pool, tenant) as db:
-            await self._require(db, list_id)
-            await db.execute("DELETE FROM lists.suppression_entries WHERE list_id = $1", list_id)
-            staging = f"{list_id}.staging"
-            await self.mirror.drop_list(tenant, staging)
-            async for batch in batches:
-                rows = [(tenant, list_id, target_type, target, 0, reason) for target in batch]
-                await copy_into(db, "lists", "suppression_entries", columns, rows)
-                count += await self.mirror.put_targets(
-                    tenant, staging, kind, batch, mask=0, expire_ms=None
+        try:
+            async with tenant_transaction(self.pool, tenant) as db:
+                await self._require(db, list_id)
+                await db.execute(
+                    "DELETE FROM lists.suppression_entries WHERE list_id = $1 AND NOT emergency",
+                    list_id,
                 )
-            await self.mirror.swap_in(tenant, staging, list_id)
+                kept = [
+                    _entry(r)
+                    for r in await db.fetch(
+                        "SELECT * FROM lists.suppression_entries WHERE list_id = $1", list_id
+                    )
+                ]
+                staging = f"{list_id}.staging"
+                await self.mirror.drop_list(tenant, staging)
+                await self.mirror.put_entries(tenant, staging, (mirror_entry(e) for e in kept))
+                already = {e.target for e in kept if e.kind == kind}
+                async for batch in batches:
+                    batch = [target for target in batch if target not in already]
+                    rows = [(tenant, list_id, target_type, target, 0, reason) for target in batch]
+                    await copy_into(db, "lists", "suppression_entries", columns, rows)
+                    count += await self.mirror.put_targets(
+                        tenant, staging, kind, batch, mask=0, expire_ms=None
+                    )
+                await self.mirror.swap_in(tenant, staging, list_id)
+        except Exception:
+            # The new list may be in the mirror while Postgres kept the old one (the commit
+            # failed), or the reverse: the mirror is made Postgres's again.
+            await self._rebuild_after_failure(tenant)
+            raise
         return count
+
+    async def _rebuild_after_failure(self, tenant: str) -> None:
+        try:
+            await self.rebuild_mirror(tenant)
+        except Exception:
+            log.exception("suppression mirror rebuild after a failed load failed")
 
     async def rebuild_mirror(self, tenant: str) -> int:
         """Rebuilds the tenant's mirror from Postgres; not ready while it runs."""
