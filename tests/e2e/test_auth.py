@@ -18,7 +18,7 @@ from cxmesh.iam.v1 import (
     tenant_service_pb2,
     tenant_service_pb2_grpc,
 )
-from cxmesh_server.iam.store import API_KEYS_LOADED
+from cxmesh_server.iam.store import LOADED_KEY
 from cxmesh_server.runtime.auth import api_key_redis_key, hash_api_key
 from cxmesh_server.runtime.devkeys import SigningKey, generate_key
 from cxmesh_server.stack.datastores import EmbeddedRedis
@@ -178,9 +178,9 @@ def test_api_keys_work_again_soon_after_redis_loses_their_mirror(
     mirrored = api_key_redis_key(hash_api_key(created.key))
     client = redis.Redis(port=redis_server.port)
     try:
-        client.delete(mirrored, API_KEYS_LOADED)  # what a flushed Redis looks like to IAM
+        client.delete(mirrored, LOADED_KEY)  # what a flushed Redis looks like to IAM
         deadline = time.monotonic() + 15
-        while not client.exists(API_KEYS_LOADED):
+        while not client.exists(LOADED_KEY):
             assert time.monotonic() < deadline, "IAM did not rebuild its API key mirror"
             time.sleep(0.1)
         assert client.exists(mirrored)

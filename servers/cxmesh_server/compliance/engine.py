@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -56,8 +57,10 @@ from cxmesh_server.contacts.places import (
     states_for_e164,
     subdivision_code,
 )
-from cxmesh_server.contacts.timezones import derive_time_zone
+from cxmesh_server.contacts.timezones import derive_time_zone, is_local_zone
 from cxmesh_server.mirrors import suppression as suppression_mirror
+from cxmesh_server.mirrors import tenants as tenants_mirror
+from cxmesh_server.mirrors.tenants import TenantSettings
 from cxmesh_server.runtime.redis_wire import Script, WireRedis
 
 # What decides where a tenant has no rule set for the channel: 08:00–21:00 every day.
@@ -94,6 +97,7 @@ class Profile:
     rule_sets: tuple[CompiledRuleSet, ...]
     revisions: tuple[str, ...]
     default_zone: str
+    region: str  # where national numbers are read
     # Tenant-wide lists, lists bound to the campaign, lists the rules name.
     suppression_lists: tuple[str, ...]
     counts_devices: bool
@@ -155,6 +159,10 @@ TRANSACTION_MAX_TARGETS = 256
 # What a batch reads: (list id, kind, targets) per suppression lookup.
 Plan = list[tuple[str, str, list[str]]]
 
+# How often a view without the tenant's settings (IAM has not mirrored them yet, or Redis
+# lost them) reads them again.
+SETTINGS_RETRY_SECONDS = 1.0
+
 # Prepared subjects a view keeps (a dialer validates the same records again and again).
 SUBJECTS_PER_VIEW = 100_000
 
@@ -169,9 +177,26 @@ class _View:
     bindings: dict[str, list[str]]
     # why the rules cannot be applied (a stored rule set fails validation); "" when they can
     problem: str = ""
+    # the tenant's settings (IAM's mirror); None until IAM has mirrored them
+    settings: TenantSettings | None = None
+    read_at: float = 0.0  # time.monotonic() of the read
     profiles: dict[tuple[str, int], Profile] = field(default_factory=dict)
     # request bytes → the request prepared under this view
     subjects: dict[bytes, Subject] = field(default_factory=dict)
+
+    @property
+    def region(self) -> str:
+        """Where national numbers are read: the tenant's region (US until IAM's mirror
+        says, the region every tenant has unless it chose another)."""
+        return self.settings.default_region if self.settings else DEFAULT_REGION
+
+    @property
+    def default_zone(self) -> str:
+        """The tenant's zone for contacts whose own cannot be derived, when it is some
+        place's local time: a tenant that never chose one has UTC, and 08:00 UTC is 03:00
+        in New York."""
+        zone = self.settings.default_time_zone if self.settings else ""
+        return zone if is_local_zone(zone) else ""
 
     def profile(self, campaign: str, channel: int) -> Profile:
         key = (campaign, channel)
@@ -199,7 +224,11 @@ class _View:
             number=next(_profile_numbers),
             rule_sets=rule_sets,
             revisions=tuple(f"{r.name}@{r.revision}" for r in rule_sets),
-            default_zone=next((r.default_time_zone for r in rule_sets if r.default_time_zone), ""),
+            default_zone=next(
+                (r.default_time_zone for r in rule_sets if r.default_time_zone),
+                self.default_zone,
+            ),
+            region=self.region,
             suppression_lists=tuple(
                 sorted(
                     list_id
@@ -257,11 +286,24 @@ class DecisionEngine:
 
     async def place(self, tenant: str, request: decision_pb2.DecisionRequest) -> Place | None:
         """Where decisions take the request's contact to be; None when nowhere (denied)."""
-        view = self._views.get(tenant) or await self._refresh(tenant)
+        view = await self._view(tenant)
         if view.problem:
             return None
         located = _prepare(tenant, request, view).located
         return located.place if located is not None else None
+
+    async def region(self, tenant: str) -> str:
+        """Where the tenant's national numbers are read (attempts must be read as decisions
+        are, or they would count against another number)."""
+        return (await self._view(tenant)).region
+
+    async def _view(self, tenant: str) -> _View:
+        view = self._views.get(tenant)
+        if view is None or (
+            view.settings is None and time.monotonic() - view.read_at >= SETTINGS_RETRY_SECONDS
+        ):
+            view = await self._refresh(tenant)
+        return view
 
     async def _decide_now(
         self, tenant: str, requests: Sequence[decision_pb2.DecisionRequest]
@@ -293,7 +335,7 @@ class DecisionEngine:
         now: datetime,
         live: bool,
     ) -> list[decision_pb2.Decision]:
-        view = self._views.get(tenant) or await self._refresh(tenant)
+        view = await self._view(tenant)
         for _ in range(3):
             subjects = [_prepare(tenant, request, view) for request in requests]
             plan, attempt_keys, replies = await self._read(tenant, subjects, now)
@@ -505,7 +547,8 @@ class DecisionEngine:
             pipe.hgetall(rules_key(tenant))
             pipe.get(suppression_mirror.index_version_key(tenant))
             pipe.hgetall(suppression_mirror.index_key(tenant))
-            rules_version, encoded, index_version, index = await pipe.execute()
+            pipe.hgetall(tenants_mirror.settings_key(tenant))
+            rules_version, encoded, index_version, index, settings = await pipe.execute()
         problem = ""
         try:
             rule_sets = [compile_rule_set(decode_rule_set(v)) for v in encoded.values()]
@@ -517,6 +560,8 @@ class DecisionEngine:
             rules_version=str(rules_version or "0"),
             rule_sets=rule_sets,
             problem=problem,
+            settings=tenants_mirror.decode(settings),
+            read_at=time.monotonic(),
             index_version=str(index_version or "0"),
             bindings={list_id: json.loads(value)["campaigns"] for list_id, value in index.items()},
         )
@@ -549,7 +594,7 @@ def _prepared(tenant: str, request: decision_pb2.DecisionRequest, view: _View) -
     profile = view.profile(campaign_reference(request.campaign), channel)
     kind, address, located, problem = _contact_facts(
         contact.address,
-        contact.country,
+        contact.country or profile.region,
         contact.time_zone,
         contact.postal_code,
         contact.state_province,

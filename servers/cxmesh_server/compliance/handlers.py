@@ -386,6 +386,9 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         check.require(0 < len(request.attempts) <= MAX_BATCH, "attempts", f"1-{MAX_BATCH} attempts")
         reports = []
         received = datetime.now(UTC)
+        tenant = current_tenant()
+        # Read as decisions read the contact, or the attempt counts against another number.
+        region = await self._engine.region(tenant)
         for n, attempt in enumerate(request.attempts):
             check.require(
                 0 < len(attempt.attempt_id) <= 128, f"attempts[{n}].attempt_id", "1-128 characters"
@@ -402,7 +405,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
             address = attempt.contact.address.strip()
             if "@" not in address:
                 try:
-                    address = normalize_phone(address, attempt.contact.country or "US").e164
+                    address = normalize_phone(address, attempt.contact.country or region).e164
                 except PhoneError as error:
                     check.require(False, f"attempts[{n}].contact.address", str(error))
             else:
@@ -425,7 +428,6 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
                 )
             )
         check.check()
-        tenant = current_tenant()
         new = await self._mirror.record_attempts(tenant, reports)
         count_attempts(tenant, reported=len(reports), new=new)
         return decision_service_pb2.RecordAttemptsResponse(new_attempt_count=new)

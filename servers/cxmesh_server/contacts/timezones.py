@@ -30,6 +30,12 @@ def valid_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+def is_local_zone(zone: str) -> bool:
+    """Whether `zone` is some place's local time (`Area/Location`), not UTC, GMT or a fixed
+    offset (`EST`, `Etc/GMT+5`)."""
+    return "/" in zone and not zone.startswith("Etc/") and zone in valid_zones()
+
+
 def derive_time_zone(
     *,
     explicit: str,

@@ -9,6 +9,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from cxmesh_server.iam.domain import PLATFORM_SCOPE, ApiKey, Tenant
+from cxmesh_server.mirrors.tenants import TenantSettings, encode, settings_key
 from cxmesh_server.runtime.auth import api_key_redis_key
 from cxmesh_server.runtime.errors import AlreadyExists, NotFound
 from cxmesh_server.runtime.postgres import tenant_transaction
@@ -35,9 +36,10 @@ def _api_key(row: asyncpg.Record) -> ApiKey:
     )
 
 
-# Set once the API key mirror has been built since Redis started: a Redis that lost its
-# data (flushed, replaced, restarted without persistence) has lost it too.
-API_KEYS_LOADED = "cx:iam:api_keys:loaded"
+# Set once IAM's mirrors (active API keys, tenants' settings) have been built since Redis
+# started: a Redis that lost its data (flushed, replaced, restarted without persistence)
+# has lost them too.
+LOADED_KEY = "cx:iam:loaded"
 
 
 class IamStore:
@@ -52,7 +54,9 @@ class IamStore:
                     "SELECT * FROM iam.tenants WHERE request_id = $1", request_id
                 )
                 if row is not None:
-                    return _tenant(row)
+                    existing = _tenant(row)
+                    await self._mirror_tenant(existing)  # a retry after a failed mirroring
+                    return existing
             row = await db.fetchrow(
                 """
                 INSERT INTO iam.tenants (tenant_id, display_name, default_time_zone, default_region, request_id)
@@ -68,7 +72,9 @@ class IamStore:
             )
             if row is None:
                 raise AlreadyExists(f"tenant {tenant.tenant_id} already exists")
-            return _tenant(row)
+        created = _tenant(row)
+        await self._mirror_tenant(created)
+        return created
 
     async def get_tenant(self, scope: str, tenant_id: str) -> Tenant:
         async with tenant_transaction(self._pool, scope) as db:
@@ -171,14 +177,17 @@ class IamStore:
         return _api_key(row)
 
     async def mirror_loaded(self) -> bool:
-        return bool(await self._redis.exists(API_KEYS_LOADED))
+        return bool(await self._redis.exists(LOADED_KEY))
 
     async def rebuild_mirror(self) -> int:
-        """Makes the Redis mirror exactly the active keys of Postgres, then marks it loaded."""
+        """Makes the Redis mirror exactly the active keys of Postgres, mirrors every
+        tenant's settings, then marks it loaded; returns how many keys are active."""
         async with tenant_transaction(self._pool, PLATFORM_SCOPE) as db:
-            tenants = [r["tenant_id"] for r in await db.fetch("SELECT tenant_id FROM iam.tenants")]
+            tenants = [_tenant(r) for r in await db.fetch("SELECT * FROM iam.tenants")]
+        for settings in tenants:
+            await self._mirror_tenant(settings)
         active: set[str] = set()
-        for tenant in tenants:
+        for tenant in (t.tenant_id for t in tenants):
             async with tenant_transaction(self._pool, tenant) as db:
                 rows = await db.fetch("SELECT * FROM iam.api_keys WHERE revoke_time IS NULL")
                 for row in rows:
@@ -187,8 +196,14 @@ class IamStore:
         async for key in self._redis.scan_iter(match=api_key_redis_key("*"), count=1000):
             if key not in active:
                 await self._redis.delete(key)
-        await self._redis.set(API_KEYS_LOADED, "1")
+        await self._redis.set(LOADED_KEY, "1")
         return len(active)
+
+    async def _mirror_tenant(self, tenant: Tenant) -> None:
+        await self._redis.hset(
+            settings_key(tenant.tenant_id),
+            mapping=encode(TenantSettings(tenant.default_time_zone, tenant.default_region)),
+        )
 
     async def _mirror(self, tenant: str, row: asyncpg.Record) -> None:
         await self._redis.hset(
