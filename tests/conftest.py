@@ -104,16 +104,20 @@ def grpc_bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 @pytest.fixture(scope="session")
 def new_tenant(mesh: Mesh, key: SigningKey):  # type: ignore[no-untyped-def]
-    """Creates a fresh tenant through the API; returns its id."""
+    """Creates a fresh tenant through the API, with IAM's default settings (UTC, US) unless
+    given; returns its id."""
 
-    def create() -> str:
+    def create(default_time_zone: str = "", default_region: str = "") -> str:
         tenant_id = "t-" + uuid.uuid4().hex[:12]
         operator = key.mint(tenant="platform", roles=["platform-admin"])
+        tenant = tenant_pb2.Tenant(
+            display_name=tenant_id,
+            default_time_zone=default_time_zone,
+            default_region=default_region,
+        )
         with grpc.insecure_channel(mesh.edge_target) as channel:
             tenant_service_pb2_grpc.TenantServiceStub(channel).CreateTenant(
-                tenant_service_pb2.CreateTenantRequest(
-                    tenant_id=tenant_id, tenant=tenant_pb2.Tenant(display_name=tenant_id)
-                ),
+                tenant_service_pb2.CreateTenantRequest(tenant_id=tenant_id, tenant=tenant),
                 metadata=grpc_bearer(operator),
                 timeout=10,
             )

@@ -4,7 +4,6 @@ suppression from the lists service, attempts, OCS 200/409."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,14 +25,7 @@ from cxmesh.compliance.v1 import (
     rule_set_service_pb2,
     rule_set_service_pb2_grpc,
 )
-from cxmesh.iam.v1 import (
-    api_key_pb2,
-    api_key_service_pb2,
-    api_key_service_pb2_grpc,
-    tenant_pb2,
-    tenant_service_pb2,
-    tenant_service_pb2_grpc,
-)
+from cxmesh.iam.v1 import api_key_pb2, api_key_service_pb2, api_key_service_pb2_grpc
 from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2, suppression_service_pb2_grpc
 from cxmesh.types.v1 import call_result_pb2
 from cxmesh_server.compliance.mirror import LOADED_KEY, attempt_index_key
@@ -129,34 +121,21 @@ def compliance(mesh: Mesh, key: SigningKey, new_tenant: Callable[[], str]) -> It
 
 
 def _tenant_with(
-    mesh: Mesh, key: SigningKey, default_time_zone: str = "", default_region: str = ""
+    mesh: Mesh, key: SigningKey, new_tenant: Callable[..., str], **settings: str
 ) -> Compliance:
-    """A new tenant created with these settings (IAM's defaults: UTC, US)."""
-    tenant_id = "t-" + uuid.uuid4().hex[:12]
-    operator = key.mint(tenant="platform", roles=["platform-admin"])
+    """A new tenant created with these settings (default_time_zone, default_region)."""
+    tenant = new_tenant(**settings)
     channel = grpc.insecure_channel(mesh.edge_target)
-    tenant_service_pb2_grpc.TenantServiceStub(channel).CreateTenant(
-        tenant_service_pb2.CreateTenantRequest(
-            tenant_id=tenant_id,
-            tenant=tenant_pb2.Tenant(
-                display_name=tenant_id,
-                default_time_zone=default_time_zone,
-                default_region=default_region,
-            ),
-        ),
-        metadata=(("authorization", f"Bearer {operator}"),),
-        timeout=10,
-    )
-    return Compliance(channel, key.mint(tenant=tenant_id, roles=["admin"]), tenant_id)
+    return Compliance(channel, key.mint(tenant=tenant, roles=["admin"]), tenant)
 
 
 TOLL_FREE = "+1 800 555 0199"  # a non-geographic number: no zone of its own
 
 
 def test_a_number_with_no_zone_of_its_own_takes_the_tenants_zone(
-    mesh: Mesh, key: SigningKey
+    mesh: Mesh, key: SigningKey, new_tenant: Callable[..., str]
 ) -> None:
-    pacific = _tenant_with(mesh, key, default_time_zone="America/Los_Angeles")
+    pacific = _tenant_with(mesh, key, new_tenant, default_time_zone="America/Los_Angeles")
     early = datetime(2026, 7, 15, 14, 30, tzinfo=UTC)  # 10:30 in New York, 07:30 in LA
     denied = pacific.explain(TOLL_FREE, early)
     assert [d.code for d in denied.decision.denials] == [
@@ -165,16 +144,18 @@ def test_a_number_with_no_zone_of_its_own_takes_the_tenants_zone(
     assert denied.decision.time_zone == "America/Los_Angeles"
     assert pacific.explain(TOLL_FREE, early + timedelta(hours=1)).decision.allowed
     # A tenant that never chose a zone has UTC, nobody's local time: no zone is guessed.
-    unset = _tenant_with(mesh, key)
+    unset = _tenant_with(mesh, key, new_tenant)
     assert [d.code for d in unset.explain(TOLL_FREE, early).decision.denials] == [
         decision_pb2.DENIAL_CODE_UNKNOWN_TIME_ZONE
     ]
 
 
 def test_national_numbers_are_read_in_the_tenants_region_by_decisions_and_attempts(
-    mesh: Mesh, key: SigningKey
+    mesh: Mesh, key: SigningKey, new_tenant: Callable[..., str]
 ) -> None:
-    british = _tenant_with(mesh, key, default_region="GB", default_time_zone="Europe/London")
+    british = _tenant_with(
+        mesh, key, new_tenant, default_region="GB", default_time_zone="Europe/London"
+    )
     british.create(limited("one a day", 1, timedelta(days=1)))
     noon = datetime(2026, 7, 15, 11, 0, tzinfo=UTC)  # 12:00 in London
     explained = british.explain("020 7946 0000", noon)
