@@ -737,6 +737,24 @@ def test_ocs_call_history_feeds_attempt_rules_without_double_counting(
     assert not compliance.check("+1 415 555 0151").allowed
 
 
+def test_an_ocs_field_sent_as_null_is_a_field_not_sent(
+    compliance: Compliance, edge: httpx.Client
+) -> None:
+    per_client = all_day("one per client an hour")
+    limit = per_client.attempt_rules.add(max_attempts=1, scope=rule_set_pb2.ATTEMPT_SCOPE_CLIENT)
+    limit.window.FromTimedelta(timedelta(hours=1))
+    compliance.create(per_client)
+    headers = {"authorization": f"Bearer {compliance.token}"}
+    history = {"GSW_PHONE": "4155550158", "GSW_CALL_ATTEMPT_GUID": "n-1", "CLIENT_ID": None}
+    assert edge.post("/ocs/v1/history", json=history, headers=headers).status_code == 200
+    # Another record with no client id is not that one's client ("None"): counted by its
+    # number, it has no attempts.
+    other = {"GSW_PHONE": "4155550159", "CLIENT_ID": None, "GSW_CLIENT_ID": None}
+    assert edge.post("/ocs/v1/validate", json=other, headers=headers).status_code == 200
+    same = {"GSW_PHONE": "4155550158", "CLIENT_ID": ""}
+    assert edge.post("/ocs/v1/validate", json=same, headers=headers).status_code == 409
+
+
 def test_an_attempt_in_progress_counts_until_its_result_says_otherwise(
     compliance: Compliance, edge: httpx.Client
 ) -> None:

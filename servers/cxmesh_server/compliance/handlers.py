@@ -218,7 +218,8 @@ def _call_result(value: Any) -> int:
 
 def _ocs_attributes(attributes: struct_pb2.Struct) -> dict[str, Any]:
     """The record's attached data by upper-case name. Whole numbers become ints: a dialer
-    that sends GSW_PHONE or a ZIP code as a JSON number means 2125550100, not 2125550100.0."""
+    that sends GSW_PHONE or a ZIP code as a JSON number means 2125550100, not 2125550100.0.
+    A field sent as null is kept as None; `_field` reads it as absent."""
     values: dict[str, Any] = {}
     for name, value in attributes.fields.items():
         kind = value.WhichOneof("kind")
@@ -263,16 +264,27 @@ _OCS_ZONE_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _field(attributes: dict[str, Any], *names: str) -> Any:
+    """The first of the named fields with a value; "" when none has one. A null or empty
+    field is one not sent: a CLIENT_ID of null read as "None" would put every such record
+    under one client, and an empty CLIENT_ID must not hide GSW_CLIENT_ID."""
+    for name in names:
+        value = attributes.get(name)
+        if value is not None and value != "":
+            return value
+    return ""
+
+
 def _ocs_contact(attributes: dict[str, Any]) -> decision_pb2.Contact:
-    zone = str(attributes.get("GSW_TZ_NAME", "")).strip()
+    zone = str(_field(attributes, "GSW_TZ_NAME")).strip()
     named = "/" in zone and zone in valid_zones()  # an IANA Area/Location name wins
     return decision_pb2.Contact(
-        address=str(attributes.get("GSW_PHONE", "")),
-        client_id=str(attributes.get("CLIENT_ID", attributes.get("GSW_CLIENT_ID", ""))),
+        address=str(_field(attributes, "GSW_PHONE")),
+        client_id=str(_field(attributes, "CLIENT_ID", "GSW_CLIENT_ID")),
         time_zone=zone if named else "",
         candidate_time_zones=() if named else _OCS_ZONE_NAMES.get(zone.upper(), ()),
-        postal_code=_postal_code(attributes.get("POSTAL_CODE", attributes.get("ZIP", ""))),
-        state_province=str(attributes.get("STATE", attributes.get("STATE_PROVINCE", ""))),
+        postal_code=_postal_code(_field(attributes, "POSTAL_CODE", "ZIP")),
+        state_province=str(_field(attributes, "STATE", "STATE_PROVINCE")),
     )
 
 
@@ -510,7 +522,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         if not contact.address:
             raise InvalidArgument([FieldViolation("GSW_PHONE", "is required")])
         decision_request = decision_pb2.DecisionRequest(
-            contact=contact, campaign=str(attributes.get("GSW_CAMPAIGN_NAME", ""))
+            contact=contact, campaign=str(_field(attributes, "GSW_CAMPAIGN_NAME"))
         )
         tenant = current_tenant()
         (decision,) = await self._engine.decide(tenant, [decision_request])
@@ -536,16 +548,18 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         attributes = _ocs_attributes(request.attributes)
         check = Validator()
         check.require(
-            bool(attributes.get("GSW_CALL_ATTEMPT_GUID")), "GSW_CALL_ATTEMPT_GUID", "is required"
+            bool(_field(attributes, "GSW_CALL_ATTEMPT_GUID")),
+            "GSW_CALL_ATTEMPT_GUID",
+            "is required",
         )
-        check.require(bool(attributes.get("GSW_PHONE")), "GSW_PHONE", "is required")
+        check.require(bool(_field(attributes, "GSW_PHONE")), "GSW_PHONE", "is required")
         check.check()
         attempt = decision_pb2.Attempt(
-            attempt_id=str(attributes["GSW_CALL_ATTEMPT_GUID"]),
+            attempt_id=str(_field(attributes, "GSW_CALL_ATTEMPT_GUID")),
             contact=_ocs_contact(attributes),
-            campaign=str(attributes.get("GSW_CAMPAIGN_NAME", "")),
+            campaign=str(_field(attributes, "GSW_CAMPAIGN_NAME")),
             channel=channel_pb2.CHANNEL_VOICE,
-            call_result=_call_result(attributes.get("GSW_CALL_RESULT", 0)),  # type: ignore[arg-type]
+            call_result=_call_result(_field(attributes, "GSW_CALL_RESULT") or 0),  # type: ignore[arg-type]
         )
         await self.RecordAttempts(
             decision_service_pb2.RecordAttemptsRequest(attempts=[attempt]), context
