@@ -12,7 +12,7 @@ import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 
-from bench import compliance_new_records, compliance_reads
+from bench import compliance_new_records, compliance_reads, compliance_stream
 from bench.baselines import (
     ECHO_PATH,
     SECONDS,
@@ -394,6 +394,9 @@ def measure(run: Run, env: Environment) -> None:
         )
     )
     compliance_new_records.measure(run, GROUP, port, compliance.metrics_port, auth)
+    compliance_stream.measure(
+        run, GROUP, port, compliance.metrics_port, auth, request.decision_request
+    )
     ocs = bracketed(
         run,
         GROUP,
