@@ -97,7 +97,6 @@ class Profile:
     rule_sets: tuple[CompiledRuleSet, ...]
     revisions: tuple[str, ...]
     default_zone: str
-    region: str  # where national numbers are read
     # Tenant-wide lists, lists bound to the campaign, lists the rules name.
     suppression_lists: tuple[str, ...]
     counts_devices: bool
@@ -228,7 +227,6 @@ class _View:
                 (r.default_time_zone for r in rule_sets if r.default_time_zone),
                 self.default_zone,
             ),
-            region=self.region,
             suppression_lists=tuple(
                 sorted(
                     list_id
@@ -594,7 +592,7 @@ def _prepared(tenant: str, request: decision_pb2.DecisionRequest, view: _View) -
     profile = view.profile(campaign_reference(request.campaign), channel)
     kind, address, located, problem = _contact_facts(
         contact.address,
-        contact.country or profile.region,
+        contact.country or view.region,
         contact.time_zone,
         contact.postal_code,
         contact.state_province,

@@ -32,7 +32,7 @@ from cxmesh_server.contacts.phones import PhoneError, normalize_phone
 from cxmesh_server.contacts.timezones import valid_zones
 from cxmesh_server.runtime import paging
 from cxmesh_server.runtime.context import GrpcContext, current_principal, current_tenant
-from cxmesh_server.runtime.convert import resource_id
+from cxmesh_server.runtime.convert import defined_values, resource_id
 from cxmesh_server.runtime.errors import Aborted, FieldViolation, InvalidArgument, Validator
 from cxmesh_server.runtime.masks import update_paths
 
@@ -148,10 +148,10 @@ class RuleSetHandlers(rule_set_service_pb2_grpc.RuleSetServiceServicer):
         )
 
 
-# Defined values (UNSPECIFIED included: a decision's channel defaults to voice, an
-# attempt's result to "in progress").
-_CHANNELS = frozenset(channel_pb2.Channel.values())
-_CALL_RESULTS = frozenset(call_result_pb2.CallResult.values())
+# Defined values, UNSPECIFIED included: a decision's channel defaults to voice, an
+# attempt's result to "in progress".
+_CHANNELS = defined_values(channel_pb2.Channel.DESCRIPTOR, unspecified=True)
+_CALL_RESULTS = defined_values(call_result_pb2.CallResult.DESCRIPTOR, unspecified=True)
 
 
 def _check_request(

@@ -16,11 +16,11 @@ from cxmesh_server.lists.domain.suppression import KIND_OF_TYPE, TargetError, no
 from cxmesh_server.lists.suppression_store import EntryRow, SuppressionStore
 from cxmesh_server.runtime import paging
 from cxmesh_server.runtime.context import GrpcContext, current_tenant
-from cxmesh_server.runtime.convert import resource_id
+from cxmesh_server.runtime.convert import defined_values, resource_id
 from cxmesh_server.runtime.errors import FieldViolation, InvalidArgument, Validator
 
 MAX_BATCH = 1000
-_CHANNELS = frozenset(channel_pb2.Channel.values()) - {channel_pb2.CHANNEL_UNSPECIFIED}
+_CHANNELS = defined_values(channel_pb2.Channel.DESCRIPTOR, unspecified=False)
 DEFAULT_REGION = "US"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
 
@@ -23,3 +24,11 @@ def resource_id(name: str, collection: str, field: str) -> str:
     if not name.startswith(prefix) or "/" in name[len(prefix) :] or len(name) == len(prefix):
         raise InvalidArgument([FieldViolation(field, f"must be {collection}/{{id}}")])
     return name[len(prefix) :]
+
+
+def defined_values(enum: EnumDescriptor, *, unspecified: bool) -> frozenset[int]:
+    """The values `enum` defines, its UNSPECIFIED zero only with `unspecified`. Protobuf
+    enums are open: a value nobody defined arrives intact, matches no rule, and a rule or
+    record carrying one would silently restrict nothing."""
+    values = frozenset(enum.values_by_number)
+    return values if unspecified else values - {0}

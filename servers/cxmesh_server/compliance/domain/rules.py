@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from google.protobuf.descriptor import EnumDescriptor
 from google.type import date_pb2, timeofday_pb2
 
 from cxmesh.compliance.v1 import rule_set_pb2
@@ -16,6 +14,7 @@ from cxmesh_server.contacts.campaigns import campaign_reference, is_campaign
 from cxmesh_server.contacts.places import is_subdivision, postal_key, subdivision_code
 from cxmesh_server.contacts.timezones import valid_zones
 from cxmesh_server.public_holidays import supported
+from cxmesh_server.runtime.convert import defined_values
 from cxmesh_server.runtime.errors import Validator
 
 DAY_SECONDS = 24 * 3600
@@ -137,10 +136,10 @@ _POSTAL_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 -]{0,9}\*?")
 _SUPPRESSION_LIST = re.compile(r"(?:suppressionLists/)?[^/\s]+")
 
 
-def _defined(enum: EnumDescriptor, values: Iterable[int], *, zero: bool = False) -> bool:
-    """Every value is one the enum defines (its UNSPECIFIED zero only with `zero`): a value
-    no one defined matches nothing, and a rule that matches nothing restricts nothing."""
-    return all((value or zero) and value in enum.values_by_number for value in values)
+# Defined values; a rule's result may be UNSPECIFIED: an attempt still in progress (the
+# Regulation F preset counts it).
+_CHANNELS = defined_values(channel_pb2.Channel.DESCRIPTOR, unspecified=False)
+_CALL_RESULTS = defined_values(call_result_pb2.CallResult.DESCRIPTOR, unspecified=True)
 
 
 def _time_of_day_problem(time_of_day: timeofday_pb2.TimeOfDay, end: bool) -> str | None:
@@ -174,7 +173,7 @@ def validate_rule_set(
         0 < len(message.display_name) <= 128, f"{prefix}.display_name", "must be 1-128 characters"
     )
     check.require(
-        _defined(channel_pb2.Channel.DESCRIPTOR, message.channels),
+        set(message.channels) <= _CHANNELS,
         f"{prefix}.channels",
         "must be defined channels",
     )
@@ -252,13 +251,12 @@ def validate_rule_set(
             rule.scope in rule_set_pb2.AttemptScope.values(), f"{field}.scope", "a defined scope"
         )
         check.require(
-            # UNSPECIFIED: an attempt still in progress (the Regulation F preset counts it)
-            _defined(call_result_pb2.CallResult.DESCRIPTOR, rule.counted_results, zero=True),
+            set(rule.counted_results) <= _CALL_RESULTS,
             f"{field}.counted_results",
             "must be defined call results",
         )
         check.require(
-            _defined(channel_pb2.Channel.DESCRIPTOR, rule.channels),
+            set(rule.channels) <= _CHANNELS,
             f"{field}.channels",
             "must be defined channels",
         )
