@@ -765,13 +765,18 @@ def test_an_attempt_in_progress_counts_until_its_result_says_otherwise(
     compliance.create(limited("one an hour", 1, timedelta(hours=1)))
     headers = {"authorization": f"Bearer {compliance.token}"}
     dialling = {"GSW_PHONE": "4155550153", "GSW_CALL_ATTEMPT_GUID": "in-progress"}
-    for sequence, result, allowed in ((0, None, False), (1, "Cancelled", True)):
-        body = {**dialling, "GSW_OCS_SEQUENCE_NO": sequence}
-        if result:
-            body["GSW_CALL_RESULT"] = result
+    # The record still carries its previous attempt's result when this one starts.
+    started = {**dialling, "GSW_OCS_SEQUENCE_NO": 0, "GSW_CALL_RESULT": "Cancelled"}
+    ended = {**dialling, "GSW_OCS_SEQUENCE_NO": 1, "GSW_CALL_RESULT": "Cancelled"}
+    # The last is the start report again, arriving late: the attempt stays cancelled.
+    for step, body, allowed in (
+        ("started", started, False),
+        ("cancelled", ended, True),
+        ("late start report", started, True),
+    ):
         assert edge.post("/ocs/v1/history", json=body, headers=headers).status_code == 200
         # While the call is up, another campaign's dialer must not reach the same number.
-        assert compliance.check("+1 415 555 0153").allowed is allowed, result
+        assert compliance.check("+1 415 555 0153").allowed is allowed, step
 
 
 def _decide_direct(target: str, compliance: Compliance, address: str) -> decision_pb2.Decision:

@@ -216,6 +216,14 @@ def _call_result(value: Any) -> int:
     return _RESULTS.get(key, call_result_pb2.CALL_RESULT_UNSPECIFIED)
 
 
+def _history_result(attributes: dict[str, Any]) -> int:
+    """Sequence 0 is sent when dialing starts: the attempt is in progress, whatever
+    GSW_CALL_RESULT the record still carries from its previous attempt."""
+    if str(_field(attributes, "GSW_OCS_SEQUENCE_NO")).strip() in ("0", "0.0"):
+        return call_result_pb2.CALL_RESULT_UNSPECIFIED
+    return _call_result(_field(attributes, "GSW_CALL_RESULT") or 0)
+
+
 def _ocs_attributes(attributes: struct_pb2.Struct) -> dict[str, Any]:
     """The record's attached data by upper-case name. Whole numbers become ints: a dialer
     that sends GSW_PHONE or a ZIP code as a JSON number means 2125550100, not 2125550100.0.
@@ -559,7 +567,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
             contact=_ocs_contact(attributes),
             campaign=str(_field(attributes, "GSW_CAMPAIGN_NAME")),
             channel=channel_pb2.CHANNEL_VOICE,
-            call_result=_call_result(_field(attributes, "GSW_CALL_RESULT") or 0),  # type: ignore[arg-type]
+            call_result=_history_result(attributes),  # type: ignore[arg-type]
         )
         await self.RecordAttempts(
             decision_service_pb2.RecordAttemptsRequest(attempts=[attempt]), context

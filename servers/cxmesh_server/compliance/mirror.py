@@ -133,6 +133,7 @@ class RulesMirror:
                     _ms(report.attempt_time),
                     oldest,
                     retention,
+                    report.call_result,
                 ]
                 await self._record_attempt(keys, args, client=pipe)
             created = await pipe.execute()
@@ -154,9 +155,15 @@ class RulesMirror:
 
 
 # KEYS[1] the attempt's key, KEYS[2] attempt index, KEYS[3..] sorted sets;
-# ARGV: attempt id, member, score, oldest, ttl.
+# ARGV: attempt id, member, score, oldest, ttl, call result. A report in progress (result 0)
+# after the attempt's result is a late start report (OCS sequence 0 after 1): it is
+# dropped, or a result that does not count would count again.
 _RECORD_ATTEMPT = """
 local previous = redis.call('GET', KEYS[1])
+if previous and ARGV[6] == '0' then
+  local result = string.match(previous, '|(%d+)|%d+$')
+  if result and result ~= '0' then return 0 end
+end
 local score = ARGV[3]
 for i = 3, #KEYS do
   if previous then
