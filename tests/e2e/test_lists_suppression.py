@@ -13,7 +13,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from cxmesh.lists.v1 import import_pb2, suppression_pb2, suppression_service_pb2
 from cxmesh.types.v1 import channel_pb2
-from cxmesh_server.mirrors.suppression import LOADED_KEY, is_active, list_key
+from cxmesh_server.mirrors.suppression import (
+    LOADED_KEY,
+    WRITERS_KEY,
+    is_active,
+    list_key,
+    rebuilding_key,
+)
 from cxmesh_server.stack.datastores import EmbeddedRedis
 from tests.e2e.lists_helpers import Lists
 
@@ -220,6 +226,28 @@ def test_the_mirror_is_rebuilt_from_postgres_after_redis_loses_it(
     finally:
         client.close()
     assert _mirror_value(redis_server, lists.tenant, dnc.name, "phone", "+14155550105") is not None
+
+
+def test_a_tenant_whose_mirror_writer_died_is_rebuilt_by_the_lists_service(
+    lists: Lists, redis_server: EmbeddedRedis
+) -> None:
+    dnc = lists.new_suppression_list("writer died")
+    _add(lists, dnc.name, suppression_pb2.SuppressionEntry(phone_number="+14155550106"))
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    try:
+        # A rebuild whose process died: the tenant marked unavailable, the list half gone,
+        # and the writer's lease lapsed.
+        client.set(rebuilding_key(lists.tenant), "1")
+        client.delete(list_key(lists.tenant, dnc.name.split("/")[1], "phone"))
+        client.zadd(WRITERS_KEY, {f"{lists.tenant}|died": 1})
+        deadline = time.monotonic() + 15
+        while client.exists(rebuilding_key(lists.tenant)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not client.exists(rebuilding_key(lists.tenant))
+        assert client.zscore(WRITERS_KEY, f"{lists.tenant}|died") is None
+    finally:
+        client.close()
+    assert _mirror_value(redis_server, lists.tenant, dnc.name, "phone", "+14155550106") is not None
 
 
 def test_rebuild_on_request_restores_a_tenants_mirror(

@@ -99,6 +99,7 @@ async def on_start(resources: Resources) -> None:
             store.mirror.is_loaded,
             lambda: rebuild_all_mirrors(store),
             MIRROR_CHECK_SECONDS,
+            repair=store.repair_abandoned,
         )
     )
     start_background(

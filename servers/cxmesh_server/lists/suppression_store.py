@@ -265,7 +265,10 @@ class SuppressionStore:
         target_type = TYPE_OF_KIND[kind]
         count = 0
         try:
-            async with tenant_transaction(self.pool, tenant) as db:
+            async with (
+                self.mirror.writing(tenant, diverged=False) as write,
+                tenant_transaction(self.pool, tenant) as db,
+            ):
                 await self._require(db, list_id)
                 await db.execute(
                     "DELETE FROM lists.suppression_entries WHERE list_id = $1 AND NOT emergency",
@@ -288,22 +291,44 @@ class SuppressionStore:
                     count += await self.mirror.put_targets(
                         tenant, staging, kind, batch, mask=0, expire_ms=None
                     )
+                # From the swap to the commit the mirror holds a list Postgres does not
+                # have yet: if the load fails, is cancelled or dies in between, the
+                # tenant is rebuilt.
+                write.diverged = True
                 await self.mirror.swap_in(tenant, staging, list_id)
         except Exception:
-            # The new list may be in the mirror while Postgres kept the old one (the commit
-            # failed), or the reverse: the mirror is made Postgres's again.
-            await self._rebuild_after_failure(tenant)
+            await self._repair_now()  # not a keeper's check later
             raise
         return count
 
-    async def _rebuild_after_failure(self, tenant: str) -> None:
+    async def _repair_now(self) -> None:
         try:
-            await self.rebuild_mirror(tenant)
+            await self.repair_abandoned()
         except Exception:
-            log.exception("suppression mirror rebuild after a failed load failed")
+            log.exception("suppression mirror repair failed; the keeper retries")
+
+    async def repair_abandoned(self) -> int:
+        """Rebuilds each tenant whose mirror change failed or whose writer died (a full
+        load cancelled between its swap and its commit, a rebuild that crashed); returns
+        how many. Run by every lists replica; each repair is claimed by one."""
+        repaired = 0
+        for member in await self.mirror.abandoned():
+            tenant = member.rpartition("|")[0]
+            # Our own lease first, so a repair is never lost between the claim and the work.
+            async with self.mirror.writing(tenant):
+                if not await self.mirror.claim(member):
+                    continue
+                log.warning("rebuilding a suppression mirror left unlike Postgres")
+                await self.rebuild_mirror(tenant)
+                repaired += 1
+        return repaired
 
     async def rebuild_mirror(self, tenant: str) -> int:
         """Rebuilds the tenant's mirror from Postgres; not ready while it runs."""
+        async with self.mirror.writing(tenant):
+            return await self._rebuild_mirror(tenant)
+
+    async def _rebuild_mirror(self, tenant: str) -> int:
         await self.mirror.set_ready(tenant, False)
         total = 0
         async with tenant_transaction(self.pool, tenant) as db:

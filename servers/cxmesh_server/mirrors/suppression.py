@@ -8,7 +8,13 @@ Layout (tenant as a cluster hash tag, so one tenant's keys share a shard):
   `cx:{t}:suppr:index_version`, incremented with every change of the index, so a reader
   may cache the index and check it is current in the same round trip as its lookups.
 - `cx:{t}:suppr:rebuilding`: present while the tenant's mirror is being rebuilt: readers
-  treat the tenant's suppression data as unavailable.
+  treat the tenant's suppression data as unavailable. It has no expiry: a rebuild that dies
+  leaves the tenant failing closed until a rebuild completes.
+- `cx:suppr:writers` sorted set: "<tenant>|<writer id>" → lease deadline (epoch ms), one per
+  change in progress that leaves the mirror unlike Postgres until it completes (a rebuild, a
+  full load between its swap and its commit). The writer renews its lease while it works; a
+  writer that fails or dies leaves its member behind, and once the deadline has passed a
+  lists replica rebuilds that tenant (`abandoned`, `claim`).
 - `cx:suppr:loaded`: set once every tenant's mirror has been built since Redis started. A
   reader that finds it missing must treat all data as unavailable (Redis was lost).
 A batch check is one pipeline: one HMGET per list and kind.
@@ -16,14 +22,20 @@ A batch check is one pipeline: one HMGET per list and kind.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 KINDS = ("phone", "email", "client")
 LOADED_KEY = "cx:suppr:loaded"
+WRITERS_KEY = "cx:suppr:writers"
+WRITER_LEASE_SECONDS = 30.0
 _BATCH = 1000
 
 
@@ -70,6 +82,13 @@ class Entry:
     target: str
     mask: int
     expire_ms: int | None
+
+
+@dataclass(slots=True)
+class MirrorWrite:
+    """Whether a write in progress has left the mirror unlike Postgres."""
+
+    diverged: bool
 
 
 class SuppressionMirror:
@@ -170,8 +189,50 @@ class SuppressionMirror:
         if ready:
             await self._redis.delete(rebuilding_key(tenant))
         else:
-            # Expires by itself if the rebuilding process dies: the next check rebuilds.
-            await self._redis.set(rebuilding_key(tenant), "1", ex=600)
+            await self._redis.set(rebuilding_key(tenant), "1")
+
+    @asynccontextmanager
+    async def writing(
+        self, tenant: str, *, diverged: bool = True, lease_seconds: float = WRITER_LEASE_SECONDS
+    ) -> AsyncIterator[MirrorWrite]:
+        """Brackets a change that may leave the tenant's mirror unlike Postgres until it
+        ends; the writer sets `diverged` once it has (it starts as given). If the change
+        fails or is cancelled after that, its member is due at once; if the process dies,
+        its lease lapses. Either way a lists replica then rebuilds the tenant."""
+        write = MirrorWrite(diverged)
+        member = f"{tenant}|{uuid.uuid4().hex}"
+        await self._lease(member, lease_seconds)
+        renewal = asyncio.create_task(self._renew(member, lease_seconds))
+        try:
+            yield write
+        except BaseException:
+            renewal.cancel()
+            with suppress(Exception):  # Redis lost: its rebuild covers this tenant too
+                if write.diverged:
+                    await self._redis.zadd(WRITERS_KEY, {member: 0})
+                else:
+                    await self._redis.zrem(WRITERS_KEY, member)
+            raise
+        renewal.cancel()
+        await self._redis.zrem(WRITERS_KEY, member)
+
+    async def _lease(self, member: str, seconds: float) -> None:
+        await self._redis.zadd(WRITERS_KEY, {member: int((time.time() + seconds) * 1000)})
+
+    async def _renew(self, member: str, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds / 3)
+            with suppress(Exception):  # a missed renewal costs at most a redundant rebuild
+                await self._lease(member, seconds)
+
+    async def abandoned(self) -> list[str]:
+        """Writers whose lease has lapsed or that failed, oldest first."""
+        now_ms = int(time.time() * 1000)
+        return [str(m) for m in await self._redis.zrangebyscore(WRITERS_KEY, "-inf", now_ms)]
+
+    async def claim(self, member: str) -> bool:
+        """Takes an abandoned writer's repair; exactly one claimant gets True."""
+        return bool(await self._redis.zrem(WRITERS_KEY, member))
 
     async def mark_loaded(self) -> None:
         await self._redis.set(LOADED_KEY, "1")

@@ -16,13 +16,17 @@ async def keep_loaded(
     is_loaded: Callable[[], Awaitable[bool]],
     rebuild: Callable[[], Awaitable[object]],
     every_seconds: float,
+    repair: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
-    """Runs for the process's life (`start_background`); `mirror` names it in the logs."""
+    """Runs for the process's life (`start_background`); `mirror` names it in the logs.
+    `repair`, when given, mends what a writer left half done, at each check."""
     while True:
         await asyncio.sleep(every_seconds)
         try:
             if not await is_loaded():
                 log.warning("mirror missing; rebuilding from Postgres", extra={"mirror": mirror})
                 await rebuild()
+            elif repair is not None:
+                await repair()
         except Exception:
             log.exception("mirror check failed; retrying", extra={"mirror": mirror})
