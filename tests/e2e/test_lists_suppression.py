@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -20,7 +20,9 @@ from cxmesh_server.mirrors.suppression import (
     list_key,
     rebuilding_key,
 )
+from cxmesh_server.runtime.devkeys import SigningKey
 from cxmesh_server.stack.datastores import EmbeddedRedis
+from cxmesh_server.stack.mesh import Mesh
 from tests.e2e.lists_helpers import Lists
 
 
@@ -80,6 +82,31 @@ def test_entries_are_normalised_stored_and_mirrored_before_the_call_returns(
         _mirror_value(redis_server, lists.tenant, dnc.name, "email", "ada@example.com") is not None
     )
     assert _mirror_value(redis_server, lists.tenant, dnc.name, "client", "C-9") is not None
+
+
+def test_national_numbers_are_read_in_the_tenants_region_by_entries_lists_and_deletions(
+    mesh: Mesh, key: SigningKey, new_tenant: Callable[..., str], redis_server: EmbeddedRedis
+) -> None:
+    tenant = new_tenant(default_region="GB")
+    with grpc.insecure_channel(mesh.edge_target) as channel:
+        uk = Lists(channel, key.mint(tenant=tenant, roles=["admin"]), tenant)
+        dnc = uk.new_suppression_list("uk do not call")
+        (entry,) = _add(
+            uk, dnc.name, suppression_pb2.SuppressionEntry(phone_number="020 7946 0000")
+        )
+        assert entry.phone_number == "+442079460000"
+        assert _mirror_value(redis_server, tenant, dnc.name, "phone", "+442079460000") is not None
+        removed = uk.suppression.DeleteSuppressionEntries(
+            suppression_service_pb2.DeleteSuppressionEntriesRequest(
+                parent=dnc.name, phone_numbers=["020 7946 0000"]
+            ),
+            metadata=uk.md,
+            timeout=10,
+        )
+        assert removed.deleted_count == 1
+        # A contact list without a region of its own takes the tenant's.
+        assert uk.new_list("uk customers").default_region == "GB"
+        assert uk.new_list("us customers", default_region="US").default_region == "US"
 
 
 def test_invalid_entries_are_refused_with_every_field_violation(lists: Lists) -> None:

@@ -26,6 +26,7 @@ from cxmesh_server.lists.list_handlers import ContactListHandlers
 from cxmesh_server.lists.store import ListsStore
 from cxmesh_server.lists.suppression_handlers import SuppressionHandlers
 from cxmesh_server.lists.suppression_store import SuppressionStore
+from cxmesh_server.lists.tenant_regions import TenantRegions
 from cxmesh_server.mirrors.suppression import SuppressionMirror
 from cxmesh_server.runtime.accept_loops import Registration
 from cxmesh_server.runtime.mirror_keeper import keep_loaded
@@ -52,6 +53,7 @@ async def build(resources: Resources) -> Sequence[Registration]:
         initializer=warm_up_worker,
     )
     lists = ListsStore(pool)
+    regions = TenantRegions(resources.require_redis())
     importer = Importer(pool, SuppressionMirror(resources.require_redis()), executor)
     import_handlers = ImportHandlers(lists, ImportsStore(pool), importer, Path(settings.spool_dir))
     if settings.drop_dir is not None:
@@ -61,12 +63,12 @@ async def build(resources: Resources) -> Sequence[Registration]:
     return [
         (
             contact_list_service_pb2_grpc.add_ContactListServiceServicer_to_server,
-            ContactListHandlers(lists),
+            ContactListHandlers(lists, regions),
         ),
         (import_service_pb2_grpc.add_ImportServiceServicer_to_server, import_handlers),
         (
             suppression_service_pb2_grpc.add_SuppressionServiceServicer_to_server,
-            SuppressionHandlers(_suppression(resources)),
+            SuppressionHandlers(_suppression(resources), regions),
         ),
     ]
 

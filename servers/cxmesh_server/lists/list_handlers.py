@@ -13,6 +13,7 @@ from cxmesh.lists.v1 import contact_list_service_pb2 as pb
 from cxmesh.lists.v1 import contact_list_service_pb2_grpc
 from cxmesh_server.lists.convert import CsvWriter, contact_list_message, filter_sql, record_message
 from cxmesh_server.lists.store import ListsStore, new_id
+from cxmesh_server.lists.tenant_regions import TenantRegions
 from cxmesh_server.runtime import paging
 from cxmesh_server.runtime.context import GrpcContext, current_tenant
 from cxmesh_server.runtime.convert import resource_id
@@ -54,8 +55,12 @@ def validate_list_fields(
 
 
 class ContactListHandlers(contact_list_service_pb2_grpc.ContactListServiceServicer):
-    def __init__(self, store: ListsStore) -> None:
+    def __init__(self, store: ListsStore, regions: TenantRegions) -> None:
         self._store = store
+        self._regions = regions
+
+    async def _region(self, requested: str) -> str:
+        return requested or await self._regions.region(current_tenant())
 
     async def CreateContactList(
         self, request: pb.CreateContactListRequest, context: GrpcContext
@@ -85,7 +90,7 @@ class ContactListHandlers(contact_list_service_pb2_grpc.ContactListServiceServic
             request.contact_list_id or new_id(),
             contact_list.display_name,
             contact_list.description,
-            contact_list.default_region or "US",
+            await self._region(contact_list.default_region),
             list(contact_list.custom_field_names),
             request.request_id,
         )
@@ -254,7 +259,7 @@ class ContactListHandlers(contact_list_service_pb2_grpc.ContactListServiceServic
                 new_id(),
                 request.contact_list.display_name,
                 request.contact_list.description,
-                request.contact_list.default_region or "US",
+                await self._region(request.contact_list.default_region),
                 custom,
                 "",
                 db=db,

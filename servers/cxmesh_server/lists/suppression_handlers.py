@@ -14,6 +14,7 @@ from cxmesh_server.lists.convert import entry_message, suppression_list_message
 from cxmesh_server.lists.dnc import load_dnc_file
 from cxmesh_server.lists.domain.suppression import KIND_OF_TYPE, TargetError, normalize_target
 from cxmesh_server.lists.suppression_store import EntryRow, SuppressionStore
+from cxmesh_server.lists.tenant_regions import TenantRegions
 from cxmesh_server.runtime import paging
 from cxmesh_server.runtime.context import GrpcContext, current_tenant
 from cxmesh_server.runtime.convert import defined_values, resource_id
@@ -21,7 +22,6 @@ from cxmesh_server.runtime.errors import FieldViolation, InvalidArgument, Valida
 
 MAX_BATCH = 1000
 _CHANNELS = defined_values(channel_pb2.Channel.DESCRIPTOR, unspecified=False)
-DEFAULT_REGION = "US"
 
 
 def _check_channels(channels: Iterable[int], field: str, check: Validator) -> None:
@@ -35,15 +35,20 @@ def _check_channels(channels: Iterable[int], field: str, check: Validator) -> No
 
 
 def entry_row(
-    field: str, entry: suppression_pb2.SuppressionEntry, check: Validator, emergency: bool = False
+    field: str,
+    entry: suppression_pb2.SuppressionEntry,
+    check: Validator,
+    region: str,
+    emergency: bool = False,
 ) -> EntryRow | None:
+    """`region` reads national phone numbers: the tenant's default region."""
     target = entry.WhichOneof("target")
     if target is None:
         check.require(False, field, "needs a phone_number, email or client_id")
         return None
     kind = {"phone_number": "phone", "email": "email", "client_id": "client"}[target]
     try:
-        normalized = normalize_target(kind, getattr(entry, target), DEFAULT_REGION)
+        normalized = normalize_target(kind, getattr(entry, target), region)
     except TargetError as error:
         check.require(False, f"{field}.{target}", str(error))
         return None
@@ -61,8 +66,9 @@ def entry_row(
 
 
 class SuppressionHandlers(suppression_service_pb2_grpc.SuppressionServiceServicer):
-    def __init__(self, store: SuppressionStore) -> None:
+    def __init__(self, store: SuppressionStore, regions: TenantRegions) -> None:
         self._store = store
+        self._regions = regions
 
     async def CreateSuppressionList(
         self, request: pb.CreateSuppressionListRequest, context: GrpcContext
@@ -130,7 +136,8 @@ class SuppressionHandlers(suppression_service_pb2_grpc.SuppressionServiceService
         list_id = resource_id(request.parent, "suppressionLists", "parent")
         check = Validator()
         check.require(0 < len(request.entries) <= MAX_BATCH, "entries", f"1-{MAX_BATCH} entries")
-        rows = [entry_row(f"entries[{n}]", e, check) for n, e in enumerate(request.entries)]
+        region = await self._regions.region(current_tenant())
+        rows = [entry_row(f"entries[{n}]", e, check, region) for n, e in enumerate(request.entries)]
         check.check()
         stored = await self._store.upsert_entries(
             current_tenant(), list_id, [r for r in rows if r is not None]
@@ -144,7 +151,8 @@ class SuppressionHandlers(suppression_service_pb2_grpc.SuppressionServiceService
     ) -> pb.CreateEmergencySuppressionEntryResponse:
         list_id = resource_id(request.parent, "suppressionLists", "parent")
         check = Validator()
-        row = entry_row("entry", request.entry, check, emergency=True)
+        region = await self._regions.region(current_tenant())
+        row = entry_row("entry", request.entry, check, region, emergency=True)
         check.check()
         assert row is not None
         stored = await self._store.upsert_entries(current_tenant(), list_id, [row], emergency=True)
@@ -156,6 +164,7 @@ class SuppressionHandlers(suppression_service_pb2_grpc.SuppressionServiceService
         list_id = resource_id(request.parent, "suppressionLists", "parent")
         check = Validator()
         targets: dict[str, list[str]] = {"phone": [], "email": [], "client": []}
+        region = await self._regions.region(current_tenant())
         for kind, field, values in (
             ("phone", "phone_numbers", request.phone_numbers),
             ("email", "emails", request.emails),
@@ -163,7 +172,7 @@ class SuppressionHandlers(suppression_service_pb2_grpc.SuppressionServiceService
         ):
             for n, value in enumerate(values):
                 try:
-                    targets[kind].append(normalize_target(kind, value, DEFAULT_REGION).value)
+                    targets[kind].append(normalize_target(kind, value, region).value)
                 except TargetError as error:
                     check.require(False, f"{field}[{n}]", str(error))
         total = sum(len(v) for v in targets.values())
@@ -206,12 +215,13 @@ class SuppressionHandlers(suppression_service_pb2_grpc.SuppressionServiceService
         check.check()
         assert kind is not None
         result = pb.ImportSuppressionEntriesResponse()
+        region = await self._regions.region(current_tenant())
         entries: list[EntryRow] = []
         async for line_number, line in _lines(request_iterator):
             result.lines_read += 1
             target, _, expire_text = line.partition(",")
             try:
-                normalized = normalize_target(kind, target, DEFAULT_REGION)
+                normalized = normalize_target(kind, target, region)
                 expire = (
                     datetime.fromisoformat(expire_text.strip().replace("Z", "+00:00"))
                     if expire_text.strip()
