@@ -28,8 +28,11 @@ from cxmesh.compliance.v1 import (
 from cxmesh.iam.v1 import api_key_pb2, api_key_service_pb2, api_key_service_pb2_grpc
 from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2, suppression_service_pb2_grpc
 from cxmesh.types.v1 import call_result_pb2
+from cxmesh_server.compliance.engine import SETTINGS_RETRY_SECONDS
 from cxmesh_server.compliance.mirror import LOADED_KEY, attempt_index_key
+from cxmesh_server.iam.store import LOADED_KEY as IAM_LOADED
 from cxmesh_server.mirrors.suppression import LOADED_KEY as SUPPRESSION_LOADED
+from cxmesh_server.mirrors.tenants import settings_key
 from cxmesh_server.runtime.devkeys import SigningKey
 from cxmesh_server.stack.datastores import EmbeddedRedis, start_redis
 from cxmesh_server.stack.mesh import Mesh, wait_serving
@@ -162,6 +165,28 @@ def test_national_numbers_are_read_in_the_tenants_region_by_decisions_and_attemp
     assert explained.decision.allowed and explained.decision.time_zone == "Europe/London"
     assert british.record([_attempt("first", "020 7946 0000")]) == 1
     assert not british.check("+44 20 7946 0000").allowed  # the same number, counted
+
+
+def test_attempts_with_national_numbers_wait_for_the_tenants_region(
+    mesh: Mesh, key: SigningKey, new_tenant: Callable[..., str], redis_server: EmbeddedRedis
+) -> None:
+    british = _tenant_with(mesh, key, new_tenant, default_region="GB")
+    client = redis.Redis(port=redis_server.port)
+    try:
+        # The tenant's settings lost (Redis replaced), and IAM has not mirrored them again.
+        client.delete(settings_key(british.tenant))
+        with pytest.raises(grpc.RpcError) as refused:
+            british.record([_attempt("national", "020 7946 0000")])
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert british.record([_attempt("international", "+44 20 7946 0001")]) == 1
+        client.delete(IAM_LOADED)  # IAM notices and mirrors every tenant again
+        deadline = time.monotonic() + 15
+        while not client.exists(settings_key(british.tenant)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(SETTINGS_RETRY_SECONDS)
+        assert british.record([_attempt("national", "020 7946 0000")]) == 1
+    finally:
+        client.close()
 
 
 def test_rule_set_changes_are_versioned_and_audited(compliance: Compliance) -> None:

@@ -1,7 +1,8 @@
 """Decisions read the tenant's settings from IAM's mirror: where its national numbers are
 read, and the zone of contacts with none of their own. Until IAM has mirrored them (or
-after Redis lost them) decisions read numbers as US ones and guess no zone, and they look
-again every second."""
+after Redis lost them) a national number is denied as data unavailable (read as US, a
+Mexico City 55 number is New Jersey's 551), no zone is guessed, and decisions look again
+every second."""
 
 from __future__ import annotations
 
@@ -35,8 +36,14 @@ async def test_settings_mirrored_after_the_first_decision_are_read_within_a_seco
     await RulesMirror(redis).put(TENANT, rules)
     engine = DecisionEngine(redis, wire)
 
-    (before,) = await engine.decide(TENANT, [LONDON_NATIONAL])
-    assert [d.code for d in before.denials] == [decision_pb2.DENIAL_CODE_INVALID_ADDRESS]
+    mexico_city = decision_pb2.DecisionRequest(contact=decision_pb2.Contact(address="5512345678"))
+    london = decision_pb2.DecisionRequest(contact=decision_pb2.Contact(address="+442079460000"))
+    national, other_national, international = await engine.decide(
+        TENANT, [LONDON_NATIONAL, mexico_city, london]
+    )
+    assert [d.code for d in national.denials] == [decision_pb2.DENIAL_CODE_DATA_UNAVAILABLE]
+    assert [d.code for d in other_national.denials] == [decision_pb2.DENIAL_CODE_DATA_UNAVAILABLE]
+    assert international.allowed and international.time_zone == "Europe/London"
     await redis.hset(settings_key(TENANT), mapping=encode(TenantSettings("Europe/London", "GB")))
     await asyncio.sleep(engine_module.SETTINGS_RETRY_SECONDS)
     (after,) = await engine.decide(TENANT, [LONDON_NATIONAL])

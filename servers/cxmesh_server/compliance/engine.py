@@ -158,6 +158,13 @@ TRANSACTION_MAX_TARGETS = 256
 # What a batch reads: (list id, kind, targets) per suppression lookup.
 Plan = list[tuple[str, str, list[str]]]
 
+# A national number of a tenant whose region is not known yet (see _View.region).
+NO_REGION = Denial(
+    decision_pb2.DENIAL_CODE_DATA_UNAVAILABLE,
+    "a national number, and the tenant's region is not available (IAM's settings mirror)",
+    "",
+)
+
 # How often a view without the tenant's settings (IAM has not mirrored them yet, or Redis
 # lost them) reads them again.
 SETTINGS_RETRY_SECONDS = 1.0
@@ -185,9 +192,9 @@ class _View:
 
     @property
     def region(self) -> str:
-        """Where national numbers are read: the tenant's region (US until IAM's mirror
-        says, the region every tenant has unless it chose another)."""
-        return self.settings.default_region if self.settings else DEFAULT_REGION
+        """Where national numbers are read: the tenant's region; "" until IAM's mirror
+        says (a guess could read a Mexican 55 number as New Jersey's 551)."""
+        return self.settings.default_region if self.settings else ""
 
     @property
     def default_zone(self) -> str:
@@ -634,8 +641,10 @@ def _contact_facts(
         kind, address = "email", raw.lower()
     else:
         try:
-            phone = normalize_phone(raw, country or DEFAULT_REGION)
+            phone = normalize_phone(raw, country)
         except PhoneError as error:
+            if not country and not raw.startswith("+"):
+                return "phone", "", None, NO_REGION
             return (
                 "phone",
                 "",

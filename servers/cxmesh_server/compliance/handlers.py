@@ -33,7 +33,13 @@ from cxmesh_server.contacts.timezones import valid_zones
 from cxmesh_server.runtime import paging
 from cxmesh_server.runtime.context import GrpcContext, current_principal, current_tenant
 from cxmesh_server.runtime.convert import defined_values, resource_id
-from cxmesh_server.runtime.errors import Aborted, FieldViolation, InvalidArgument, Validator
+from cxmesh_server.runtime.errors import (
+    Aborted,
+    FieldViolation,
+    InvalidArgument,
+    Unavailable,
+    Validator,
+)
 from cxmesh_server.runtime.masks import update_paths
 
 MAX_BATCH = 1000
@@ -424,9 +430,16 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
             )
             address = attempt.contact.address.strip()
             if "@" not in address:
+                country = attempt.contact.country or region
                 try:
-                    address = normalize_phone(address, attempt.contact.country or region).e164
+                    address = normalize_phone(address, country).e164
                 except PhoneError as error:
+                    if not country and not address.startswith("+"):
+                        # Read as another region's, it would count against another number.
+                        raise Unavailable(
+                            "the tenant's region is not available yet (IAM's settings mirror);"
+                            " report again shortly"
+                        ) from error
                     check.require(False, f"attempts[{n}].contact.address", str(error))
             else:
                 address = address.lower()
