@@ -339,7 +339,7 @@ def test_suppression_entries_from_the_lists_service_deny_at_once(compliance: Com
     )
     # Matched as the lists service stores them: trimmed, and emails in lower case.
     for address, contact in (
-        ("jane.doe@EXAMPLE.com ", {"time_zone": "UTC"}),
+        ("jane.doe@EXAMPLE.com ", {"time_zone": "Europe/London"}),
         ("+1 415 555 0103", {"client_id": "CRM-77 "}),
     ):
         denied = compliance.check(address, **contact)
@@ -562,7 +562,7 @@ def test_a_rule_change_applies_to_the_next_decision(compliance: Compliance) -> N
         metadata=compliance.md,
         timeout=10,
     )
-    denied = compliance.check("+1 415 555 0121", time_zone="UTC")
+    denied = compliance.check("+1 415 555 0121", time_zone="Africa/Abidjan")  # UTC all year
     assert [d.code for d in denied.denials] == [decision_pb2.DENIAL_CODE_BLACKOUT_DATE]
 
 
@@ -662,6 +662,36 @@ def test_candidate_time_zones_restrict_and_never_replace(compliance: Compliance)
     with pytest.raises(grpc.RpcError) as refused:
         compliance.check("+1 212 555 0100", candidate_time_zones=["Mars/Olympus"])
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_fixed_offset_zones_are_refused_where_a_contacts_zone_is_given(
+    compliance: Compliance, edge: httpx.Client
+) -> None:
+    # In July EST's 20:30 is New York's 21:30: taken as the contact's zone, it would allow
+    # the hour after the window closed.
+    headers = {"authorization": f"Bearer {compliance.token}"}
+    for zone in ("EST", "UTC", "Etc/GMT+5"):
+        contact = {"address": "+12125550100", "timeZone": zone, "candidateTimeZones": [zone]}
+        answer = edge.post(
+            "/v1/decisions:preValidate",
+            json={"decisionRequest": {"contact": contact}},
+            headers=headers,
+        )
+        assert answer.status_code == 400, zone
+        violations = answer.json()["details"][1]["fieldViolations"]
+        assert [v["field"] for v in violations] == [
+            "decision_request.contact.time_zone",
+            "decision_request.contact.candidate_time_zones[0]",
+        ]
+        assert "daylight saving" in violations[0]["description"]
+        rule_set = {"displayName": "fixed", "defaultTimeZone": zone}
+        refused = edge.post("/v1/ruleSets", json=rule_set, headers=headers)
+        assert refused.status_code == 400, zone
+        assert refused.json()["details"][1]["fieldViolations"][0]["field"] == (
+            "rule_set.default_time_zone"
+        )
+    # A place's zone, and a link to one, are taken.
+    assert compliance.check("+12125550100", time_zone="US/Eastern").time_zone == "US/Eastern"
 
 
 def test_an_ocs_zip_code_sent_as_a_number_keeps_its_leading_zero(

@@ -29,7 +29,7 @@ from cxmesh_server.compliance.metrics import count_attempts, count_decisions
 from cxmesh_server.compliance.mirror import AttemptReport, RulesMirror
 from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
-from cxmesh_server.contacts.timezones import valid_zones
+from cxmesh_server.contacts.timezones import PLACE_ZONE, is_local_zone
 from cxmesh_server.runtime import paging
 from cxmesh_server.runtime.context import GrpcContext, current_principal, current_tenant
 from cxmesh_server.runtime.convert import defined_values, resource_id
@@ -173,11 +173,11 @@ def _check_request(
     contact = request.contact
     zone = contact.time_zone
     no_address = not contact.address.strip()
-    unknown_zone = bool(zone) and zone not in valid_zones()
+    unknown_zone = bool(zone) and not is_local_zone(zone)
     candidates = contact.candidate_time_zones
     # Built only when there are candidates: a batch checks 1,000 requests.
     unknown_candidates = (
-        [n for n, candidate in enumerate(candidates) if candidate not in valid_zones()]
+        [n for n, candidate in enumerate(candidates) if not is_local_zone(candidate)]
         if candidates
         else ()
     )
@@ -191,9 +191,9 @@ def _check_request(
     if no_address:
         check.require(False, f"{field}.contact.address", "is required")
     if unknown_zone:
-        check.require(False, f"{field}.contact.time_zone", "must be an IANA zone")
+        check.require(False, f"{field}.contact.time_zone", PLACE_ZONE)
     for n in unknown_candidates:
-        check.require(False, f"{field}.contact.candidate_time_zones[{n}]", "must be an IANA zone")
+        check.require(False, f"{field}.contact.candidate_time_zones[{n}]", PLACE_ZONE)
     if unknown_channel:
         check.require(False, f"{field}.channel", "must be a defined channel")
     if timed:
@@ -291,7 +291,7 @@ def _field(attributes: dict[str, Any], *names: str) -> Any:
 
 def _ocs_contact(attributes: dict[str, Any]) -> decision_pb2.Contact:
     zone = str(_field(attributes, "GSW_TZ_NAME")).strip()
-    named = "/" in zone and zone in valid_zones()  # an IANA Area/Location name wins
+    named = is_local_zone(zone)  # an IANA Area/Location name wins
     return decision_pb2.Contact(
         address=str(_field(attributes, "GSW_PHONE")),
         client_id=str(_field(attributes, "CLIENT_ID", "GSW_CLIENT_ID")),

@@ -30,6 +30,13 @@ def valid_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+# Why a zone that is not a place's is refused where a contact's zone is given.
+PLACE_ZONE = (
+    "must be a place's IANA zone, such as America/New_York: EST, UTC and Etc/ zones are"
+    " fixed offsets that ignore the contact's daylight saving"
+)
+
+
 def is_local_zone(zone: str) -> bool:
     """Whether `zone` is some place's local time (`Area/Location`), not UTC, GMT or a fixed
     offset (`EST`, `Etc/GMT+5`)."""

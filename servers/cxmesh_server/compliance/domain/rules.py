@@ -12,7 +12,7 @@ from cxmesh.compliance.v1 import rule_set_pb2
 from cxmesh.types.v1 import call_result_pb2, channel_pb2
 from cxmesh_server.contacts.campaigns import campaign_reference, is_campaign
 from cxmesh_server.contacts.places import is_subdivision, postal_key, subdivision_code
-from cxmesh_server.contacts.timezones import valid_zones
+from cxmesh_server.contacts.timezones import PLACE_ZONE, is_local_zone
 from cxmesh_server.public_holidays import supported
 from cxmesh_server.runtime.convert import defined_values
 from cxmesh_server.runtime.errors import Validator
@@ -270,9 +270,9 @@ def validate_rule_set(
         )
     zone = message.default_time_zone
     check.require(
-        not zone or zone in valid_zones(),
+        not zone or is_local_zone(zone),
         f"{prefix}.default_time_zone",
-        "must be an IANA zone",
+        PLACE_ZONE,
     )
 
 
