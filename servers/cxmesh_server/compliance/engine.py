@@ -49,7 +49,7 @@ from cxmesh_server.compliance.mirror import (
     rules_key,
     version_key,
 )
-from cxmesh_server.contacts.campaigns import campaign_reference
+from cxmesh_server.contacts.campaigns import campaign_key
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
 from cxmesh_server.contacts.places import (
     postal_key,
@@ -568,7 +568,10 @@ class DecisionEngine:
             settings=tenants_mirror.decode(settings),
             read_at=time.monotonic(),
             index_version=str(index_version or "0"),
-            bindings={list_id: json.loads(value)["campaigns"] for list_id, value in index.items()},
+            bindings={
+                list_id: [campaign_key(c) for c in json.loads(value)["campaigns"]]
+                for list_id, value in index.items()
+            },
         )
         self._views[tenant] = view
         return view
@@ -596,7 +599,7 @@ def _prepare(tenant: str, request: decision_pb2.DecisionRequest, view: _View) ->
 def _prepared(tenant: str, request: decision_pb2.DecisionRequest, view: _View) -> Subject:
     contact = request.contact
     channel = request.channel or channel_pb2.CHANNEL_VOICE
-    profile = view.profile(campaign_reference(request.campaign), channel)
+    profile = view.profile(campaign_key(request.campaign), channel)
     kind, address, located, problem = _contact_facts(
         contact.address,
         contact.country or view.region,

@@ -17,3 +17,10 @@ def campaign_reference(campaign: str) -> str:
     (a stricter rule set, a campaign's do-not-call list) would not apply: a wrong allow."""
     name = campaign.strip()
     return name if not name or name.startswith(PREFIX) else PREFIX + name
+
+
+def campaign_key(campaign: str) -> str:
+    """What bindings are matched by: the reference without case. Dialers send the
+    campaign's display name (`Summer Sale`) and operators type bindings by hand; a binding
+    missed over case would leave the campaign's stricter rules and lists unapplied."""
+    return campaign_reference(campaign).casefold()

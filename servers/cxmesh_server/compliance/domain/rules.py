@@ -10,7 +10,7 @@ from google.type import date_pb2, timeofday_pb2
 
 from cxmesh.compliance.v1 import rule_set_pb2
 from cxmesh.types.v1 import call_result_pb2, channel_pb2
-from cxmesh_server.contacts.campaigns import campaign_reference, is_campaign
+from cxmesh_server.contacts.campaigns import campaign_key, is_campaign
 from cxmesh_server.contacts.places import is_subdivision, postal_key, subdivision_code
 from cxmesh_server.contacts.timezones import PLACE_ZONE, is_local_zone
 from cxmesh_server.public_holidays import supported
@@ -324,7 +324,7 @@ def compile_rule_set(message: rule_set_pb2.RuleSet) -> CompiledRuleSet:
     return CompiledRuleSet(
         name=message.name,
         revision=message.revision,
-        campaigns=frozenset(campaign_reference(c) for c in message.campaigns),
+        campaigns=frozenset(campaign_key(c) for c in message.campaigns),
         channels=frozenset(message.channels),
         week=_week(list(message.contact_windows)),
         overrides=tuple(overrides),
