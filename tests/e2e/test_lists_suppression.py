@@ -46,6 +46,28 @@ def _add(
     )
 
 
+def _remove_phones(lists: Lists, list_name: str, *numbers: str) -> int:
+    """Deletes the numbers' entries; how many there were."""
+    return lists.suppression.DeleteSuppressionEntries(
+        suppression_service_pb2.DeleteSuppressionEntriesRequest(
+            parent=list_name, phone_numbers=numbers
+        ),
+        metadata=lists.md,
+        timeout=10,
+    ).deleted_count
+
+
+def _eventually(condition: Callable[[], object], seconds: float = 15) -> bool:
+    """Whether `condition` comes to hold within `seconds` (the lists service checks its
+    mirror every 2 s)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def _mirror_value(
     redis_server: EmbeddedRedis, tenant: str, list_name: str, kind: str, target: str
 ) -> str | None:
@@ -96,14 +118,7 @@ def test_national_numbers_are_read_in_the_tenants_region_by_entries_lists_and_de
         )
         assert entry.phone_number == "+442079460000"
         assert _mirror_value(redis_server, tenant, dnc.name, "phone", "+442079460000") is not None
-        removed = uk.suppression.DeleteSuppressionEntries(
-            suppression_service_pb2.DeleteSuppressionEntriesRequest(
-                parent=dnc.name, phone_numbers=["020 7946 0000"]
-            ),
-            metadata=uk.md,
-            timeout=10,
-        )
-        assert removed.deleted_count == 1
+        assert _remove_phones(uk, dnc.name, "020 7946 0000") == 1
         # A contact list without a region of its own takes the tenant's.
         assert uk.new_list("uk customers").default_region == "GB"
         assert uk.new_list("us customers", default_region="US").default_region == "US"
@@ -227,54 +242,42 @@ def test_removing_entries_removes_them_from_the_mirror(
 ) -> None:
     dnc = lists.new_suppression_list("removal")
     _add(lists, dnc.name, suppression_pb2.SuppressionEntry(phone_number="+14155550104"))
-    removed = lists.suppression.DeleteSuppressionEntries(
-        suppression_service_pb2.DeleteSuppressionEntriesRequest(
-            parent=dnc.name, phone_numbers=["(415) 555-0104"]
-        ),
-        metadata=lists.md,
-        timeout=10,
-    )
-    assert removed.deleted_count == 1
+    assert _remove_phones(lists, dnc.name, "(415) 555-0104") == 1
     assert _mirror_value(redis_server, lists.tenant, dnc.name, "phone", "+14155550104") is None
 
 
-def test_the_mirror_is_rebuilt_from_postgres_after_redis_loses_it(
-    lists: Lists, redis_server: EmbeddedRedis
+def _redis_lost_everything(client: redis.Redis, tenant: str, list_id: str) -> Callable[[], object]:
+    client.delete(list_key(tenant, list_id, "phone"), LOADED_KEY)
+    return lambda: client.exists(LOADED_KEY)
+
+
+def _a_rebuilds_process_died(
+    client: redis.Redis, tenant: str, list_id: str
+) -> Callable[[], object]:
+    # The tenant marked unavailable, the list half gone, and the writer's lease lapsed.
+    client.set(rebuilding_key(tenant), "1")
+    client.delete(list_key(tenant, list_id, "phone"))
+    client.zadd(WRITERS_KEY, {f"{tenant}|died": 1})
+    return lambda: (
+        not client.exists(rebuilding_key(tenant))
+        and (client.zscore(WRITERS_KEY, f"{tenant}|died") is None)
+    )
+
+
+@pytest.mark.parametrize("loss", [_redis_lost_everything, _a_rebuilds_process_died])
+def test_the_lists_service_rebuilds_a_mirror_left_unlike_postgres(
+    lists: Lists,
+    redis_server: EmbeddedRedis,
+    loss: Callable[[redis.Redis, str, str], Callable[[], object]],
 ) -> None:
     dnc = lists.new_suppression_list("rebuilt")
     _add(lists, dnc.name, suppression_pb2.SuppressionEntry(phone_number="+14155550105"))
     client = redis.Redis(port=redis_server.port, decode_responses=True)
     try:
-        client.delete(list_key(lists.tenant, dnc.name.split("/")[1], "phone"), LOADED_KEY)
-        deadline = time.monotonic() + 15
-        while not client.exists(LOADED_KEY) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert client.exists(LOADED_KEY)
+        assert _eventually(loss(client, lists.tenant, dnc.name.split("/")[1]))
     finally:
         client.close()
     assert _mirror_value(redis_server, lists.tenant, dnc.name, "phone", "+14155550105") is not None
-
-
-def test_a_tenant_whose_mirror_writer_died_is_rebuilt_by_the_lists_service(
-    lists: Lists, redis_server: EmbeddedRedis
-) -> None:
-    dnc = lists.new_suppression_list("writer died")
-    _add(lists, dnc.name, suppression_pb2.SuppressionEntry(phone_number="+14155550106"))
-    client = redis.Redis(port=redis_server.port, decode_responses=True)
-    try:
-        # A rebuild whose process died: the tenant marked unavailable, the list half gone,
-        # and the writer's lease lapsed.
-        client.set(rebuilding_key(lists.tenant), "1")
-        client.delete(list_key(lists.tenant, dnc.name.split("/")[1], "phone"))
-        client.zadd(WRITERS_KEY, {f"{lists.tenant}|died": 1})
-        deadline = time.monotonic() + 15
-        while client.exists(rebuilding_key(lists.tenant)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not client.exists(rebuilding_key(lists.tenant))
-        assert client.zscore(WRITERS_KEY, f"{lists.tenant}|died") is None
-    finally:
-        client.close()
-    assert _mirror_value(redis_server, lists.tenant, dnc.name, "phone", "+14155550106") is not None
 
 
 def test_rebuild_on_request_restores_a_tenants_mirror(
