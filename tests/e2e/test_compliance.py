@@ -476,6 +476,30 @@ def test_an_undefined_channel_or_call_result_is_refused_rather_than_left_uncount
     assert not compliance.check("+1 415 555 0141").allowed
 
 
+def test_an_unknown_country_or_an_explanation_far_from_now_is_400(
+    compliance: Compliance, edge: httpx.Client
+) -> None:
+    headers = {"authorization": f"Bearer {compliance.token}"}
+    contact = {"address": "2125550100", "country": "XX"}
+    answer = edge.post(
+        "/v1/decisions:preValidate", json={"decisionRequest": {"contact": contact}}, headers=headers
+    )
+    assert answer.status_code == 400
+    assert answer.json()["details"][1]["fieldViolations"][0]["field"] == (
+        "decision_request.contact.country"
+    )
+    assert compliance.check("2125550100", country="us").time_zone == "America/New_York"
+    for when in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"):  # the calendar's ends
+        request = {"contact": {"address": "2125550100"}, "decisionTime": when}
+        answer = edge.post(
+            "/v1/decisions:explain", json={"decisionRequest": request}, headers=headers
+        )
+        assert answer.status_code == 400, when
+        assert answer.json()["details"][1]["fieldViolations"][0]["field"] == (
+            "decision_request.decision_time"
+        )
+
+
 def test_a_client_limit_counts_by_the_number_when_the_record_has_no_client_id(
     compliance: Compliance,
 ) -> None:

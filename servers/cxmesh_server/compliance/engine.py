@@ -602,7 +602,7 @@ def _prepared(tenant: str, request: decision_pb2.DecisionRequest, view: _View) -
     profile = view.profile(campaign_key(request.campaign), channel)
     kind, address, located, problem = _contact_facts(
         contact.address,
-        contact.country or view.region,
+        contact.country.upper() or view.region,
         contact.time_zone,
         contact.postal_code,
         contact.state_province,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
+from phonenumbers import SUPPORTED_REGIONS
 
 from cxmesh.compliance.v1 import (
     decision_pb2,
@@ -48,6 +49,8 @@ MAX_BATCH = 1000
 STREAM_IN_FLIGHT = 64
 # How far from now PreValidate accepts a decision time (only Explain looks elsewhere).
 NOW_TOLERANCE = timedelta(seconds=5)
+# The instants ExplainDecision explains: around now (the calendar's ends overflow).
+EXPLAIN_RANGE = timedelta(days=3652)
 UPDATABLE = {
     "display_name",
     "campaigns",
@@ -181,10 +184,19 @@ def _check_request(
         if candidates
         else ()
     )
-    timed = not any_time and request.HasField("decision_time")
+    timed = request.HasField("decision_time")
     # An undefined channel matches no attempt rule and no channel's suppression entry.
     unknown_channel = request.channel not in _CHANNELS
-    if not (no_address or unknown_zone or unknown_candidates or timed or unknown_channel):
+    country = contact.country
+    unknown_country = bool(country) and country.upper() not in SUPPORTED_REGIONS
+    if not (
+        no_address
+        or unknown_zone
+        or unknown_candidates
+        or timed
+        or unknown_channel
+        or unknown_country
+    ):
         return  # the usual case: nothing to say
     if index is not None:
         field = f"{field}[{index}]"
@@ -196,13 +208,19 @@ def _check_request(
         check.require(False, f"{field}.contact.candidate_time_zones[{n}]", PLACE_ZONE)
     if unknown_channel:
         check.require(False, f"{field}.channel", "must be a defined channel")
+    if unknown_country:
+        check.require(False, f"{field}.contact.country", "must be a CLDR region code such as US")
     if timed:
         offset = abs(request.decision_time.ToDatetime(tzinfo=UTC) - datetime.now(UTC))
-        if offset > NOW_TOLERANCE:
+        if not any_time:
             check.require(
-                False,
+                offset <= NOW_TOLERANCE,
                 f"{field}.decision_time",
                 "PreValidate decides for now; use ExplainDecision for other times",
+            )
+        else:
+            check.require(
+                offset <= EXPLAIN_RANGE, f"{field}.decision_time", "must be within 10 years of now"
             )
 
 
@@ -430,7 +448,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
             )
             address = attempt.contact.address.strip()
             if "@" not in address:
-                country = attempt.contact.country or region
+                country = attempt.contact.country.upper() or region
                 try:
                     address = normalize_phone(address, country).e164
                 except PhoneError as error:
