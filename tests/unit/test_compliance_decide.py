@@ -338,6 +338,34 @@ def _violations(message: rule_set_pb2.RuleSet) -> dict[str, str]:
     return {v.field: v.description for v in check.violations}
 
 
+def test_a_rule_sets_lists_have_limits() -> None:
+    """Decisions scan them per contact and place, and every replica recompiles them on each
+    change: 20,000 area-code overrides were accepted."""
+    override = rule_set_pb2.WindowOverride(area_code="212")
+    override.contact_windows.add().end_time.hours = 17
+    day = rule_set_pb2.BlackoutDate()
+    day.date.year, day.date.month, day.date.day = 2027, 1, 1
+    at_most = rule_set_pb2.RuleSet(
+        display_name="big", window_overrides=[override] * 1000, blackout_dates=[day] * 1000
+    )
+    assert _violations(at_most) == {}
+    too_many = rule_set_pb2.RuleSet(
+        display_name="bigger",
+        window_overrides=[override] * 1001,
+        blackout_dates=[day] * 1001,
+        attempt_rules=[rule_set_pb2.AttemptRule(max_attempts=1)] * 33,
+    )
+    assert {
+        field: description
+        for field, description in _violations(too_many).items()
+        if "[" not in field
+    } == {
+        "rule_set.window_overrides": "at most 1,000",
+        "rule_set.blackout_dates": "at most 1,000",
+        "rule_set.attempt_rules": "at most 32",
+    }
+
+
 def test_a_rule_that_could_match_nothing_is_refused() -> None:
     """A value that matches no contact, call or day would not restrict anything: a wrong
     allow. Every such value is a field violation, and a stored one fails to compile."""

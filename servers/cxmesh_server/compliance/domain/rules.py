@@ -164,6 +164,19 @@ def _date_problem(day: date_pb2.Date) -> str | None:
     return None
 
 
+# How long a rule set's lists may be: decisions scan them per contact and place, and every
+# replica recompiles them on each change.
+_MOST_ITEMS = {
+    "campaigns": 1000,
+    "contact_windows": 64,
+    "window_overrides": 1000,
+    "blackout_dates": 1000,
+    "holiday_calendars": 64,
+    "attempt_rules": 32,
+    "suppression_lists": 100,
+}
+
+
 def validate_rule_set(
     message: rule_set_pb2.RuleSet, check: Validator, prefix: str = "rule_set"
 ) -> None:
@@ -177,6 +190,8 @@ def validate_rule_set(
         f"{prefix}.channels",
         "must be defined channels",
     )
+    for name, most in _MOST_ITEMS.items():
+        check.require(len(getattr(message, name)) <= most, f"{prefix}.{name}", f"at most {most:,}")
     windows = [(f"{prefix}.contact_windows[{n}]", w) for n, w in enumerate(message.contact_windows)]
     for n, override in enumerate(message.window_overrides):
         field = f"{prefix}.window_overrides[{n}]"
