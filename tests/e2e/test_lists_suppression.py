@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import grpc
+import httpx
 import pytest
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -137,11 +138,41 @@ def test_invalid_entries_are_refused_with_every_field_violation(lists: Lists) ->
                 email="ada@example.com", channels=[channel_pb2.CHANNEL_UNSPECIFIED]
             ),
             suppression_pb2.SuppressionEntry(client_id="C-1", channels=[99]),  # type: ignore[list-item]
+            # Postgres refuses NUL; the calls were 500s.
+            suppression_pb2.SuppressionEntry(client_id="C\x00-2"),
+            suppression_pb2.SuppressionEntry(client_id="C-3", reason="bad\x00reason"),
+            # No one's expiry (year 1 was a 500).
+            suppression_pb2.SuppressionEntry(client_id="C-4", expire_time=_ts(datetime(1, 1, 1))),
         )
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     details = caught.value.details() or ""
     assert "entries[0].phone_number" in details and "entries[1].email" in details
     assert "entries[2].channels" in details and "entries[3].channels" in details
+    assert "entries[4].client_id" in details and "entries[5].reason" in details
+    assert "entries[6].expire_time" in details
+
+
+def test_a_list_binds_at_most_1000_campaigns_of_ids_up_to_255_characters(
+    lists: Lists, edge: httpx.Client
+) -> None:
+    headers = {"authorization": f"Bearer {lists.token}"}
+    for campaigns, field in (
+        (["campaigns/spring"] * 1001, "suppression_list.campaigns"),
+        (["campaigns/" + "x" * 256], "suppression_list.campaigns[0]"),
+    ):
+        answer = edge.post(
+            "/v1/suppressionLists",
+            json={"displayName": "bound", "campaigns": campaigns},
+            headers=headers,
+        )
+        assert answer.status_code == 400
+        assert answer.json()["details"][1]["fieldViolations"][0]["field"] == field
+    answer = edge.post(
+        "/v1/suppressionLists",
+        json={"displayName": "bound", "campaigns": ["campaigns/" + "x" * 255]},
+        headers=headers,
+    )
+    assert answer.status_code == 200
 
 
 def test_an_entry_stops_counting_at_its_expiry_without_a_sweep(
@@ -417,10 +448,13 @@ def test_bulk_import_of_entries_from_a_file(lists: Lists) -> None:
         )
         yield suppression_service_pb2.ImportSuppressionEntriesRequest(
             chunk=b"a@example.com\nb@example.com,2099-01-01T00:00:00Z\nbroken\n"
+            b"c@example.com,2099-01-01\nd@example.com,0001-01-01T00:00:00Z\n"
         )
 
     result = lists.suppression.ImportSuppressionEntries(messages(), metadata=lists.md, timeout=30)
-    assert (result.lines_read, result.entries_added, result.lines_rejected) == (3, 2, 1)
+    # An expiry without an offset is UTC.
+    assert (result.lines_read, result.entries_added, result.lines_rejected) == (5, 3, 2)
+    assert "line 5: an expiry is after 1970-01-01" in result.errors[1]
     with pytest.raises(grpc.RpcError) as refused:
         lists.suppression.ImportSuppressionEntries(
             messages(channel_pb2.CHANNEL_UNSPECIFIED), metadata=lists.md, timeout=30

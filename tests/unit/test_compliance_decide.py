@@ -313,7 +313,7 @@ def test_invalid_rule_sets_name_every_bad_field() -> None:
         contact_windows=[backwards],
         attempt_rules=[rule_set_pb2.AttemptRule(max_attempts=0)],
         default_time_zone="Mars/Olympus",
-        campaigns=["campaigns/spring", "summer", "campaigns/"],
+        campaigns=["campaigns/spring", "summer", "campaigns/", "campaigns/" + "x" * 256],
     )
     check = Validator()
     validate_rule_set(message, check)
@@ -328,6 +328,7 @@ def test_invalid_rule_sets_name_every_bad_field() -> None:
         "rule_set.default_time_zone",
         "rule_set.campaigns[1]",
         "rule_set.campaigns[2]",
+        "rule_set.campaigns[3]",
     } <= fields
     assert "rule_set.campaigns[0]" not in fields
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 PREFIX = "campaigns/"
 
 
+# The longest reference bound: a dialer's campaign name is at most 255 characters.
+MAX_REFERENCE = len(PREFIX) + 255
+
+
 def is_campaign(name: str) -> bool:
     """Whether `name` is a `campaigns/{id}` reference, the form rule sets and lists bind."""
-    return name.startswith(PREFIX) and len(name) > len(PREFIX)
+    return name.startswith(PREFIX) and len(PREFIX) < len(name) <= MAX_REFERENCE
 
 
 def campaign_reference(campaign: str) -> str:

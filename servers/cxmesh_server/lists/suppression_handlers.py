@@ -12,7 +12,13 @@ from cxmesh.types.v1 import channel_pb2
 from cxmesh_server.contacts.campaigns import is_campaign
 from cxmesh_server.lists.convert import entry_message, suppression_list_message
 from cxmesh_server.lists.dnc import load_dnc_file
-from cxmesh_server.lists.domain.suppression import KIND_OF_TYPE, TargetError, normalize_target
+from cxmesh_server.lists.domain.suppression import (
+    CONTROL,
+    KIND_OF_TYPE,
+    TargetError,
+    expiry,
+    normalize_target,
+)
 from cxmesh_server.lists.suppression_store import EntryRow, SuppressionStore
 from cxmesh_server.lists.tenant_regions import TenantRegions
 from cxmesh_server.runtime import paging
@@ -21,6 +27,8 @@ from cxmesh_server.runtime.convert import defined_values, resource_id
 from cxmesh_server.runtime.errors import FieldViolation, InvalidArgument, Validator
 
 MAX_BATCH = 1000
+# Compliance reads a list's campaigns with its index on every change of it.
+MAX_CAMPAIGNS = 1000
 _CHANNELS = defined_values(channel_pb2.Channel.DESCRIPTOR, unspecified=False)
 
 
@@ -53,8 +61,14 @@ def entry_row(
         check.require(False, f"{field}.{target}", str(error))
         return None
     check.require(len(entry.reason) <= 256, f"{field}.reason", "at most 256 characters")
+    check.require(not CONTROL.search(entry.reason), f"{field}.reason", "no control characters")
     _check_channels(entry.channels, f"{field}.channels", check)
-    expire = entry.expire_time.ToDatetime(tzinfo=UTC) if entry.HasField("expire_time") else None
+    expire = None
+    if entry.HasField("expire_time"):
+        try:
+            expire = expiry(entry.expire_time.ToDatetime(tzinfo=UTC))
+        except TargetError as error:
+            check.require(False, f"{field}.expire_time", str(error))
     return EntryRow(
         kind=kind,
         target=normalized.value,
@@ -80,11 +94,16 @@ class SuppressionHandlers(suppression_service_pb2_grpc.SuppressionServiceService
             "suppression_list.display_name",
             "must be 1-128 characters",
         )
+        check.require(
+            len(suppression_list.campaigns) <= MAX_CAMPAIGNS,
+            "suppression_list.campaigns",
+            f"at most {MAX_CAMPAIGNS:,}",
+        )
         for n, campaign in enumerate(suppression_list.campaigns):
             check.require(
                 is_campaign(campaign),
                 f"suppression_list.campaigns[{n}]",
-                "must be campaigns/{id}",
+                "must be campaigns/{id}, the id at most 255 characters",
             )
         check.check()
         row = await self._store.create_list(
@@ -223,7 +242,7 @@ class SuppressionHandlers(suppression_service_pb2_grpc.SuppressionServiceService
             try:
                 normalized = normalize_target(kind, target, region)
                 expire = (
-                    datetime.fromisoformat(expire_text.strip().replace("Z", "+00:00"))
+                    expiry(datetime.fromisoformat(expire_text.strip().replace("Z", "+00:00")))
                     if expire_text.strip()
                     else None
                 )

@@ -276,7 +276,11 @@ def validate_rule_set(
             "must be defined channels",
         )
     for n, campaign in enumerate(message.campaigns):
-        check.require(is_campaign(campaign), f"{prefix}.campaigns[{n}]", "must be campaigns/{id}")
+        check.require(
+            is_campaign(campaign),
+            f"{prefix}.campaigns[{n}]",
+            "must be campaigns/{id}, the id at most 255 characters",
+        )
     for n, name in enumerate(message.suppression_lists):
         check.require(
             _SUPPRESSION_LIST.fullmatch(name) is not None,

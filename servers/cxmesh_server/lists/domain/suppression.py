@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from cxmesh.lists.v1 import suppression_service_pb2 as service_pb2
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
@@ -16,6 +16,9 @@ KIND_OF_TYPE = {
 }
 TYPE_OF_KIND = {kind: target_type for target_type, kind in KIND_OF_TYPE.items()}
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Control characters: Postgres text refuses NUL, and none belongs in an id or a reason.
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +50,20 @@ def normalize_target(kind: str, raw: str, default_region: str) -> SuppressionTar
         return SuppressionTarget(kind, value.lower())
     if not value or len(value) > 64:
         raise TargetError("a client id is 1-64 characters")
+    if CONTROL.search(value):
+        raise TargetError("a client id has no control characters")
     return SuppressionTarget(kind, value)
+
+
+def expiry(moment: datetime) -> datetime:
+    """An entry's expiry, in UTC when given without an offset. One already passed is kept
+    (an entry migrated with its history) and suppresses nothing; one before 1970 is no
+    one's (year 1 overflowed the mirror's epoch milliseconds)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if moment < _EPOCH:
+        raise TargetError("an expiry is after 1970-01-01")
+    return moment
 
 
 def expire_ms(expire_time: datetime | None) -> int | None:
