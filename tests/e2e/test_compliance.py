@@ -189,6 +189,35 @@ def test_attempts_with_national_numbers_wait_for_the_tenants_region(
         client.close()
 
 
+def test_a_rule_set_created_from_a_preset_has_the_presets_rules(
+    compliance: Compliance, edge: httpx.Client
+) -> None:
+    headers = {"authorization": f"Bearer {compliance.token}"}
+    preset = "RULE_SET_PRESET_US_TCPA_REG_F"
+    created = edge.post(
+        "/v1/ruleSets", json={"displayName": "collections", "preset": preset}, headers=headers
+    )
+    assert created.status_code == 200
+    rules = created.json()["ruleSet"]
+    assert rules["preset"] == preset
+    assert rules["attemptRules"][0]["maxAttempts"] == 7
+    assert rules["contactWindows"] == [{"startTime": {"hours": 8}, "endTime": {"hours": 21}}]
+    # Seven calls about one debt to one person in a week, then no more.
+    attempts = [_attempt(f"call-{n}", "+14155550171") for n in range(7)]
+    for attempt in attempts:
+        attempt.contact.client_id = "debtor-171"
+    assert compliance.record(attempts) == 7
+    eighth = compliance.explain("+14155550171", datetime.now(UTC), client_id="debtor-171")
+    assert decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT in [d.code for d in eighth.decision.denials]
+    for body in (
+        {"displayName": "both", "preset": preset, "contactWindows": [{"endTime": {"hours": 20}}]},
+        {"displayName": "unknown", "preset": 99},
+    ):
+        refused = edge.post("/v1/ruleSets", json=body, headers=headers)
+        assert refused.status_code == 400, body
+        assert refused.json()["details"][1]["fieldViolations"][0]["field"] == "rule_set.preset"
+
+
 def test_rule_set_changes_are_versioned_and_audited(compliance: Compliance) -> None:
     created = compliance.create(all_day("audited"))
     assert created.revision == 1

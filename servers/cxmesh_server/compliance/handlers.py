@@ -24,6 +24,7 @@ from cxmesh_server.compliance.domain.rules import (
     InvalidRuleSet,
     compile_rule_set,
     validate_rule_set,
+    with_preset,
 )
 from cxmesh_server.compliance.engine import DEFAULT_RULE_SET, DecisionEngine
 from cxmesh_server.compliance.metrics import count_attempts, count_decisions
@@ -65,6 +66,9 @@ UPDATABLE = {
 }
 
 
+_PRESETS = defined_values(rule_set_pb2.RuleSetPreset.DESCRIPTOR, unspecified=False)
+
+
 class RuleSetHandlers(rule_set_service_pb2_grpc.RuleSetServiceServicer):
     def __init__(self, store: RuleSetStore) -> None:
         self._store = store
@@ -72,12 +76,26 @@ class RuleSetHandlers(rule_set_service_pb2_grpc.RuleSetServiceServicer):
     async def CreateRuleSet(
         self, request: rule_set_service_pb2.CreateRuleSetRequest, context: GrpcContext
     ) -> rule_set_service_pb2.CreateRuleSetResponse:
+        rule_set = request.rule_set
         check = Validator()
-        validate_rule_set(request.rule_set, check)
+        if rule_set.preset:
+            # Stored as given, a preset would be a label on a rule set without its rules
+            # (no Regulation F limit where the creator asked for one).
+            check.require(
+                rule_set.preset in _PRESETS, "rule_set.preset", "must be a defined preset"
+            )
+            check.require(
+                not rule_set.contact_windows and not rule_set.attempt_rules,
+                "rule_set.preset",
+                "fills contact_windows and attempt_rules: give the preset or those, not both",
+            )
+            check.check()
+            rule_set = with_preset(rule_set)
+        validate_rule_set(rule_set, check)
         check.check()
         principal = current_principal()
         created = await self._store.create(
-            principal.tenant, principal.subject, request.rule_set, request.request_id
+            principal.tenant, principal.subject, rule_set, request.request_id
         )
         return rule_set_service_pb2.CreateRuleSetResponse(rule_set=created)
 

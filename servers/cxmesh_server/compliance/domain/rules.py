@@ -356,6 +356,17 @@ def compile_rule_set(message: rule_set_pb2.RuleSet) -> CompiledRuleSet:
     )
 
 
+def with_preset(message: rule_set_pb2.RuleSet) -> rule_set_pb2.RuleSet:
+    """`message` (created with a preset and no windows or attempt rules of its own) with its
+    preset's windows and attempt rules."""
+    filled = rule_set_pb2.RuleSet()
+    filled.CopyFrom(message)
+    defaults = preset(message.preset)
+    filled.contact_windows.extend(defaults.contact_windows)
+    filled.attempt_rules.extend(defaults.attempt_rules)
+    return filled
+
+
 def preset(kind: int, name: str = "ruleSets/default") -> rule_set_pb2.RuleSet:
     """The regulatory presets: US TCPA window 08:00–21:00 local and Regulation F 7-in-7."""
     if kind != rule_set_pb2.RULE_SET_PRESET_US_TCPA_REG_F:
