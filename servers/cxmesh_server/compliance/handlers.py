@@ -84,13 +84,16 @@ class RuleSetHandlers(rule_set_service_pb2_grpc.RuleSetServiceServicer):
             check.require(
                 rule_set.preset in _PRESETS, "rule_set.preset", "must be a defined preset"
             )
+            check.check()
+            filled = with_preset(rule_set)
             check.require(
-                not rule_set.contact_windows and not rule_set.attempt_rules,
+                filled is not None,
                 "rule_set.preset",
-                "fills contact_windows and attempt_rules: give the preset or those, not both",
+                "fills contact_windows and attempt_rules: give the preset or other rules, not both",
             )
             check.check()
-            rule_set = with_preset(rule_set)
+            assert filled is not None
+            rule_set = filled
         validate_rule_set(rule_set, check)
         check.check()
         principal = current_principal()

@@ -356,12 +356,18 @@ def compile_rule_set(message: rule_set_pb2.RuleSet) -> CompiledRuleSet:
     )
 
 
-def with_preset(message: rule_set_pb2.RuleSet) -> rule_set_pb2.RuleSet:
-    """`message` (created with a preset and no windows or attempt rules of its own) with its
-    preset's windows and attempt rules."""
+def with_preset(message: rule_set_pb2.RuleSet) -> rule_set_pb2.RuleSet | None:
+    """`message`, created with a preset, with the preset's windows and attempt rules; None
+    when it has windows or attempt rules other than the preset's (a copy of a rule set
+    made from the preset has the same)."""
+    defaults = preset(message.preset)
+    own = (list(message.contact_windows), list(message.attempt_rules))
+    if own == (list(defaults.contact_windows), list(defaults.attempt_rules)):
+        return message
+    if own != ([], []):
+        return None
     filled = rule_set_pb2.RuleSet()
     filled.CopyFrom(message)
-    defaults = preset(message.preset)
     filled.contact_windows.extend(defaults.contact_windows)
     filled.attempt_rules.extend(defaults.attempt_rules)
     return filled
