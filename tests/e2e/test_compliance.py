@@ -849,6 +849,39 @@ def test_ocs_call_history_feeds_attempt_rules_without_double_counting(
     assert not compliance.check("+1 415 555 0151").allowed
 
 
+def test_ocs_call_results_are_genesys_codes_or_names(
+    compliance: Compliance, edge: httpx.Client
+) -> None:
+    # Only answered and unanswered calls count: at most one an hour.
+    answered = all_day("one call answered or not an hour")
+    rule = answered.attempt_rules.add(
+        max_attempts=1,
+        counted_results=[call_result_pb2.CALL_RESULT_ANSWER, call_result_pb2.CALL_RESULT_NO_ANSWER],
+    )
+    rule.window.FromTimedelta(timedelta(hours=1))
+    compliance.create(answered)
+    headers = {"authorization": f"Bearer {compliance.token}"}
+    for n, (phone, result, counted) in enumerate(
+        (
+            ("4155550180", 6, False),  # Genesys' Busy
+            ("4155550181", 7, True),  # Genesys' No Answer (read as ours, Dropped: uncounted)
+            ("4155550182", "Cancel Record", False),
+            ("4155550183", 33, True),  # Genesys' Answer
+            ("4155550184", "33", True),
+            ("4155550185", "Answer", True),
+            ("4155550186", 14, True),  # a SIT tone: unmapped, it stays in progress
+        )
+    ):
+        body = {
+            "GSW_PHONE": phone,
+            "GSW_CALL_ATTEMPT_GUID": f"genesys-{n}",
+            "GSW_OCS_SEQUENCE_NO": 1,
+            "GSW_CALL_RESULT": result,
+        }
+        assert edge.post("/ocs/v1/history", json=body, headers=headers).status_code == 200
+        assert compliance.check(phone).allowed is not counted, result
+
+
 def test_an_ocs_field_sent_as_null_is_a_field_not_sent(
     compliance: Compliance, edge: httpx.Client
 ) -> None:

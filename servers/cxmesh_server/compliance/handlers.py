@@ -245,20 +245,50 @@ def _check_request(
             )
 
 
-# OCS call results by name (GSW_CALL_RESULT may carry a name or our enum's number).
-_RESULTS = {
-    name.removeprefix("CALL_RESULT_").replace("_", ""): value
-    for name, value in call_result_pb2.CallResult.items()
+# GSW_CALL_RESULT is the calling list's call_result: Genesys' own enumeration (Busy is 6,
+# Answer 33), or its name. Codes not here (SIT tones, errors, Unknown Call Result) stay
+# "in progress", which counts wherever a rule counts anything.
+_GENESYS_RESULTS: dict[int, int] = {
+    3: call_result_pb2.CALL_RESULT_GENERAL_ERROR,
+    6: call_result_pb2.CALL_RESULT_BUSY,
+    7: call_result_pb2.CALL_RESULT_NO_ANSWER,
+    9: call_result_pb2.CALL_RESULT_ANSWERING_MACHINE,  # Answering Machine Detected
+    17: call_result_pb2.CALL_RESULT_FAX_DETECTED,
+    20: call_result_pb2.CALL_RESULT_OVERFLOWED,
+    21: call_result_pb2.CALL_RESULT_ABANDONED,
+    26: call_result_pb2.CALL_RESULT_DROPPED,
+    27: call_result_pb2.CALL_RESULT_DROPPED_NO_ANSWER,  # Dropped on No Answer
+    32: call_result_pb2.CALL_RESULT_SILENCE,
+    33: call_result_pb2.CALL_RESULT_ANSWER,
+    40: call_result_pb2.CALL_RESULT_WRONG_PARTY,
+    52: call_result_pb2.CALL_RESULT_CANCELLED,  # Cancel Record
+    53: call_result_pb2.CALL_RESULT_WRONG_NUMBER,
+}
+
+
+def _result_key(name: str) -> str:
+    return name.upper().replace("_", "").replace(" ", "")
+
+
+_RESULT_NAMES = {
+    **{
+        _result_key(name.removeprefix("CALL_RESULT_")): value
+        for name, value in call_result_pb2.CallResult.items()
+    },
+    # Genesys' names where they are not ours
+    "ANSWERINGMACHINEDETECTED": call_result_pb2.CALL_RESULT_ANSWERING_MACHINE,
+    "DROPPEDONNOANSWER": call_result_pb2.CALL_RESULT_DROPPED_NO_ANSWER,
+    "CANCELRECORD": call_result_pb2.CALL_RESULT_CANCELLED,
 }
 
 
 def _call_result(value: Any) -> int:
-    if isinstance(value, (int, float)) and int(value) in call_result_pb2.CallResult.values():
-        return int(value)
-    key = str(value).upper().replace("_", "").replace(" ", "")
-    if key.isdigit() and int(key) in call_result_pb2.CallResult.values():
-        return int(key)
-    return _RESULTS.get(key, call_result_pb2.CALL_RESULT_UNSPECIFIED)
+    """Our result for an OCS GSW_CALL_RESULT: a Genesys code (a JSON number or digits) or a
+    name, ours or Genesys'."""
+    text = str(value).strip()
+    if isinstance(value, int) or text.isdigit():
+        return _GENESYS_RESULTS.get(int(value), call_result_pb2.CALL_RESULT_UNSPECIFIED)
+    return _RESULT_NAMES.get(_result_key(text), call_result_pb2.CALL_RESULT_UNSPECIFIED)
 
 
 def _history_result(attributes: dict[str, Any]) -> int:
