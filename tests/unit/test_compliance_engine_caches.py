@@ -5,11 +5,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from cxmesh.compliance.v1 import rule_set_pb2
+from cxmesh.compliance.v1 import decision_pb2, rule_set_pb2
 from cxmesh.types.v1 import channel_pb2
 from cxmesh_server.compliance.domain.decide import Place
 from cxmesh_server.compliance.domain.rules import compile_rule_set, preset
-from cxmesh_server.compliance.engine import Located, _place_number, _TimeVerdicts, _View
+from cxmesh_server.compliance.engine import (
+    Located,
+    _contact_facts,
+    _place_number,
+    _prepare,
+    _TimeVerdicts,
+    _View,
+)
 
 NEW_YORK_PLACE = Place(zones=("America/New_York",))
 NEW_YORK = Located(NEW_YORK_PLACE, "America/New_York", _place_number(NEW_YORK_PLACE))
@@ -88,3 +95,20 @@ def test_a_place_keeps_its_number_and_numbers_are_never_shared() -> None:
     again = Place(zones=("America/New_York",))
     assert _place_number(again) == NEW_YORK.place_number
     assert _place_number(Place(zones=("America/Chicago",))) != NEW_YORK.place_number
+
+
+def test_a_request_of_kilobytes_is_decided_but_not_remembered() -> None:
+    rules = view(tcpa())
+    usual = decision_pb2.DecisionRequest(
+        contact=decision_pb2.Contact(address="+12125550100", postal_code="10001")
+    )
+    junk = decision_pb2.DecisionRequest(
+        contact=decision_pb2.Contact(address="+12125550101", postal_code="1" * 2000)
+    )
+    assert _prepare("t", usual, rules) is _prepare("t", usual, rules)
+    contacts = _contact_facts.cache_info().currsize
+    first, again = _prepare("t", junk, rules), _prepare("t", junk, rules)
+    assert first.address == again.address == "+12125550101"
+    assert first is not again
+    assert len(rules.subjects) == 1
+    assert _contact_facts.cache_info().currsize == contacts

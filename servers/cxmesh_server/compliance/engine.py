@@ -171,6 +171,10 @@ SETTINGS_RETRY_SECONDS = 1.0
 
 # Prepared subjects a view keeps (a dialer validates the same records again and again).
 SUBJECTS_PER_VIEW = 100_000
+# Larger requests (a record's usual fields are well under 200 bytes) are prepared afresh
+# each time: kept, a dialer sending kilobytes of junk per record would fill the caches'
+# memory (100,000 subjects and 200,000 contacts).
+CACHED_REQUEST_BYTES = 1024
 
 
 @dataclass
@@ -590,17 +594,22 @@ def _prepare(tenant: str, request: decision_pb2.DecisionRequest, view: _View) ->
     key = request.SerializeToString()
     subject = view.subjects.get(key)
     if subject is None:
+        if len(key) > CACHED_REQUEST_BYTES:
+            return _prepared(tenant, request, view, cached=False)
         if len(view.subjects) >= SUBJECTS_PER_VIEW:
             view.subjects.clear()
         subject = view.subjects[key] = _prepared(tenant, request, view)
     return subject
 
 
-def _prepared(tenant: str, request: decision_pb2.DecisionRequest, view: _View) -> Subject:
+def _prepared(
+    tenant: str, request: decision_pb2.DecisionRequest, view: _View, *, cached: bool = True
+) -> Subject:
     contact = request.contact
     channel = request.channel or channel_pb2.CHANNEL_VOICE
     profile = view.profile(campaign_key(request.campaign), channel)
-    kind, address, located, problem = _contact_facts(
+    facts = _contact_facts if cached else _contact_facts.__wrapped__
+    kind, address, located, problem = facts(
         contact.address,
         contact.country.upper() or view.region,
         contact.time_zone,
