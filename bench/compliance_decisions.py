@@ -4,6 +4,8 @@ entries loaded."""
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -355,7 +357,14 @@ def measure(run: Run, env: Environment) -> None:
     finally:
         for instance in (workers, one_loop):
             instance.process.terminate()
-            instance.process.wait(timeout=30)
+        for instance in (workers, one_loop):
+            try:
+                instance.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                # Killed, and said: a failure above must not be hidden by this one.
+                print(f"{instance.name} did not stop 30 s after SIGTERM; killed", file=sys.stderr)
+                instance.process.kill()
+                instance.process.wait()
     run.record(
         Figure(
             GROUP,

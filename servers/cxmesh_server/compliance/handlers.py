@@ -411,8 +411,11 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
     ) -> AsyncIterator[decision_service_pb2.PreValidateStreamResponse]:
         """Up to `STREAM_IN_FLIGHT` questions of a stream are decided at once, answered as
         they are decided (the contract allows any order): one at a time, each would wait
-        out the previous one's Redis read, and none would share a read."""
+        out the previous one's Redis read, and none would share a read. A question holds
+        its place until its answer is sent, so a dialer that sends without reading the
+        answers is made to wait rather than piling them up in memory."""
         tenant = current_tenant()
+        # Never more than STREAM_IN_FLIGHT answers and the end: putting never waits.
         answers: asyncio.Queue[decision_service_pb2.PreValidateStreamResponse | None] = (
             asyncio.Queue()
         )
@@ -421,13 +424,14 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         async def answer(message: decision_service_pb2.PreValidateStreamRequest) -> None:
             try:
                 decision = await self._stream_decision(tenant, message)
-                await answers.put(
-                    decision_service_pb2.PreValidateStreamResponse(
-                        correlation_id=message.correlation_id, decision=decision
-                    )
-                )
-            finally:
+            except BaseException:
                 in_flight.release()
+                raise
+            answers.put_nowait(
+                decision_service_pb2.PreValidateStreamResponse(
+                    correlation_id=message.correlation_id, decision=decision
+                )
+            )
 
         async def read() -> None:
             deciding: set[asyncio.Task[None]] = set()
@@ -441,12 +445,13 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
             finally:
                 for task in deciding:
                     task.cancel()
-                await answers.put(None)
+                answers.put_nowait(None)
 
         reading = asyncio.create_task(read())
         try:
             while (response := await answers.get()) is not None:
                 yield response
+                in_flight.release()  # sent: the next question may be taken
             await reading  # a failed read or decision ends the stream with its error
         finally:
             reading.cancel()
