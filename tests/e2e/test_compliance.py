@@ -966,7 +966,7 @@ def test_two_replicas_see_a_rule_change_on_their_next_decision(
         mesh.instances.remove(replica)
 
 
-def test_with_redis_unreachable_every_answer_is_deny_and_health_says_so(
+def test_with_redis_unreachable_or_evicting_every_answer_is_deny_and_health_says_so(
     compliance: Compliance, mesh: Mesh, state_dir: Path
 ) -> None:
     compliance.create(all_day("always"))
@@ -996,6 +996,23 @@ def test_with_redis_unreachable_every_answer_is_deny_and_health_says_so(
         while not _decide_direct(
             target, compliance, "+14155550171"
         ).allowed:  # rules mirror rebuilt
+            assert time.monotonic() < deadline, "compliance did not recover"
+            time.sleep(0.2)
+        wait_serving(target, time.monotonic() + 10, replica)
+        # A Redis that may evict keys when full (a managed Redis's default policy is often
+        # volatile-lru: attempt sets have a TTL) could silently lose what denies a contact.
+        redis.Redis(port=port).config_set("maxmemory-policy", "volatile-lru")
+        deadline = time.monotonic() + 10
+        while (decision := _decide_direct(target, compliance, "+14155550171")).allowed:
+            assert time.monotonic() < deadline, "decisions trusted an evicting Redis"
+            time.sleep(0.2)
+        assert "maxmemory-policy volatile-lru" in decision.denials[0].reason
+        while _health(target) == health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline, "health still says SERVING"
+            time.sleep(0.2)
+        redis.Redis(port=port).config_set("maxmemory-policy", "noeviction")
+        deadline = time.monotonic() + 10
+        while not _decide_direct(target, compliance, "+14155550171").allowed:
             assert time.monotonic() < deadline, "compliance did not recover"
             time.sleep(0.2)
         wait_serving(target, time.monotonic() + 10, replica)

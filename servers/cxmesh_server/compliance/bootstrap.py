@@ -14,6 +14,7 @@ from cxmesh_server.compliance.mirror import RulesMirror
 from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.mirrors.suppression import SuppressionMirror
 from cxmesh_server.runtime.accept_loops import Registration
+from cxmesh_server.runtime.redis import eviction_risk
 from cxmesh_server.runtime.server import Resources, ServiceProcess, start_background
 
 log = logging.getLogger(__name__)
@@ -42,22 +43,28 @@ async def build(resources: Resources) -> Sequence[Registration]:
 
 
 async def _watch_data(store: RuleSetStore, resources: Resources) -> None:
-    """Health follows the data decisions need: NOT_SERVING while Redis is unreachable or a
-    mirror is missing (decisions deny meanwhile); the rules mirror is rebuilt when lost."""
+    """Health follows the data decisions need: NOT_SERVING while Redis is unreachable, a
+    mirror is missing or Redis may evict keys (decisions deny meanwhile); the rules mirror
+    is rebuilt when lost."""
     serving = True
     while True:
         await asyncio.sleep(MIRROR_CHECK_SECONDS)
+        reason = ""
         try:
             if not await store.mirror.is_loaded():
                 log.warning("rules mirror missing; rebuilding from Postgres")
                 await store.rebuild_mirror()
-            healthy = await SuppressionMirror(resources.require_redis()).is_loaded()
-        except Exception:
+            redis = resources.require_redis()
+            if not await SuppressionMirror(redis).is_loaded():
+                reason = "the suppression mirror is not loaded"
+            else:
+                reason = await eviction_risk(redis)
+        except Exception as error:
             log.warning("compliance data unavailable", exc_info=True)
-            healthy = False
-        if healthy != serving:
-            serving = healthy
-            log.warning("compliance health changed", extra={"serving": serving})
+            reason = str(error) or type(error).__name__
+        if (not reason) != serving:
+            serving = not reason
+            log.warning("compliance health changed", extra={"serving": serving, "reason": reason})
             await resources.report_health(serving)
 
 

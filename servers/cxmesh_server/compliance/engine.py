@@ -61,6 +61,7 @@ from cxmesh_server.contacts.timezones import derive_time_zone, is_local_zone
 from cxmesh_server.mirrors import suppression as suppression_mirror
 from cxmesh_server.mirrors import tenants as tenants_mirror
 from cxmesh_server.mirrors.tenants import TenantSettings
+from cxmesh_server.runtime.redis import eviction_risk
 from cxmesh_server.runtime.redis_wire import Script, WireRedis
 
 # What decides where a tenant has no rule set for the channel: 08:00–21:00 every day.
@@ -164,6 +165,9 @@ NO_REGION = Denial(
     "a national number, and the tenant's region is not available (IAM's settings mirror)",
     "",
 )
+
+# How often decisions read Redis's eviction policy again (a change of it is an operator's).
+EVICTION_CHECK_SECONDS = 5.0
 
 # How often a view without the tenant's settings (IAM has not mirrored them yet, or Redis
 # lost them) reads them again.
@@ -280,6 +284,9 @@ class DecisionEngine:
         self._views: dict[str, _View] = {}
         self._time_verdicts = _TimeVerdicts()
         self._live = Coalescer(self._decide_now)
+        # Why Redis's data cannot be trusted ("": it can), and when that was last read.
+        self._eviction_risk = ""
+        self._eviction_checked_at = -EVICTION_CHECK_SECONDS
 
     async def decide(
         self,
@@ -328,6 +335,11 @@ class DecisionEngine:
         live: bool,
     ) -> list[decision_pb2.Decision]:
         try:
+            if time.monotonic() - self._eviction_checked_at >= EVICTION_CHECK_SECONDS:
+                self._eviction_risk = await eviction_risk(self._redis)
+                self._eviction_checked_at = time.monotonic()
+            if self._eviction_risk:
+                raise Unavailable(self._eviction_risk)
             return await self._decide(tenant, requests, now, live)
         except (RedisError, Unavailable, OSError) as error:
             reason = (

@@ -31,6 +31,17 @@ def create_redis(url: str) -> Redis:
     return Redis.from_url(url, **options)
 
 
+async def eviction_risk(redis: Redis) -> str:
+    """Why Redis may drop keys on its own ("" when it may not). Under any policy but
+    `noeviction` a full Redis evicts keys silently (volatile-* ones those with a TTL, such
+    as attempt sets): a suppression entry or an attempt gone is a "dial" that should have
+    been "do not"."""
+    policy = str((await redis.info("memory")).get("maxmemory_policy", "noeviction"))
+    if policy == "noeviction":
+        return ""
+    return f"Redis may evict keys (maxmemory-policy {policy}; it must be noeviction)"
+
+
 def tenant_key(tenant: str, service: str, *parts: str) -> str:
     if not tenant or "}" in tenant:
         raise ValueError("a tenant key needs a tenant id")
