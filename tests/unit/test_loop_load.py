@@ -167,15 +167,14 @@ def test_a_spinning_thread_demands_all_of_the_wall_time_and_a_sleeping_one_none(
 
 
 def test_it_reads_the_calling_threads_real_demand() -> None:
-    # One window of spinning, read at its end. The kernel brings a running thread's
+    # Windows of spinning, each read at its end. The kernel brings a running thread's
     # schedstat up to date at its ticks (4 ms here): a 0.05 s window read a spinning thread
-    # as 0.96 or 1.04 busy, and 0.25 s ones read it at 0.98-1.01. Windows after the first
-    # are judged by the relief rule against the first one's cost per spin, which the spins'
-    # own jitter can cross (both made this test fail 3 and 1 times in 15 runs). Time the
-    # VM's host steals is neither run nor waited by the thread: a window with more than
-    # 8 % stolen reads unsaturated (it failed once in 4 full suites and once beside e2e tests
-    # on 12-04), so the
-    # spinning goes on, unsaturated windows being judged afresh, until one reads so.
+    # as 0.96 or 1.04 busy, and 0.25 s ones read it at 0.98-1.01. Windows after a saturated
+    # one are judged by the relief rule against the first one's cost per spin, which the
+    # spins' own jitter can cross (both made this test fail 3 and 1 times in 15 runs). Time
+    # the VM's host steals is neither run nor waited by the thread: a window with more than
+    # 8 % stolen reads unsaturated (the test failed once in 4 full suites and once beside
+    # the e2e tests on 12-04), so the spinning goes on until a window reads saturated.
     load = LoopLoad(window=0.25)
     deadline = time.monotonic() + 2.0
     saturated = False
