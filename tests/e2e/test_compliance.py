@@ -296,6 +296,42 @@ def test_explain_shows_the_verdicts_of_the_rule_sets_the_decision_used(
     assert {v.rule.partition("#")[0] for v in on_x.verdicts} == {bound.name}
 
 
+def test_explain_names_every_suppression_list_checked_and_those_that_do_not_exist(
+    compliance: Compliance,
+) -> None:
+    dnc = compliance.suppression.CreateSuppressionList(
+        suppression_service_pb2.CreateSuppressionListRequest(
+            suppression_list=suppression_pb2.SuppressionList(display_name="tenant dnc")
+        ),
+        metadata=compliance.md,
+        timeout=10,
+    ).suppression_list
+    compliance.suppression.CreateSuppressionEntries(
+        suppression_service_pb2.CreateSuppressionEntriesRequest(
+            parent=dnc.name, entries=[suppression_pb2.SuppressionEntry(phone_number="2125550103")]
+        ),
+        metadata=compliance.md,
+        timeout=10,
+    )
+    # A typo in the list's id: the rule set restricts nothing by it.
+    compliance.create(all_day("named", suppression_lists=["suppressionLists/dnc-typo"]))
+    noon = datetime(2026, 7, 15, 16, 0, tzinfo=UTC)
+    verdicts = {
+        v.rule: (v.allowed, v.detail)
+        for v in compliance.explain("+1 212 555 0102", noon).verdicts
+        if v.rule.startswith("suppressionLists/")
+    }
+    assert verdicts[dnc.name] == (True, "the contact is not on it")
+    allowed, detail = verdicts["suppressionLists/dnc-typo"]
+    assert allowed and "no such list" in detail
+    on_it = [
+        (v.allowed, v.detail)
+        for v in compliance.explain("+1 212 555 0103", noon).verdicts
+        if v.rule == dnc.name
+    ]
+    assert on_it == [(False, "on a suppression list")]
+
+
 def _eight_to_eight(override: rule_set_pb2.WindowOverride) -> rule_set_pb2.RuleSet:
     """A rule set whose override closes at 20:00 where it applies (21:00 elsewhere)."""
     window = override.contact_windows.add()

@@ -102,6 +102,8 @@ class Profile:
     suppression_lists: tuple[str, ...]
     counts_devices: bool
     counts_clients: bool
+    # Lists the rules name that the tenant does not have: they suppress nothing.
+    missing_lists: tuple[str, ...] = ()
     # zone label → the "allowed" decision, built once: shared, never to be modified
     allowed: dict[str, decision_pb2.Decision] = field(default_factory=dict, compare=False)
 
@@ -251,6 +253,7 @@ class _View:
             ),
             counts_devices=bool(scopes & DEVICE_SCOPES),
             counts_clients=bool(scopes & CLIENT_SCOPES),
+            missing_lists=tuple(sorted(named - self.bindings.keys())),
         )
 
 
@@ -307,6 +310,17 @@ class DecisionEngine:
             return None
         located = _prepare(tenant, request, view).located
         return located.place if located is not None else None
+
+    async def suppression_lists(
+        self, tenant: str, request: decision_pb2.DecisionRequest
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The suppression lists the request's decision checks, and those its rule sets
+        name that the tenant does not have."""
+        view = await self._view(tenant)
+        profile = view.profile(
+            campaign_key(request.campaign), request.channel or channel_pb2.CHANNEL_VOICE
+        )
+        return profile.suppression_lists, profile.missing_lists
 
     async def region(self, tenant: str) -> str:
         """Where the tenant's national numbers are read (attempts must be read as decisions

@@ -607,6 +607,27 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
                     allowed=False,
                     detail=denial.reason,
                 )
+        # Which lists were checked: what an administrator needs when a number on one of
+        # them was dialled. Only when the contact was read at all.
+        if place is not None:
+            checked, missing = await self._engine.suppression_lists(
+                tenant, request.decision_request
+            )
+            suppressing = {d.source for d in decision.denials}
+            for list_id in checked:
+                if f"suppressionLists/{list_id}" not in suppressing:
+                    response.verdicts.add(
+                        rule=f"suppressionLists/{list_id}",
+                        allowed=True,
+                        detail="the contact is not on it",
+                    )
+            for list_id in missing:
+                response.verdicts.add(
+                    rule=f"suppressionLists/{list_id}",
+                    allowed=True,
+                    detail="named by the rule set, but the tenant has no such list: it "
+                    "suppresses nothing",
+                )
         return response
 
     async def ValidateOcsRecord(
