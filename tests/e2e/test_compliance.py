@@ -49,6 +49,30 @@ class Compliance:
         self.suppression = suppression_service_pb2_grpc.SuppressionServiceStub(channel)
         self.keys = api_key_service_pb2_grpc.ApiKeyServiceStub(channel)
 
+    def do_not_call(
+        self, name: str, *numbers: str, campaigns: tuple[str, ...] = ()
+    ) -> suppression_pb2.SuppressionList:
+        """A new suppression list (tenant-wide, or the campaigns') holding the numbers."""
+        created = self.suppression.CreateSuppressionList(
+            suppression_service_pb2.CreateSuppressionListRequest(
+                suppression_list=suppression_pb2.SuppressionList(
+                    display_name=name, campaigns=campaigns
+                )
+            ),
+            metadata=self.md,
+            timeout=10,
+        ).suppression_list
+        if numbers:
+            self.suppression.CreateSuppressionEntries(
+                suppression_service_pb2.CreateSuppressionEntriesRequest(
+                    parent=created.name,
+                    entries=[suppression_pb2.SuppressionEntry(phone_number=n) for n in numbers],
+                ),
+                metadata=self.md,
+                timeout=10,
+            )
+        return created
+
     def dialer(self) -> dict[str, str]:
         """The header of a new API key with the dialer role, as OCS sends it."""
         key = self.keys.CreateApiKey(
@@ -299,20 +323,7 @@ def test_explain_shows_the_verdicts_of_the_rule_sets_the_decision_used(
 def test_explain_names_every_suppression_list_checked_and_those_that_do_not_exist(
     compliance: Compliance,
 ) -> None:
-    dnc = compliance.suppression.CreateSuppressionList(
-        suppression_service_pb2.CreateSuppressionListRequest(
-            suppression_list=suppression_pb2.SuppressionList(display_name="tenant dnc")
-        ),
-        metadata=compliance.md,
-        timeout=10,
-    ).suppression_list
-    compliance.suppression.CreateSuppressionEntries(
-        suppression_service_pb2.CreateSuppressionEntriesRequest(
-            parent=dnc.name, entries=[suppression_pb2.SuppressionEntry(phone_number="2125550103")]
-        ),
-        metadata=compliance.md,
-        timeout=10,
-    )
+    dnc = compliance.do_not_call("tenant dnc", "2125550103")
     # A typo in the list's id: the rule set restricts nothing by it.
     compliance.create(all_day("named", suppression_lists=["suppressionLists/dnc-typo"]))
     noon = datetime(2026, 7, 15, 16, 0, tzinfo=UTC)
@@ -687,20 +698,7 @@ def test_ocs_pre_dial_validation_answers_200_to_dial_and_409_to_block(
         "unknown_key": "ignored",
     }
     assert edge.post("/ocs/v1/validate", json=record, headers=dialer).status_code == 200
-    dnc = compliance.suppression.CreateSuppressionList(
-        suppression_service_pb2.CreateSuppressionListRequest(
-            suppression_list=suppression_pb2.SuppressionList(display_name="ocs dnc")
-        ),
-        metadata=compliance.md,
-        timeout=10,
-    ).suppression_list
-    compliance.suppression.CreateSuppressionEntries(
-        suppression_service_pb2.CreateSuppressionEntriesRequest(
-            parent=dnc.name, entries=[suppression_pb2.SuppressionEntry(phone_number="4155550141")]
-        ),
-        metadata=compliance.md,
-        timeout=10,
-    )
+    compliance.do_not_call("ocs dnc", "4155550141")
     blocked = edge.post("/ocs/v1/validate", json=record, headers=dialer)
     assert blocked.status_code == 409
     assert "SUPPRESSED" in blocked.text
@@ -815,23 +813,7 @@ def test_a_dialers_campaign_name_selects_what_is_bound_to_that_campaign(
         blackout = summer.blackout_dates.add(reason="summer's over")
         blackout.date.year, blackout.date.month, blackout.date.day = day.year, day.month, day.day
     compliance.create(summer)
-    winter_dnc = compliance.suppression.CreateSuppressionList(
-        suppression_service_pb2.CreateSuppressionListRequest(
-            suppression_list=suppression_pb2.SuppressionList(
-                display_name="winter dnc", campaigns=["campaigns/Winter Sale"]
-            )
-        ),
-        metadata=compliance.md,
-        timeout=10,
-    ).suppression_list
-    compliance.suppression.CreateSuppressionEntries(
-        suppression_service_pb2.CreateSuppressionEntriesRequest(
-            parent=winter_dnc.name,
-            entries=[suppression_pb2.SuppressionEntry(phone_number="4155550145")],
-        ),
-        metadata=compliance.md,
-        timeout=10,
-    )
+    compliance.do_not_call("winter dnc", "4155550145", campaigns=("campaigns/Winter Sale",))
 
     def ocs(campaign: str) -> httpx.Response:
         record = {"GSW_PHONE": "4155550145", "GSW_CAMPAIGN_NAME": campaign}

@@ -7,15 +7,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from cxmesh.compliance.v1 import decision_pb2, decision_service_pb2, rule_set_pb2
-from cxmesh_server.compliance.engine import DecisionEngine
+from cxmesh.compliance.v1 import decision_pb2, decision_service_pb2
 from cxmesh_server.compliance.handlers import STREAM_IN_FLIGHT, DecisionHandlers
-from cxmesh_server.compliance.mirror import LOADED_KEY, RulesMirror
-from cxmesh_server.mirrors import suppression
 from cxmesh_server.runtime.context import Principal, reset_principal, set_principal
-from cxmesh_server.runtime.redis import create_redis
-from cxmesh_server.runtime.redis_wire import WireRedis
 from cxmesh_server.stack.datastores import EmbeddedRedis
+from tests.integration.compliance_mirrors import loaded_mirrors
 
 TENANT = "stream-backpressure"
 QUESTIONS = 1000
@@ -24,15 +20,8 @@ QUESTIONS = 1000
 async def test_a_stream_whose_answers_are_not_read_stops_taking_questions(
     redis_server: EmbeddedRedis,
 ) -> None:
-    redis = create_redis(redis_server.url)
-    wire = WireRedis(redis_server.url)
-    await redis.set(LOADED_KEY, "1")
-    await redis.set(suppression.LOADED_KEY, "1")
-    mirror = RulesMirror(redis)
-    rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r")
-    rules.contact_windows.add().end_time.hours = 24
-    await mirror.put(TENANT, rules)
-    handlers = DecisionHandlers(DecisionEngine(redis, wire), mirror)
+    mirrors = await loaded_mirrors(redis_server.url, TENANT)
+    handlers = DecisionHandlers(mirrors.engine(), mirrors.rules)
     taken = 0
 
     async def questions() -> AsyncIterator[decision_service_pb2.PreValidateStreamRequest]:
@@ -56,5 +45,4 @@ async def test_a_stream_whose_answers_are_not_read_stops_taking_questions(
         assert all(a.decision.allowed for a in [first, *rest])
     finally:
         reset_principal(principal)
-        await wire.close()
-        await redis.aclose()
+        await mirrors.close()

@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import asyncio
 
-from cxmesh.compliance.v1 import decision_pb2, rule_set_pb2
+from cxmesh.compliance.v1 import decision_pb2
 from cxmesh_server.compliance import engine as engine_module
-from cxmesh_server.compliance.engine import DecisionEngine
-from cxmesh_server.compliance.mirror import LOADED_KEY, RulesMirror
-from cxmesh_server.mirrors import suppression
 from cxmesh_server.mirrors.tenants import TenantSettings, encode, settings_key
-from cxmesh_server.runtime.redis import create_redis
-from cxmesh_server.runtime.redis_wire import WireRedis
 from cxmesh_server.stack.datastores import EmbeddedRedis
+from tests.integration.compliance_mirrors import loaded_mirrors
 
 TENANT = "tenant-settings"
 LONDON_NATIONAL = decision_pb2.DecisionRequest(
@@ -27,14 +23,8 @@ LONDON_NATIONAL = decision_pb2.DecisionRequest(
 async def test_settings_mirrored_after_the_first_decision_are_read_within_a_second(
     redis_server: EmbeddedRedis,
 ) -> None:
-    redis = create_redis(redis_server.url)
-    wire = WireRedis(redis_server.url)
-    await redis.set(LOADED_KEY, "1")
-    await redis.set(suppression.LOADED_KEY, "1")
-    rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r")
-    rules.contact_windows.add().end_time.hours = 24
-    await RulesMirror(redis).put(TENANT, rules)
-    engine = DecisionEngine(redis, wire)
+    mirrors = await loaded_mirrors(redis_server.url, TENANT)
+    engine = mirrors.engine()
 
     mexico_city = decision_pb2.DecisionRequest(contact=decision_pb2.Contact(address="5512345678"))
     london = decision_pb2.DecisionRequest(contact=decision_pb2.Contact(address="+442079460000"))
@@ -44,9 +34,10 @@ async def test_settings_mirrored_after_the_first_decision_are_read_within_a_seco
     assert [d.code for d in national.denials] == [decision_pb2.DENIAL_CODE_DATA_UNAVAILABLE]
     assert [d.code for d in other_national.denials] == [decision_pb2.DENIAL_CODE_DATA_UNAVAILABLE]
     assert international.allowed and international.time_zone == "Europe/London"
-    await redis.hset(settings_key(TENANT), mapping=encode(TenantSettings("Europe/London", "GB")))
+    await mirrors.redis.hset(
+        settings_key(TENANT), mapping=encode(TenantSettings("Europe/London", "GB"))
+    )
     await asyncio.sleep(engine_module.SETTINGS_RETRY_SECONDS)
     (after,) = await engine.decide(TENANT, [LONDON_NATIONAL])
     assert after.allowed and after.time_zone == "Europe/London"
-    await wire.close()
-    await redis.aclose()
+    await mirrors.close()

@@ -1,0 +1,42 @@
+"""Compliance's Redis mirrors as the lists service and compliance's own store leave them,
+for tests that decide against real Redis without the services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from cxmesh.compliance.v1 import rule_set_pb2
+from cxmesh_server.compliance.engine import DecisionEngine
+from cxmesh_server.compliance.mirror import LOADED_KEY, RulesMirror
+from cxmesh_server.mirrors import suppression
+from cxmesh_server.runtime.redis import create_redis
+from cxmesh_server.runtime.redis_wire import WireRedis
+
+
+@dataclass
+class LoadedMirrors:
+    redis: Redis
+    wire: WireRedis
+    rules: RulesMirror
+
+    def engine(self) -> DecisionEngine:
+        return DecisionEngine(self.redis, self.wire)
+
+    async def close(self) -> None:
+        await self.wire.close()
+        await self.redis.aclose()
+
+
+async def loaded_mirrors(url: str, tenant: str, *limits: rule_set_pb2.AttemptRule) -> LoadedMirrors:
+    """Both mirrors marked loaded, and one rule set of the tenant that allows any hour,
+    limited by `limits`."""
+    redis = create_redis(url)
+    await redis.set(LOADED_KEY, "1")
+    await redis.set(suppression.LOADED_KEY, "1")
+    rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r", attempt_rules=limits)
+    rules.contact_windows.add().end_time.hours = 24
+    mirror = RulesMirror(redis)
+    await mirror.put(tenant, rules)
+    return LoadedMirrors(redis, WireRedis(url), mirror)
