@@ -992,7 +992,7 @@ def test_with_redis_unreachable_or_evicting_every_answer_is_deny_and_health_says
     replica = mesh.start_service("compliance", env={"CXMESH_REDIS_URL": own_redis.url})
     target = f"127.0.0.1:{replica.port}"
     try:
-        redis.Redis(port=own_redis.port).set(SUPPRESSION_LOADED, "1")  # as the lists service would
+        _mark_suppression_loaded(own_redis.port)  # as the lists service would
         wait_serving(target, time.monotonic() + 60, replica)
         # A new replica on an empty Redis answers "unavailable" until both mirrors are in
         # (once in five runs the first decision came before that): wait for the first yes.
@@ -1009,7 +1009,7 @@ def test_with_redis_unreachable_or_evicting_every_answer_is_deny_and_health_says
             assert time.monotonic() < deadline, "health still says SERVING"
             time.sleep(0.2)
         own_redis = start_redis(state_dir / "compliance-redis", port, persist=False)
-        redis.Redis(port=port).set(SUPPRESSION_LOADED, "1")
+        _mark_suppression_loaded(port)
         deadline = time.monotonic() + 15
         while not _decide_direct(
             target, compliance, "+14155550171"
@@ -1039,6 +1039,12 @@ def test_with_redis_unreachable_or_evicting_every_answer_is_deny_and_health_says
         replica.process.wait(20)
         mesh.instances.remove(replica)
         own_redis.stop()
+
+
+def _mark_suppression_loaded(port: int) -> None:
+    client = redis.Redis(port=port, decode_responses=True)
+    client.set(SUPPRESSION_LOADED, client.info("server")["run_id"])
+    client.close()
 
 
 def _health(target: str) -> int:

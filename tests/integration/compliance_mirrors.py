@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 
 from cxmesh.compliance.v1 import rule_set_pb2
 from cxmesh_server.compliance.engine import DecisionEngine
-from cxmesh_server.compliance.mirror import LOADED_KEY, RulesMirror
+from cxmesh_server.compliance.mirror import RulesMirror
 from cxmesh_server.mirrors import suppression
 from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.runtime.redis_wire import WireRedis
@@ -33,10 +33,10 @@ async def loaded_mirrors(url: str, tenant: str, *limits: rule_set_pb2.AttemptRul
     """Both mirrors marked loaded, and one rule set of the tenant that allows any hour,
     limited by `limits`."""
     redis = create_redis(url)
-    await redis.set(LOADED_KEY, "1")
-    await redis.set(suppression.LOADED_KEY, "1")
+    mirror = RulesMirror(redis)
+    await mirror.mark_loaded()
+    await suppression.SuppressionMirror(redis).mark_loaded()
     rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r", attempt_rules=limits)
     rules.contact_windows.add().end_time.hours = 24
-    mirror = RulesMirror(redis)
     await mirror.put(tenant, rules)
     return LoadedMirrors(redis, WireRedis(url), mirror)

@@ -13,7 +13,6 @@ from cxmesh.types.v1 import call_result_pb2, channel_pb2
 from cxmesh_server.compliance.engine import TRANSACTION_MAX_ATTEMPT_SETS, DecisionEngine
 from cxmesh_server.compliance.mirror import (
     ATTEMPT_RETENTION,
-    LOADED_KEY,
     AttemptReport,
     RulesMirror,
     attempt_index_key,
@@ -42,8 +41,8 @@ async def _mirror(
     """Loaded mirrors whose one rule set allows any hour: only `limit` decides."""
     redis = create_redis(redis_server.url)
     mirror = RulesMirror(redis)
-    await redis.set(LOADED_KEY, "1")
-    await redis.set(suppression.LOADED_KEY, "1")
+    await mirror.mark_loaded()
+    await suppression.SuppressionMirror(redis).mark_loaded()
     rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r", attempt_rules=[limit])
     rules.contact_windows.add().end_time.hours = 24
     await mirror.put(tenant, rules)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from cxmesh.compliance.v1 import decision_pb2, rule_set_pb2
 from cxmesh_server.compliance.engine import DecisionEngine
-from cxmesh_server.compliance.mirror import LOADED_KEY, RulesMirror
+from cxmesh_server.compliance.mirror import RulesMirror
 from cxmesh_server.mirrors import suppression
 from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.runtime.redis_wire import WireRedis
@@ -48,8 +48,8 @@ async def test_a_stored_rule_set_failing_validation_denies_its_tenant_until_fixe
     wire = WireRedis(redis_server.url)
     mirror = RulesMirror(redis)
     engine = DecisionEngine(redis, wire)
-    await redis.set(LOADED_KEY, "1")
-    await redis.set(suppression.LOADED_KEY, "1")
+    await mirror.mark_loaded()
+    await suppression.SuppressionMirror(redis).mark_loaded()
     # A misspelt state: stored as it is, its override would match no contact.
     await mirror.put("invalid-rules", _rules(window_overrides=[_florida_override("Floride")]))
     await mirror.put("valid-rules", _rules())

@@ -14,7 +14,7 @@ from cxmesh.types.v1 import channel_pb2
 from cxmesh_server.compliance.engine import TRANSACTION_MAX_TARGETS, DecisionEngine
 from cxmesh_server.compliance.mirror import LOADED_KEY, RulesMirror
 from cxmesh_server.mirrors import suppression
-from cxmesh_server.runtime.redis import create_redis
+from cxmesh_server.runtime.redis import LoadedMarker, create_redis
 from cxmesh_server.runtime.redis_wire import WireRedis
 from cxmesh_server.stack.datastores import EmbeddedRedis
 
@@ -41,8 +41,8 @@ class Mirrored:
         self.suppression = suppression.SuppressionMirror(self.redis)
 
     async def load(self, tenant: str) -> None:
-        await self.redis.set(LOADED_KEY, "1")
-        await self.redis.set(suppression.LOADED_KEY, "1")
+        await RulesMirror(self.redis).mark_loaded()
+        await self.suppression.mark_loaded()
         rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r")
         rules.contact_windows.add().end_time.hours = 24
         await RulesMirror(self.redis).put(tenant, rules)
@@ -163,7 +163,11 @@ async def test_every_read_denies_while_the_mirror_is_rebuilt_or_lost(
     for marker in (LOADED_KEY, suppression.LOADED_KEY):
         await mirrored.redis.delete(marker)
         assert await answers() == {
-            (False, "compliance data unavailable: the Redis mirrors are not loaded")
+            (
+                False,
+                "compliance data unavailable: the Redis mirrors are not loaded into this "
+                "Redis dataset",
+            )
         }
-        await mirrored.redis.set(marker, "1")
+        await LoadedMarker(mirrored.redis, marker).mark()
     assert await answers() == {(True, "")}

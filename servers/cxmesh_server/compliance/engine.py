@@ -61,7 +61,7 @@ from cxmesh_server.contacts.timezones import derive_time_zone, is_local_zone
 from cxmesh_server.mirrors import suppression as suppression_mirror
 from cxmesh_server.mirrors import tenants as tenants_mirror
 from cxmesh_server.mirrors.tenants import TenantSettings
-from cxmesh_server.runtime.redis import eviction_risk
+from cxmesh_server.runtime.redis import dataset_id, eviction_risk
 from cxmesh_server.runtime.redis_wire import Script, WireRedis
 
 # What decides where a tenant has no rule set for the channel: 08:00–21:00 every day.
@@ -168,8 +168,9 @@ NO_REGION = Denial(
     "",
 )
 
-# How often decisions read Redis's eviction policy again (a change of it is an operator's).
-EVICTION_CHECK_SECONDS = 5.0
+# How often decisions read Redis's eviction policy and dataset id again: a changed policy
+# is an operator's doing; a changed dataset (a failover) is trusted for at most this long.
+REDIS_CHECK_SECONDS = 5.0
 
 # How often a view without the tenant's settings (IAM has not mirrored them yet, or Redis
 # lost them) reads them again.
@@ -287,9 +288,11 @@ class DecisionEngine:
         self._views: dict[str, _View] = {}
         self._time_verdicts = _TimeVerdicts()
         self._live = Coalescer(self._decide_now)
-        # Why Redis's data cannot be trusted ("": it can), and when that was last read.
+        # What Redis says of its data, read every REDIS_CHECK_SECONDS: why it cannot be
+        # trusted ("": it can), and the dataset's id, which loaded markers must hold.
         self._eviction_risk = ""
-        self._eviction_checked_at = -EVICTION_CHECK_SECONDS
+        self._dataset = ""
+        self._redis_checked_at = -REDIS_CHECK_SECONDS
 
     async def decide(
         self,
@@ -349,9 +352,10 @@ class DecisionEngine:
         live: bool,
     ) -> list[decision_pb2.Decision]:
         try:
-            if time.monotonic() - self._eviction_checked_at >= EVICTION_CHECK_SECONDS:
+            if time.monotonic() - self._redis_checked_at >= REDIS_CHECK_SECONDS:
                 self._eviction_risk = await eviction_risk(self._redis)
-                self._eviction_checked_at = time.monotonic()
+                self._dataset = await dataset_id(self._redis)
+                self._redis_checked_at = time.monotonic()
             if self._eviction_risk:
                 raise Unavailable(self._eviction_risk)
             return await self._decide(tenant, requests, now, live)
@@ -375,8 +379,8 @@ class DecisionEngine:
             subjects = [_prepare(tenant, request, view) for request in requests]
             plan, attempt_keys, replies = await self._read(tenant, subjects, now)
             loaded, rebuilding, rules_version, index_version = replies[:4]
-            if loaded != 2:
-                raise Unavailable("the Redis mirrors are not loaded")
+            if list(loaded) != [self._dataset, self._dataset]:
+                raise Unavailable("the Redis mirrors are not loaded into this Redis dataset")
             if rebuilding:
                 raise Unavailable("the suppression mirror is being rebuilt")
             if (str(rules_version or "0"), str(index_version or "0")) == (
@@ -464,7 +468,7 @@ class DecisionEngine:
     ) -> tuple[list[Any], list[str]]:
         """What `_read_by_script` answers, from plain commands in MULTI/EXEC."""
         commands: list[tuple[Any, ...]] = [
-            ("EXISTS", suppression_mirror.LOADED_KEY, RULES_LOADED),
+            ("MGET", suppression_mirror.LOADED_KEY, RULES_LOADED),
             ("EXISTS", suppression_mirror.rebuilding_key(tenant)),
             ("GET", version_key(tenant)),
             ("GET", suppression_mirror.index_version_key(tenant)),
@@ -795,7 +799,7 @@ def _unavailable(reason: str) -> decision_pb2.Decision:
 # KEYS[6]: the attempt index; then one suppression hash per lookup; then attempt sets.
 # ARGV[1]: the oldest attempt score; ARGV[2]: the number of lookups L; ARGV[3..2+L]: how
 # many targets each lookup has; then the targets of every lookup in order.
-# Answer: markers found (0-2), rebuilding (0/1), the two versions, one HMGET answer per
+# Answer: the two markers' values, rebuilding (0/1), the two versions, one HMGET answer per
 # lookup, then the attempts flat for the sets in the index only: position of the set among
 # the attempt sets (0-based), its members with their scores, and so on; last the positions
 # of the sets in the index with nothing left since the oldest score (stale).
@@ -803,7 +807,7 @@ _READ = Script("""
 local lookups = tonumber(ARGV[2])
 local groups = tonumber(ARGV[3])
 local out = {
-  redis.call('EXISTS', KEYS[1], KEYS[2]),
+  redis.call('MGET', KEYS[1], KEYS[2]),
   redis.call('EXISTS', KEYS[3]),
   redis.call('GET', KEYS[4]),
   redis.call('GET', KEYS[5]),

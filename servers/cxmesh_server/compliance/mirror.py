@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from redis.asyncio import Redis
 
 from cxmesh.compliance.v1 import rule_set_pb2
+from cxmesh_server.runtime.redis import LoadedMarker
 
 # v2: the attempt index came with it; an older marker must not count as loaded.
 LOADED_KEY = "cx:compliance:loaded:v2"
@@ -98,10 +99,10 @@ class RulesMirror:
             await pipe.execute()
 
     async def mark_loaded(self) -> None:
-        await self.redis.set(LOADED_KEY, "1")
+        await LoadedMarker(self.redis, LOADED_KEY).mark()
 
     async def is_loaded(self) -> bool:
-        return bool(await self.redis.exists(LOADED_KEY))
+        return await LoadedMarker(self.redis, LOADED_KEY).is_set()
 
     async def load(self, tenant: str) -> tuple[str, list[rule_set_pb2.RuleSet]]:
         async with self.redis.pipeline(transaction=True) as pipe:

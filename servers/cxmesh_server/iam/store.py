@@ -13,6 +13,7 @@ from cxmesh_server.mirrors.tenants import TenantSettings, encode, settings_key
 from cxmesh_server.runtime.auth import api_key_redis_key
 from cxmesh_server.runtime.errors import AlreadyExists, NotFound
 from cxmesh_server.runtime.postgres import tenant_transaction
+from cxmesh_server.runtime.redis import LoadedMarker
 
 
 def _tenant(row: asyncpg.Record) -> Tenant:
@@ -177,7 +178,7 @@ class IamStore:
         return _api_key(row)
 
     async def mirror_loaded(self) -> bool:
-        return bool(await self._redis.exists(LOADED_KEY))
+        return await LoadedMarker(self._redis, LOADED_KEY).is_set()
 
     async def rebuild_mirror(self) -> int:
         """Makes the Redis mirror exactly the active keys of Postgres, mirrors every
@@ -196,7 +197,7 @@ class IamStore:
         async for key in self._redis.scan_iter(match=api_key_redis_key("*"), count=1000):
             if key not in active:
                 await self._redis.delete(key)
-        await self._redis.set(LOADED_KEY, "1")
+        await LoadedMarker(self._redis, LOADED_KEY).mark()
         return len(active)
 
     async def _mirror_tenant(self, tenant: Tenant) -> None:

@@ -15,8 +15,9 @@ Layout (tenant as a cluster hash tag, so one tenant's keys share a shard):
   full load between its swap and its commit). The writer renews its lease while it works; a
   writer that fails or dies leaves its member behind, and once the deadline has passed a
   lists replica rebuilds that tenant (`abandoned`, `claim`).
-- `cx:suppr:loaded`: set once every tenant's mirror has been built since Redis started. A
-  reader that finds it missing must treat all data as unavailable (Redis was lost).
+- `cx:suppr:loaded`: set once every tenant's mirror has been built into this dataset, to the
+  dataset's id (`runtime.redis.LoadedMarker`). A reader that finds it missing or holding
+  another id must treat all data as unavailable (Redis was lost, failed over or restarted).
 A batch check is one pipeline: one HMGET per list and kind.
 """
 
@@ -31,6 +32,8 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+
+from cxmesh_server.runtime.redis import LoadedMarker
 
 KINDS = ("phone", "email", "client")
 LOADED_KEY = "cx:suppr:loaded"
@@ -235,10 +238,10 @@ class SuppressionMirror:
         return bool(await self._redis.zrem(WRITERS_KEY, member))
 
     async def mark_loaded(self) -> None:
-        await self._redis.set(LOADED_KEY, "1")
+        await LoadedMarker(self._redis, LOADED_KEY).mark()
 
     async def is_loaded(self) -> bool:
-        return bool(await self._redis.exists(LOADED_KEY))
+        return await LoadedMarker(self._redis, LOADED_KEY).is_set()
 
     async def lists(self, tenant: str) -> dict[str, list[str]]:
         """Every suppression list of the tenant → the campaigns it is bound to."""

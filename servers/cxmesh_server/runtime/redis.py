@@ -42,6 +42,31 @@ async def eviction_risk(redis: Redis) -> str:
     return f"Redis may evict keys (maxmemory-policy {policy}; it must be noeviction)"
 
 
+async def dataset_id(redis: Redis) -> str:
+    """Which Redis server is serving the data: its run id, which changes when the server
+    restarts and is another server's after a failover, the two ways a Redis comes back
+    without writes it had acknowledged (its replication id would also change when a first
+    replica attaches). "" where INFO does not say (some proxies)."""
+    return str((await redis.info("server")).get("run_id", ""))
+
+
+class LoadedMarker:
+    """A mirror's "loaded" key. It holds the id of the dataset the mirror was loaded into:
+    after a failover or a restart, the mirror reads as not loaded (decisions deny) until
+    it is rebuilt from Postgres, instead of being trusted without the writes lost."""
+
+    def __init__(self, redis: Redis, key: str) -> None:
+        self._redis = redis
+        self.key = key
+
+    async def mark(self) -> None:
+        await self._redis.set(self.key, await dataset_id(self._redis))
+
+    async def is_set(self) -> bool:
+        value = await self._redis.get(self.key)
+        return value is not None and value == await dataset_id(self._redis)
+
+
 def tenant_key(tenant: str, service: str, *parts: str) -> str:
     if not tenant or "}" in tenant:
         raise ValueError("a tenant key needs a tenant id")
