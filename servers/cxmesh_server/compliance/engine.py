@@ -685,7 +685,7 @@ def _contact_facts(
         try:
             phone = normalize_phone(raw, country)
         except PhoneError as error:
-            if not country and not raw.startswith("+"):
+            if error.reason == "NO_REGION":
                 return "phone", "", None, NO_REGION
             return (
                 "phone",

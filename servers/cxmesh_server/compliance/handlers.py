@@ -508,7 +508,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
                 try:
                     address = normalize_phone(address, country).e164
                 except PhoneError as error:
-                    if not country and not address.startswith("+"):
+                    if error.reason == "NO_REGION":
                         # Read as another region's, it would count against another number.
                         raise Unavailable(
                             "the tenant's region is not available yet (IAM's settings mirror);"

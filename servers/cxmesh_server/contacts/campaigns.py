@@ -15,16 +15,12 @@ def is_campaign(name: str) -> bool:
     return name.startswith(PREFIX) and len(PREFIX) < len(name) <= MAX_REFERENCE
 
 
-def campaign_reference(campaign: str) -> str:
-    """`campaigns/{id}` for a campaign given either way; empty stays empty (no campaign).
-    A bare name left as it is would match no binding, and what is bound to its campaign
-    (a stricter rule set, a campaign's do-not-call list) would not apply: a wrong allow."""
-    name = campaign.strip()
-    return name if not name or name.startswith(PREFIX) else PREFIX + name
-
-
 def campaign_key(campaign: str) -> str:
-    """What bindings are matched by: the reference without case. Dialers send the
-    campaign's display name (`Summer Sale`) and operators type bindings by hand; a binding
-    missed over case would leave the campaign's stricter rules and lists unapplied."""
-    return campaign_reference(campaign).casefold()
+    """What bindings are matched by: `campaigns/{id}` for a campaign given either way (a
+    bare name left as it is would match no binding), without case (dialers send display
+    names such as `Summer Sale`, operators type bindings by hand); empty stays empty (no
+    campaign). A binding missed would leave the campaign's stricter rules and do-not-call
+    lists unapplied: a wrong allow."""
+    name = campaign.strip()
+    reference = name if not name or name.startswith(PREFIX) else PREFIX + name
+    return reference.casefold()

@@ -60,6 +60,10 @@ def _country_code(region: str) -> int:
 
 
 def normalize_phone(raw: str, default_region: str) -> Phone:
+    """`default_region` "" reads international numbers only: a national one is a
+    NO_REGION error (its caller does not know the region yet, and must not guess)."""
+    if not default_region and not raw.lstrip().startswith("+"):
+        raise PhoneError("NO_REGION", "a national number, and no region to read it in")
     try:
         number = _parse(raw, default_region)
     except phonenumbers.NumberParseException as exc:
