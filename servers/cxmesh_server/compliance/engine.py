@@ -61,7 +61,7 @@ from cxmesh_server.contacts.timezones import derive_time_zone, is_local_zone
 from cxmesh_server.mirrors import suppression as suppression_mirror
 from cxmesh_server.mirrors import tenants as tenants_mirror
 from cxmesh_server.mirrors.tenants import TenantSettings
-from cxmesh_server.runtime.redis import dataset_id, eviction_risk
+from cxmesh_server.runtime.redis import dataset_and_eviction_risk
 from cxmesh_server.runtime.redis_wire import Script, WireRedis
 
 # What decides where a tenant has no rule set for the channel: 08:00–21:00 every day.
@@ -353,8 +353,7 @@ class DecisionEngine:
     ) -> list[decision_pb2.Decision]:
         try:
             if time.monotonic() - self._redis_checked_at >= REDIS_CHECK_SECONDS:
-                self._eviction_risk = await eviction_risk(self._redis)
-                self._dataset = await dataset_id(self._redis)
+                self._dataset, self._eviction_risk = await dataset_and_eviction_risk(self._redis)
                 self._redis_checked_at = time.monotonic()
             if self._eviction_risk:
                 raise Unavailable(self._eviction_risk)

@@ -36,10 +36,27 @@ async def eviction_risk(redis: Redis) -> str:
     `noeviction` a full Redis evicts keys silently (volatile-* ones those with a TTL, such
     as attempt sets): a suppression entry or an attempt gone is a "dial" that should have
     been "do not"."""
-    policy = str((await redis.info("memory")).get("maxmemory_policy", "noeviction"))
+    return _eviction_reason(await redis.info("memory"))
+
+
+async def dataset_and_eviction_risk(redis: Redis) -> tuple[str, str]:
+    """`dataset_id` and `eviction_risk` in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.info("server")
+        pipe.info("memory")
+        server, memory = await pipe.execute()
+    return _dataset_of(server), _eviction_reason(memory)
+
+
+def _eviction_reason(memory: dict[str, Any]) -> str:
+    policy = str(memory.get("maxmemory_policy", "noeviction"))
     if policy == "noeviction":
         return ""
     return f"Redis may evict keys (maxmemory-policy {policy}; it must be noeviction)"
+
+
+def _dataset_of(server: dict[str, Any]) -> str:
+    return str(server.get("run_id", ""))
 
 
 async def dataset_id(redis: Redis) -> str:
@@ -47,7 +64,7 @@ async def dataset_id(redis: Redis) -> str:
     restarts and is another server's after a failover, the two ways a Redis comes back
     without writes it had acknowledged (its replication id would also change when a first
     replica attaches). "" where INFO does not say (some proxies)."""
-    return str((await redis.info("server")).get("run_id", ""))
+    return _dataset_of(await redis.info("server"))
 
 
 class LoadedMarker:
