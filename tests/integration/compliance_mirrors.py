@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import asyncpg
 from redis.asyncio import Redis
 
 from cxmesh.compliance.v1 import rule_set_pb2
+from cxmesh_server.compliance.bootstrap import PROCESS as COMPLIANCE
 from cxmesh_server.compliance.engine import DecisionEngine
 from cxmesh_server.compliance.mirror import RulesMirror
 from cxmesh_server.mirrors import suppression
+from cxmesh_server.runtime.migrations import migrate
+from cxmesh_server.runtime.postgres import create_pool
 from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.runtime.redis_wire import WireRedis
 
@@ -40,3 +44,10 @@ async def loaded_mirrors(url: str, tenant: str, *limits: rule_set_pb2.AttemptRul
     rules.contact_windows.add().end_time.hours = 24
     await mirror.put(tenant, rules)
     return LoadedMirrors(redis, WireRedis(url), mirror)
+
+
+async def compliance_pool(dsn: str) -> asyncpg.Pool:
+    """A pool on a database with compliance's tables."""
+    for schema, folder in COMPLIANCE.migrations:
+        await migrate(dsn, schema, folder)
+    return await create_pool(dsn)

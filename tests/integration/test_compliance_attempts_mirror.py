@@ -13,7 +13,7 @@ from cxmesh.types.v1 import call_result_pb2, channel_pb2
 from cxmesh_server.compliance.engine import TRANSACTION_MAX_ATTEMPT_SETS, DecisionEngine
 from cxmesh_server.compliance.mirror import (
     ATTEMPT_RETENTION,
-    AttemptReport,
+    RecordedAttempt,
     RulesMirror,
     attempt_index_key,
     attempt_key,
@@ -49,14 +49,22 @@ async def _mirror(
     return redis, mirror
 
 
-def _report(attempt_id: str, device: str, when: datetime, client_id: str = "") -> AttemptReport:
-    return AttemptReport(
+def _report(
+    attempt_id: str,
+    device: str,
+    when: datetime,
+    client_id: str = "",
+    revision: int = 1,
+    call_result: call_result_pb2.CallResult.ValueType = call_result_pb2.CALL_RESULT_BUSY,
+) -> RecordedAttempt:
+    return RecordedAttempt(
         attempt_id=attempt_id,
         devices=(device,),
-        client_id=client_id,
-        call_result=call_result_pb2.CALL_RESULT_BUSY,
+        client_ids=(client_id,) if client_id else (),
+        call_result=call_result,
         channel=channel_pb2.CHANNEL_VOICE,
         attempt_time=when,
+        revision=revision,
     )
 
 
@@ -114,7 +122,7 @@ async def test_two_attempts_in_one_millisecond_count_twice_and_one_on_device_and
     redis, mirror = await _mirror(redis_server, tenant, limit)
     now = datetime.now(UTC)
     # A batch from a dialer: every report stamped with the same instant.
-    recorded = await mirror.record_attempts(
+    await mirror.record_attempts(
         tenant,
         [
             _report("first", "+14155550181", now),
@@ -122,7 +130,6 @@ async def test_two_attempts_in_one_millisecond_count_twice_and_one_on_device_and
             _report("only", "+14155550182", now, client_id="client-182"),
         ],
     )
-    assert recorded == 3
     wire = WireRedis(redis_server.url)
     decisions = await DecisionEngine(redis, wire).decide(
         tenant,
@@ -155,4 +162,25 @@ async def test_a_live_decision_counts_an_attempt_stamped_ahead_of_its_clock(
     (before,) = await engine.decide(tenant, [request], now=ahead - timedelta(seconds=1))
     assert before.allowed
     await wire.close()
+    await redis.aclose()
+
+
+async def test_an_older_revision_of_an_attempt_replaces_nothing(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """A rebuild replays a row it read before a later report reached Redis: the later
+    report stays."""
+    tenant = "attempts-revisions"
+    redis, mirror = await _mirror(redis_server, tenant, _limit(1, timedelta(days=1)))
+    now = datetime.now(UTC)
+    answered = call_result_pb2.CALL_RESULT_ANSWER
+    await mirror.record_attempts(
+        tenant, [_report("a", "+14155550195", now, revision=7, call_result=answered)]
+    )
+    await mirror.record_attempts(tenant, [_report("a", "+14155550195", now, revision=6)])
+    history = await redis.zrange(attempts_key(tenant, "device", "+14155550195"), 0, -1)
+    assert history == [f"a|{answered}|{channel_pb2.CHANNEL_VOICE}"]
+    await mirror.record_attempts(tenant, [_report("a", "+14155550195", now, revision=8)])
+    history = await redis.zrange(attempts_key(tenant, "device", "+14155550195"), 0, -1)
+    assert history == [f"a|{call_result_pb2.CALL_RESULT_BUSY}|{channel_pb2.CHANNEL_VOICE}"]
     await redis.aclose()

@@ -8,20 +8,22 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from cxmesh.compliance.v1 import decision_pb2, decision_service_pb2
+from cxmesh_server.compliance.attempts import AttemptStore
 from cxmesh_server.compliance.handlers import STREAM_IN_FLIGHT, DecisionHandlers
 from cxmesh_server.runtime.context import Principal, reset_principal, set_principal
-from cxmesh_server.stack.datastores import EmbeddedRedis
-from tests.integration.compliance_mirrors import loaded_mirrors
+from cxmesh_server.stack.datastores import EmbeddedPostgres, EmbeddedRedis
+from tests.integration.compliance_mirrors import compliance_pool, loaded_mirrors
 
 TENANT = "stream-backpressure"
 QUESTIONS = 1000
 
 
 async def test_a_stream_whose_answers_are_not_read_stops_taking_questions(
-    redis_server: EmbeddedRedis,
+    redis_server: EmbeddedRedis, postgres: EmbeddedPostgres
 ) -> None:
     mirrors = await loaded_mirrors(redis_server.url, TENANT)
-    handlers = DecisionHandlers(mirrors.engine(), mirrors.rules)
+    pool = await compliance_pool(postgres.dsn)
+    handlers = DecisionHandlers(mirrors.engine(), AttemptStore(pool, mirrors.rules))
     taken = 0
 
     async def questions() -> AsyncIterator[decision_service_pb2.PreValidateStreamRequest]:
@@ -45,4 +47,5 @@ async def test_a_stream_whose_answers_are_not_read_stops_taking_questions(
         assert all(a.decision.allowed for a in [first, *rest])
     finally:
         reset_principal(principal)
+        await pool.close()
         await mirrors.close()

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cxmesh.compliance.v1 import decision_service_pb2_grpc, rule_set_service_pb2_grpc
+from cxmesh_server.compliance.attempts import AttemptStore
 from cxmesh_server.compliance.engine import DecisionEngine, warm_up
 from cxmesh_server.compliance.handlers import DecisionHandlers, RuleSetHandlers
 from cxmesh_server.compliance.mirror import RulesMirror
@@ -19,24 +20,27 @@ from cxmesh_server.runtime.server import Resources, ServiceProcess, start_backgr
 
 log = logging.getLogger(__name__)
 MIRROR_CHECK_SECONDS = 1.0
+PRUNE_SECONDS = 3600.0
 
 
 def _store(resources: Resources) -> RuleSetStore:
-    return RuleSetStore(resources.require_postgres(), RulesMirror(resources.require_redis()))
+    mirror = RulesMirror(resources.require_redis())
+    pool = resources.require_postgres()
+    return RuleSetStore(pool, mirror, AttemptStore(pool, mirror))
 
 
 async def build(resources: Resources) -> Sequence[Registration]:
-    mirror = RulesMirror(resources.require_redis())
+    store = _store(resources)
     return [
         (
             rule_set_service_pb2_grpc.add_RuleSetServiceServicer_to_server,
-            RuleSetHandlers(_store(resources)),
+            RuleSetHandlers(store),
         ),
         (
             decision_service_pb2_grpc.add_DecisionServiceServicer_to_server,
             DecisionHandlers(
                 DecisionEngine(resources.require_redis(), resources.require_redis_wire()),
-                mirror,
+                store.attempts,
             ),
         ),
     ]
@@ -68,11 +72,24 @@ async def _watch_data(store: RuleSetStore, resources: Resources) -> None:
             await resources.report_health(serving)
 
 
+async def _prune_attempts(attempts: AttemptStore) -> None:
+    """Attempts older than the retention go, on every replica (pruning twice is harmless)."""
+    while True:
+        try:
+            pruned = await attempts.prune()
+            if pruned:
+                log.info("attempts pruned", extra={"count": pruned})
+        except Exception:
+            log.warning("attempts could not be pruned", exc_info=True)
+        await asyncio.sleep(PRUNE_SECONDS)
+
+
 async def on_start(resources: Resources) -> None:
     warm_up()
     store = _store(resources)
     await store.rebuild_mirror()
     start_background(_watch_data(store, resources))
+    start_background(_prune_attempts(store.attempts))
 
 
 PROCESS = ServiceProcess(

@@ -19,6 +19,7 @@ from cxmesh.compliance.v1 import (
     rule_set_service_pb2_grpc,
 )
 from cxmesh.types.v1 import call_result_pb2, channel_pb2
+from cxmesh_server.compliance.attempts import AttemptReport, AttemptStore
 from cxmesh_server.compliance.domain.decide import date_verdict, window_verdict
 from cxmesh_server.compliance.domain.rules import (
     InvalidRuleSet,
@@ -28,7 +29,6 @@ from cxmesh_server.compliance.domain.rules import (
 )
 from cxmesh_server.compliance.engine import DEFAULT_RULE_SET, DecisionEngine
 from cxmesh_server.compliance.metrics import count_attempts, count_decisions
-from cxmesh_server.compliance.mirror import AttemptReport, RulesMirror
 from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
 from cxmesh_server.contacts.timezones import PLACE_ZONE, is_local_zone
@@ -372,9 +372,10 @@ def _ocs_contact(attributes: dict[str, Any]) -> decision_pb2.Contact:
 
 
 class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
-    def __init__(self, engine: DecisionEngine, mirror: RulesMirror) -> None:
+    def __init__(self, engine: DecisionEngine, attempts: AttemptStore) -> None:
         self._engine = engine
-        self._mirror = mirror
+        self._attempts = attempts
+        self._mirror = attempts.mirror
 
     async def PreValidate(
         self, request: decision_service_pb2.PreValidateRequest, context: GrpcContext
@@ -527,7 +528,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
             reports.append(
                 AttemptReport(
                     attempt_id=attempt.attempt_id,
-                    devices=(address,),
+                    device=address,
                     client_id=attempt.contact.client_id.strip(),  # as decisions read it
                     call_result=attempt.call_result,
                     channel=attempt.channel or channel_pb2.CHANNEL_VOICE,
@@ -535,7 +536,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
                 )
             )
         check.check()
-        new = await self._mirror.record_attempts(tenant, reports)
+        new = await self._attempts.record(tenant, reports)
         count_attempts(tenant, reported=len(reports), new=new)
         return decision_service_pb2.RecordAttemptsResponse(new_attempt_count=new)
 

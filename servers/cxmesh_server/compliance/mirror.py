@@ -4,13 +4,16 @@
 - `cx:{t}:compliance:version`: incremented by every rule change; a replica whose compiled
   rules carry another version reloads them before deciding (so a change reaches every
   replica on its next decision).
-- `cx:compliance:loaded:v2`: set once every tenant's rules are mirrored and the attempt index
-  is complete since Redis started; missing means Redis lost them (or they predate the index):
+- `cx:compliance:loaded:v2`: set once every tenant's rules and attempts are mirrored into
+  this Redis (`LoadedMarker`); missing or another dataset's means Redis lost them:
   decisions are denied until the rebuild.
-- Attempts: `cx:{t}:compliance:attempts:device:<address>` and `…:client:<id>` sorted sets
-  (member "<attempt id>|<call result>|<channel>", score epoch ms) and one
-  `cx:{t}:compliance:attempt:<attempt id>` string per attempt (its current member), so a
-  second report of an attempt replaces the first. Everything expires after the retention.
+- Attempts, mirrored from Postgres's `compliance.attempts` (`attempts.AttemptStore`):
+  `cx:{t}:compliance:attempts:device:<address>` and `…:client:<id>` sorted sets (member
+  "<attempt id>|<call result>|<channel>", score epoch ms) and one
+  `cx:{t}:compliance:attempt:<attempt id>` string per attempt ("<member>#<revision>"), so a
+  later report of an attempt replaces the earlier one and an older revision (a rebuild
+  replaying a row read before the report) replaces nothing. Everything expires after the
+  retention.
 - `cx:{t}:compliance:attempt_index` hash: attempts key → last attempt (epoch ms), for every
   device and client with an attempt: a decision reads the sorted sets of those only (most
   contacts have none, and one HMGET is far cheaper than a read of each set).
@@ -60,15 +63,16 @@ def _ms(moment: datetime) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class AttemptReport:
-    """One report of a contact attempt: the first, or one that replaces it (same id)."""
+class RecordedAttempt:
+    """A contact attempt as Postgres holds it after every report of it."""
 
     attempt_id: str
     devices: tuple[str, ...]
-    client_id: str
+    client_ids: tuple[str, ...]
     call_result: int
     channel: int
     attempt_time: datetime
+    revision: int
 
 
 class RulesMirror:
@@ -98,8 +102,8 @@ class RulesMirror:
             pipe.incr(version_key(tenant))
             await pipe.execute()
 
-    async def mark_loaded(self) -> None:
-        await LoadedMarker(self.redis, LOADED_KEY).mark()
+    async def mark_loaded(self, dataset: str | None = None) -> None:
+        await LoadedMarker(self.redis, LOADED_KEY).mark(dataset)
 
     async def is_loaded(self) -> bool:
         return await LoadedMarker(self.redis, LOADED_KEY).is_set()
@@ -111,34 +115,30 @@ class RulesMirror:
             version, encoded = await pipe.execute()
         return str(version or "0"), [decode_rule_set(v) for v in encoded.values()]
 
-    async def record_attempts(self, tenant: str, reports: Sequence[AttemptReport]) -> int:
-        """Stores or replaces each attempt, in order, in one round trip (a dialer reports
-        up to 1,000 at once); returns how many were new. Each is one script run, so a
-        second report of an attempt never counts twice, whatever interleaves. If the
-        connection fails midway some are stored: reporting them again is safe."""
+    async def record_attempts(self, tenant: str, attempts: Sequence[RecordedAttempt]) -> None:
+        """Writes each attempt into its devices' and clients' sets, replacing an earlier
+        revision of it, in one round trip (a dialer reports up to 1,000 at once). Each is
+        one script run, so an attempt never counts twice, whatever interleaves."""
         oldest = _ms(datetime.now(UTC) - ATTEMPT_RETENTION)
         retention = int(ATTEMPT_RETENTION.total_seconds())
         async with self.redis.pipeline(transaction=False) as pipe:
-            for report in reports:
+            for attempt in attempts:
                 keys = [
-                    attempt_key(tenant, report.attempt_id),
+                    attempt_key(tenant, attempt.attempt_id),
                     attempt_index_key(tenant),
-                    *(attempts_key(tenant, "device", d) for d in report.devices),
+                    *(attempts_key(tenant, "device", d) for d in attempt.devices),
+                    *(attempts_key(tenant, "client", c) for c in attempt.client_ids),
                 ]
-                if report.client_id:
-                    keys.append(attempts_key(tenant, "client", report.client_id))
-                member = f"{report.attempt_id}|{report.call_result}|{report.channel}"
+                member = f"{attempt.attempt_id}|{attempt.call_result}|{attempt.channel}"
                 args: list[str | int] = [
-                    report.attempt_id,
                     member,
-                    _ms(report.attempt_time),
+                    _ms(attempt.attempt_time),
                     oldest,
                     retention,
-                    report.call_result,
+                    attempt.revision,
                 ]
                 await self._record_attempt(keys, args, client=pipe)
-            created = await pipe.execute()
-        return sum(1 for new in created if new)
+            await pipe.execute()
 
     async def index_attempts(self) -> int:
         """Puts every existing attempts set in its tenant's index (sets written before the
@@ -155,32 +155,27 @@ class RulesMirror:
         return len(keys)
 
 
-# KEYS[1] the attempt's key, KEYS[2] attempt index, KEYS[3..] sorted sets;
-# ARGV: attempt id, member, score, oldest, ttl, call result. A report in progress (result 0)
-# after the attempt's result is a late start report (OCS sequence 0 after 1): it is
-# dropped, or a result that does not count would count again.
+# KEYS[1] the attempt's key, KEYS[2] the attempt index, KEYS[3..] sorted sets;
+# ARGV: member, score, oldest, ttl, revision. The key holds "<member>#<revision>" (a bare
+# member before Postgres held attempts: revision 0).
 _RECORD_ATTEMPT = """
 local previous = redis.call('GET', KEYS[1])
-if previous and ARGV[6] == '0' then
-  local result = string.match(previous, '|(%d+)|%d+$')
-  if result and result ~= '0' then return 0 end
-end
-local score = ARGV[3]
-for i = 3, #KEYS do
-  if previous then
-    local first = redis.call('ZSCORE', KEYS[i], previous)
-    if first then score = first end
-    redis.call('ZREM', KEYS[i], previous)
+if previous then
+  local member, revision = string.match(previous, '^(.*)#(%d+)$')
+  if member then
+    if tonumber(revision) > tonumber(ARGV[5]) then return 0 end
+    previous = member
   end
 end
 for i = 3, #KEYS do
-  redis.call('ZADD', KEYS[i], score, ARGV[2])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[4])
-  redis.call('EXPIRE', KEYS[i], ARGV[5])
-  redis.call('HSET', KEYS[2], KEYS[i], score)
+  if previous then redis.call('ZREM', KEYS[i], previous) end
+  redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[3])
+  redis.call('EXPIRE', KEYS[i], ARGV[4])
+  redis.call('HSET', KEYS[2], KEYS[i], ARGV[2])
 end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[5])
-if previous then return 0 else return 1 end
+redis.call('SET', KEYS[1], ARGV[1] .. '#' .. ARGV[5], 'EX', ARGV[4])
+return 1
 """
 
 

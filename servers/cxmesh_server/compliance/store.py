@@ -8,9 +8,11 @@ import uuid
 import asyncpg
 
 from cxmesh.compliance.v1 import rule_set_pb2
+from cxmesh_server.compliance.attempts import AttemptStore
 from cxmesh_server.compliance.mirror import RulesMirror
 from cxmesh_server.runtime.errors import Aborted, NotFound
 from cxmesh_server.runtime.postgres import Db, tenant_transaction
+from cxmesh_server.runtime.redis import dataset_id
 
 
 def _message(row: asyncpg.Record) -> rule_set_pb2.RuleSet:
@@ -24,9 +26,10 @@ def _message(row: asyncpg.Record) -> rule_set_pb2.RuleSet:
 
 
 class RuleSetStore:
-    def __init__(self, pool: asyncpg.Pool, mirror: RulesMirror) -> None:
+    def __init__(self, pool: asyncpg.Pool, mirror: RulesMirror, attempts: AttemptStore) -> None:
         self.pool = pool
         self.mirror = mirror
+        self.attempts = attempts
 
     async def create(
         self, tenant: str, actor: str, rule_set: rule_set_pb2.RuleSet, request_id: str
@@ -151,6 +154,11 @@ class RuleSetStore:
         )
 
     async def rebuild_mirror(self) -> int:
+        """Mirrors every tenant's rules into Redis and, if this Redis lacks them (lost,
+        restarted, failed over), every attempt; returns how many tenants have rules."""
+        # Read first: if a failover interrupts the rebuild, the marker names the old dataset.
+        dataset = await dataset_id(self.mirror.redis)
+        lost = not await self.mirror.is_loaded()
         async with self.pool.acquire() as db:
             tenants = [
                 r["tenant_id"]
@@ -160,8 +168,10 @@ class RuleSetStore:
             async with tenant_transaction(self.pool, tenant) as db:
                 rows = await db.fetch("SELECT * FROM compliance.rule_sets")
             await self.mirror.replace(tenant, [_message(r) for r in rows])
+        if lost:
+            await self.attempts.restore_mirror()
         await self.mirror.index_attempts()
-        await self.mirror.mark_loaded()
+        await self.mirror.mark_loaded(dataset)
         return len(tenants)
 
 

@@ -76,8 +76,13 @@ class LoadedMarker:
         self._redis = redis
         self.key = key
 
-    async def mark(self) -> None:
-        await self._redis.set(self.key, await dataset_id(self._redis))
+    async def mark(self, dataset: str | None = None) -> None:
+        """Marks the mirror loaded into `dataset`: the id read before loading began, so a
+        load that a failover interrupted marks the old dataset, not the new one (default:
+        the current one)."""
+        await self._redis.set(
+            self.key, dataset if dataset is not None else await dataset_id(self._redis)
+        )
 
     async def is_set(self) -> bool:
         value = await self._redis.get(self.key)

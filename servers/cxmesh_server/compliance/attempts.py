@@ -1,0 +1,175 @@
+"""Contact attempts in Postgres, mirrored to the Redis counters decisions read.
+
+Postgres is written first and Redis after the commit, so an attempt a dialer was told is
+recorded survives a lost or failed-over Redis: the rebuild replays every attempt within the
+retention (`restore_mirror`). Each write carries the row's revision, so a replay never
+undoes a report written after the replay read the row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from operator import attrgetter
+
+import asyncpg
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from cxmesh_server.compliance.mirror import ATTEMPT_RETENTION, RecordedAttempt, RulesMirror
+from cxmesh_server.runtime.errors import Unavailable
+from cxmesh_server.runtime.postgres import tenant_transaction
+
+log = logging.getLogger(__name__)
+
+# Rows written to Redis per pipeline while restoring.
+RESTORE_CHUNK = 1000
+# Rows deleted per statement while pruning, so a prune never holds many locks for long.
+PRUNE_CHUNK = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptReport:
+    """One report of a contact attempt: the first, or one that replaces it (same id)."""
+
+    attempt_id: str
+    device: str
+    client_id: str
+    call_result: int
+    channel: int
+    attempt_time: datetime
+
+
+# Later reports of an attempt keep its first time and take the last result and channel;
+# devices and client ids accumulate, so no device loses an attempt a report gave it. A
+# report in progress (result 0) after the attempt's result is a late start report (OCS
+# sequence 0 after 1): it changes nothing, or a result that does not count would count.
+_RECORD = """
+INSERT INTO compliance.attempts AS a
+    (tenant_id, attempt_id, devices, client_ids, call_result, channel, attempt_time, revision)
+SELECT current_setting('cxmesh.tenant'), r.attempt_id, ARRAY[r.device],
+       CASE WHEN r.client_id = '' THEN '{}'::text[] ELSE ARRAY[r.client_id] END,
+       r.call_result, r.channel, r.attempt_time, nextval('compliance.attempt_revisions')
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[])
+    AS r(attempt_id, device, client_id, call_result, channel, attempt_time)
+ON CONFLICT (tenant_id, attempt_id) DO UPDATE SET
+    devices = ARRAY(SELECT DISTINCT d FROM unnest(a.devices || excluded.devices) AS d ORDER BY d),
+    client_ids = ARRAY(
+        SELECT DISTINCT c FROM unnest(a.client_ids || excluded.client_ids) AS c ORDER BY c
+    ),
+    call_result = excluded.call_result,
+    channel = excluded.channel,
+    revision = excluded.revision
+WHERE excluded.call_result <> 0 OR a.call_result = 0
+RETURNING attempt_id, devices, client_ids, call_result, channel, attempt_time, revision,
+    xmax = 0 AS inserted
+"""
+
+_COLUMNS = "attempt_id, devices, client_ids, call_result, channel, attempt_time, revision"
+
+
+def _recorded(row: asyncpg.Record) -> RecordedAttempt:
+    return RecordedAttempt(
+        attempt_id=row["attempt_id"],
+        devices=tuple(row["devices"]),
+        client_ids=tuple(row["client_ids"]),
+        call_result=row["call_result"],
+        channel=row["channel"],
+        attempt_time=row["attempt_time"],
+        revision=row["revision"],
+    )
+
+
+def _rounds(reports: Sequence[AttemptReport]) -> list[list[AttemptReport]]:
+    """The reports in rounds that name an attempt once each (one statement cannot update a
+    row twice), in report order; each round sorted by attempt id, so that two batches lock
+    their rows in one order and cannot deadlock (a later round relocks only its own rows)."""
+    rounds: list[list[AttemptReport]] = []
+    seen: dict[str, int] = {}
+    for report in reports:
+        position = seen.get(report.attempt_id, 0)
+        seen[report.attempt_id] = position + 1
+        if position == len(rounds):
+            rounds.append([])
+        rounds[position].append(report)
+    return [sorted(r, key=attrgetter("attempt_id")) for r in rounds]
+
+
+class AttemptStore:
+    def __init__(self, pool: asyncpg.Pool, mirror: RulesMirror) -> None:
+        self.pool = pool
+        self.mirror = mirror
+
+    async def record(self, tenant: str, reports: Sequence[AttemptReport]) -> int:
+        """Records the reports, in order; returns how many attempts were new. Raises
+        Unavailable when Postgres or Redis cannot be reached: reporting again is safe."""
+        try:
+            return await self._record(tenant, reports)
+        except (
+            OSError,
+            asyncpg.PostgresConnectionError,
+            RedisConnectionError,
+            RedisTimeoutError,
+        ) as error:
+            raise Unavailable(
+                f"attempts could not be recorded ({type(error).__name__}); report them again"
+            ) from error
+
+    async def _record(self, tenant: str, reports: Sequence[AttemptReport]) -> int:
+        latest: dict[str, RecordedAttempt] = {}
+        new = 0
+        async with tenant_transaction(self.pool, tenant) as db:
+            for batch in _rounds(reports):
+                rows = await db.fetch(
+                    _RECORD,
+                    [r.attempt_id for r in batch],
+                    [r.device for r in batch],
+                    [r.client_id for r in batch],
+                    [r.call_result for r in batch],
+                    [r.channel for r in batch],
+                    [r.attempt_time for r in batch],
+                )
+                for row in rows:
+                    new += row["inserted"]
+                    latest[row["attempt_id"]] = _recorded(row)
+        await self.mirror.record_attempts(tenant, list(latest.values()))
+        return new
+
+    async def restore_mirror(self) -> int:
+        """Writes every attempt within the retention into Redis; returns how many."""
+        since = datetime.now(UTC) - ATTEMPT_RETENTION
+        async with self.pool.acquire() as db:
+            tenants = [
+                r["tenant_id"]
+                for r in await db.fetch("SELECT tenant_id FROM compliance.attempt_tenants()")
+            ]
+        restored = 0
+        for tenant in tenants:
+            async with tenant_transaction(self.pool, tenant) as db:
+                chunk: list[RecordedAttempt] = []
+                query = f"SELECT {_COLUMNS} FROM compliance.attempts WHERE attempt_time >= $1"
+                async for row in db.cursor(query, since, prefetch=RESTORE_CHUNK):
+                    chunk.append(_recorded(row))
+                    if len(chunk) == RESTORE_CHUNK:
+                        await self.mirror.record_attempts(tenant, chunk)
+                        restored += len(chunk)
+                        chunk = []
+                await self.mirror.record_attempts(tenant, chunk)
+                restored += len(chunk)
+        return restored
+
+    async def prune(self) -> int:
+        """Deletes the attempts older than the retention, of every tenant; returns how
+        many."""
+        before = datetime.now(UTC) - ATTEMPT_RETENTION
+        pruned = 0
+        async with self.pool.acquire() as db:
+            while True:
+                count: int = await db.fetchval(
+                    "SELECT compliance.prune_attempts($1, $2)", before, PRUNE_CHUNK
+                )
+                pruned += count
+                if count < PRUNE_CHUNK:
+                    return pruned

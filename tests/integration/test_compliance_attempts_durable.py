@@ -1,0 +1,194 @@
+"""Attempts are recorded in Postgres before Redis counts them, so a Redis that lost them
+(restarted empty, or a promoted replica without the last writes) gets every attempt back
+when the mirrors are rebuilt, and attempt limits hold across it (real Postgres, real
+Redis)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from cxmesh.compliance.v1 import decision_pb2, rule_set_pb2
+from cxmesh.types.v1 import call_result_pb2, channel_pb2
+from cxmesh_server.compliance.attempts import AttemptReport, AttemptStore
+from cxmesh_server.compliance.engine import DecisionEngine
+from cxmesh_server.compliance.mirror import ATTEMPT_RETENTION, RulesMirror, attempts_key
+from cxmesh_server.compliance.store import RuleSetStore
+from cxmesh_server.mirrors import suppression
+from cxmesh_server.runtime.postgres import tenant_transaction
+from cxmesh_server.runtime.redis import create_redis
+from cxmesh_server.runtime.redis_wire import WireRedis
+from cxmesh_server.stack.datastores import EmbeddedPostgres, EmbeddedRedis, start_redis
+from tests.integration.compliance_mirrors import compliance_pool
+
+BUSY = call_result_pb2.CALL_RESULT_BUSY
+IN_PROGRESS = call_result_pb2.CALL_RESULT_UNSPECIFIED
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Redis of the test's own, free to be emptied."""
+    server = start_redis(tmp_path / "redis", persist=False)
+    yield server
+    server.stop()
+
+
+@dataclass
+class Compliance:
+    """Compliance's stores on real Postgres and Redis, the suppression mirror marked loaded
+    as the lists service leaves it."""
+
+    pool: asyncpg.Pool
+    rules: RuleSetStore
+    wire: WireRedis
+
+    @property
+    def attempts(self) -> AttemptStore:
+        return self.rules.attempts
+
+    async def decide(self, tenant: str, address: str) -> decision_pb2.Decision:
+        contact = decision_pb2.Contact(address=address, time_zone="America/Denver")
+        engine = DecisionEngine(self.rules.mirror.redis, self.wire)
+        (decision,) = await engine.decide(tenant, [decision_pb2.DecisionRequest(contact=contact)])
+        return decision
+
+    async def lose_redis(self) -> None:
+        """What a restart without persistence leaves: nothing."""
+        redis = self.rules.mirror.redis
+        await redis.flushall()
+        await suppression.SuppressionMirror(redis).mark_loaded()  # the lists service's part
+
+
+@pytest.fixture
+async def compliance(
+    postgres: EmbeddedPostgres, own_redis: EmbeddedRedis
+) -> AsyncIterator[Compliance]:
+    pool = await compliance_pool(postgres.dsn)
+    redis = create_redis(own_redis.url)
+    mirror = RulesMirror(redis)
+    await suppression.SuppressionMirror(redis).mark_loaded()
+    wire = WireRedis(own_redis.url)
+    yield Compliance(pool, RuleSetStore(pool, mirror, AttemptStore(pool, mirror)), wire)
+    await wire.close()
+    await redis.aclose()
+    await pool.close()
+
+
+async def _one_attempt_a_day(compliance: Compliance, tenant: str) -> None:
+    rules = rule_set_pb2.RuleSet(display_name="one a day")
+    rules.contact_windows.add().end_time.hours = 24
+    limit = rules.attempt_rules.add(max_attempts=1, scope=rule_set_pb2.ATTEMPT_SCOPE_DEVICE)
+    limit.window.FromTimedelta(timedelta(days=1))
+    await compliance.rules.create(tenant, "test", rules, "")
+    await compliance.rules.rebuild_mirror()
+
+
+def _report(
+    attempt_id: str,
+    device: str,
+    call_result: int = BUSY,
+    when: datetime | None = None,
+    client_id: str = "",
+) -> AttemptReport:
+    return AttemptReport(
+        attempt_id=attempt_id,
+        device=device,
+        client_id=client_id,
+        call_result=call_result,
+        channel=channel_pb2.CHANNEL_VOICE,
+        attempt_time=when or datetime.now(UTC),
+    )
+
+
+def _codes(decision: decision_pb2.Decision) -> list[int]:
+    return [d.code for d in decision.denials]
+
+
+async def test_attempts_a_lost_redis_had_count_again_once_the_mirrors_are_rebuilt(
+    compliance: Compliance,
+) -> None:
+    tenant = "durable-lost"
+    await _one_attempt_a_day(compliance, tenant)
+    assert await compliance.attempts.record(tenant, [_report("a1", "+14155550201")]) == 1
+    assert _codes(await compliance.decide(tenant, "+14155550201")) == [
+        decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT
+    ]
+
+    await compliance.lose_redis()
+    assert _codes(await compliance.decide(tenant, "+14155550201")) == [
+        decision_pb2.DENIAL_CODE_DATA_UNAVAILABLE
+    ]
+    await compliance.rules.rebuild_mirror()
+    assert _codes(await compliance.decide(tenant, "+14155550201")) == [
+        decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT
+    ]
+    assert (await compliance.decide(tenant, "+14155550202")).allowed  # no attempt of its own
+
+
+async def test_a_rebuild_of_a_redis_that_kept_its_data_replays_nothing(
+    compliance: Compliance,
+) -> None:
+    tenant = "durable-kept"
+    await _one_attempt_a_day(compliance, tenant)
+    await compliance.attempts.record(tenant, [_report("k1", "+14155550211")])
+    # Gone from Redis alone (as no writer would do): a rebuild of loaded mirrors keeps
+    # to the rules, so a replica's start does not replay a month of attempts.
+    redis = compliance.rules.mirror.redis
+    await redis.delete(attempts_key(tenant, "device", "+14155550211"))
+    await compliance.rules.rebuild_mirror()
+    assert (await compliance.decide(tenant, "+14155550211")).allowed
+
+
+async def test_every_report_of_an_attempt_is_one_attempt_with_its_first_time_and_last_result(
+    compliance: Compliance,
+) -> None:
+    tenant = "durable-reports"
+    first = datetime.now(UTC) - timedelta(minutes=5)
+    reports = [
+        _report("r1", "+14155550221", IN_PROGRESS, first),
+        _report("r1", "+14155550221", BUSY, first + timedelta(minutes=1), client_id="c-221"),
+        # The start report again, arriving late: it changes nothing.
+        _report("r1", "+14155550221", IN_PROGRESS, first + timedelta(minutes=2)),
+    ]
+    assert await compliance.attempts.record(tenant, reports) == 1
+    assert await compliance.attempts.record(tenant, reports[1:]) == 0
+    async with tenant_transaction(compliance.pool, tenant) as db:
+        rows = await db.fetch("SELECT * FROM compliance.attempts")
+    assert [
+        (r["attempt_id"], r["devices"], r["client_ids"], r["call_result"], r["attempt_time"])
+        for r in rows
+    ] == [("r1", ["+14155550221"], ["c-221"], BUSY, first)]
+    redis = compliance.rules.mirror.redis
+    for key in (
+        attempts_key(tenant, "device", "+14155550221"),
+        attempts_key(tenant, "client", "c-221"),
+    ):
+        assert await redis.zrange(key, 0, -1, withscores=True) == [
+            (f"r1|{BUSY}|{channel_pb2.CHANNEL_VOICE}", int(first.timestamp() * 1000))
+        ]
+
+
+async def test_attempts_older_than_the_retention_are_pruned_and_not_replayed(
+    compliance: Compliance,
+) -> None:
+    tenant = "durable-prune"
+    now = datetime.now(UTC)
+    old = now - ATTEMPT_RETENTION - timedelta(hours=1)
+    await compliance.attempts.record(
+        tenant, [_report("old", "+14155550231", when=old), _report("new", "+14155550232")]
+    )
+    await compliance.lose_redis()
+    assert await compliance.attempts.restore_mirror() >= 1
+    redis = compliance.rules.mirror.redis
+    assert not await redis.exists(attempts_key(tenant, "device", "+14155550231"))
+    assert await redis.exists(attempts_key(tenant, "device", "+14155550232"))
+
+    assert await compliance.attempts.prune() >= 1
+    async with tenant_transaction(compliance.pool, tenant) as db:
+        kept = await db.fetch("SELECT attempt_id FROM compliance.attempts")
+    assert [r["attempt_id"] for r in kept] == ["new"]
