@@ -20,6 +20,7 @@ from cxmesh_server.compliance.engine import DecisionEngine
 from cxmesh_server.compliance.mirror import ATTEMPT_RETENTION, RulesMirror, attempts_key
 from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.mirrors import suppression
+from cxmesh_server.runtime.errors import Unavailable
 from cxmesh_server.runtime.postgres import tenant_transaction
 from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.runtime.redis_wire import WireRedis
@@ -192,3 +193,25 @@ async def test_attempts_older_than_the_retention_are_pruned_and_not_replayed(
     async with tenant_transaction(compliance.pool, tenant) as db:
         kept = await db.fetch("SELECT attempt_id FROM compliance.attempts")
     assert [r["attempt_id"] for r in kept] == ["new"]
+
+
+async def test_attempts_committed_while_redis_was_unreachable_are_written_by_the_repair(
+    compliance: Compliance, tmp_path: Path
+) -> None:
+    tenant = "durable-gap"
+    await _one_attempt_a_day(compliance, tenant)
+    stopped = start_redis(tmp_path / "stopped", persist=False)
+    stopped.stop()  # what a replica cut off from Redis reaches: nothing
+    cut_off = create_redis(stopped.url)
+    on_cut_off_replica = AttemptStore(compliance.pool, RulesMirror(cut_off))
+    with pytest.raises(Unavailable):
+        await on_cut_off_replica.record(tenant, [_report("g1", "+14155550241")])
+    await cut_off.aclose()
+    # Committed, not counted yet (a dialer that does not report again is common).
+    assert (await compliance.decide(tenant, "+14155550241")).allowed
+
+    assert await compliance.attempts.repair_mirror() >= 1
+    assert _codes(await compliance.decide(tenant, "+14155550241")) == [
+        decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT
+    ]
+    assert await compliance.attempts.repair_mirror() == 0  # the gap is closed

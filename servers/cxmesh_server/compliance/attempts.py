@@ -2,8 +2,10 @@
 
 Postgres is written first and Redis after the commit, so an attempt a dialer was told is
 recorded survives a lost or failed-over Redis: the rebuild replays every attempt within the
-retention (`restore_mirror`). Each write carries the row's revision, so a replay never
-undoes a report written after the replay read the row.
+retention (`restore_mirror`). If the Redis write fails after the commit, the attempts are
+noted as a gap in Postgres and written by the next `repair_mirror` of any replica. Each
+write carries the row's revision, so a replay never undoes a report written after the
+replay read the row.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ log = logging.getLogger(__name__)
 RESTORE_CHUNK = 1000
 # Rows deleted per statement while pruning, so a prune never holds many locks for long.
 PRUNE_CHUNK = 10_000
+# Gaps repaired per pass.
+REPAIR_CHUNK = 100
+_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +139,35 @@ class AttemptStore:
                 for row in rows:
                     new += row["inserted"]
                     latest[row["attempt_id"]] = _recorded(row)
-        await self.mirror.record_attempts(tenant, list(latest.values()))
+        try:
+            await self.mirror.record_attempts(tenant, list(latest.values()))
+        except _REDIS_ERRORS:
+            async with tenant_transaction(self.pool, tenant) as db:
+                await db.execute(
+                    "INSERT INTO compliance.attempt_mirror_gaps (tenant_id, attempt_ids)"
+                    " VALUES (current_setting('cxmesh.tenant'), $1)",
+                    list(latest),
+                )
+            raise
         return new
+
+    async def repair_mirror(self) -> int:
+        """Writes the attempts of the oldest gaps into Redis, as Postgres now holds them,
+        and deletes those gaps; returns how many gaps. Replicas repairing one gap at once
+        write the same rows twice, which is harmless."""
+        async with self.pool.acquire() as db:
+            gaps = await db.fetch("SELECT * FROM compliance.attempt_mirror_gaps($1)", REPAIR_CHUNK)
+        for gap in gaps:
+            async with tenant_transaction(self.pool, gap["tenant_id"]) as db:
+                rows = await db.fetch(
+                    f"SELECT {_COLUMNS} FROM compliance.attempts WHERE attempt_id = ANY($1)",
+                    gap["attempt_ids"],
+                )
+                await self.mirror.record_attempts(gap["tenant_id"], [_recorded(r) for r in rows])
+                await db.execute(
+                    "DELETE FROM compliance.attempt_mirror_gaps WHERE gap_id = $1", gap["gap_id"]
+                )
+        return len(gaps)
 
     async def restore_mirror(self) -> int:
         """Writes every attempt within the retention into Redis; returns how many."""

@@ -16,7 +16,12 @@ from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.mirrors.suppression import SuppressionMirror
 from cxmesh_server.runtime.accept_loops import Registration
 from cxmesh_server.runtime.redis import eviction_risk
-from cxmesh_server.runtime.server import Resources, ServiceProcess, start_background
+from cxmesh_server.runtime.server import (
+    Resources,
+    ServiceProcess,
+    start_background,
+    start_periodic,
+)
 
 log = logging.getLogger(__name__)
 MIRROR_CHECK_SECONDS = 1.0
@@ -72,24 +77,15 @@ async def _watch_data(store: RuleSetStore, resources: Resources) -> None:
             await resources.report_health(serving)
 
 
-async def _prune_attempts(attempts: AttemptStore) -> None:
-    """Attempts older than the retention go, on every replica (pruning twice is harmless)."""
-    while True:
-        try:
-            pruned = await attempts.prune()
-            if pruned:
-                log.info("attempts pruned", extra={"count": pruned})
-        except Exception:
-            log.warning("attempts could not be pruned", exc_info=True)
-        await asyncio.sleep(PRUNE_SECONDS)
-
-
 async def on_start(resources: Resources) -> None:
     warm_up()
     store = _store(resources)
     await store.rebuild_mirror()
     start_background(_watch_data(store, resources))
-    start_background(_prune_attempts(store.attempts))
+    start_periodic("attempts pruned", PRUNE_SECONDS, store.attempts.prune)
+    start_periodic(
+        "attempt mirror gaps repaired", MIRROR_CHECK_SECONDS, store.attempts.repair_mirror
+    )
 
 
 PROCESS = ServiceProcess(

@@ -93,6 +93,23 @@ def start_background(loop: Coroutine[Any, Any, None]) -> None:
     task.add_done_callback(_background.discard)
 
 
+def start_periodic(what: str, seconds: float, job: Callable[[], Awaitable[int]]) -> None:
+    """Runs `job` every `seconds` for the process's life, logging how many things it did
+    (`what`, when any); a failure is logged and the job runs again at its next turn."""
+
+    async def turns() -> None:
+        while True:
+            try:
+                done = await job()
+                if done:
+                    log.info(what, extra={"count": done})
+            except Exception:
+                log.warning("%s: failed; retrying", what, exc_info=True)
+            await asyncio.sleep(seconds)
+
+    start_background(turns())
+
+
 Builder = Callable[[Resources], Awaitable[Sequence[Registration]]]
 
 
