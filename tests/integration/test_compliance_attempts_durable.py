@@ -25,6 +25,7 @@ from cxmesh_server.runtime.postgres import tenant_transaction
 from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.runtime.redis_wire import WireRedis
 from cxmesh_server.stack.datastores import EmbeddedPostgres, EmbeddedRedis, start_redis
+from cxmesh_server.stack.ports import free_port
 from tests.integration.compliance_mirrors import compliance_pool
 
 BUSY = call_result_pb2.CALL_RESULT_BUSY
@@ -215,3 +216,27 @@ async def test_attempts_committed_while_redis_was_unreachable_are_written_by_the
         decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT
     ]
     assert await compliance.attempts.repair_mirror() == 0  # the gap is closed
+
+
+async def test_attempts_reported_while_postgres_is_unreachable_count_at_once(
+    compliance: Compliance,
+) -> None:
+    tenant = "durable-no-postgres"
+    await _one_attempt_a_day(compliance, tenant)
+    # Nothing listens there: every connection is refused.
+    unreachable = await asyncpg.create_pool(
+        f"postgresql://cxmesh@127.0.0.1:{free_port()}/x", min_size=0
+    )
+    cut_off = AttemptStore(unreachable, compliance.rules.mirror)
+    with pytest.raises(Unavailable):
+        await cut_off.record(tenant, [_report("p1", "+14155550251")])
+    await unreachable.close()
+    assert _codes(await compliance.decide(tenant, "+14155550251")) == [
+        decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT
+    ]
+    # Reported again once Postgres is back: stored, and still one attempt.
+    assert await compliance.attempts.record(tenant, [_report("p1", "+14155550251")]) == 1
+    history = await compliance.rules.mirror.redis.zrange(
+        attempts_key(tenant, "device", "+14155550251"), 0, -1
+    )
+    assert history == [f"p1|{BUSY}|{channel_pb2.CHANNEL_VOICE}"]

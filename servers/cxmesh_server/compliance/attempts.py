@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -33,6 +34,12 @@ PRUNE_CHUNK = 10_000
 # Gaps repaired per pass.
 REPAIR_CHUNK = 100
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_POSTGRES_ERRORS = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,  # shutting down, starting up
+    asyncpg.InterfaceError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +94,24 @@ def _recorded(row: asyncpg.Record) -> RecordedAttempt:
     )
 
 
+def _as_reported(report: AttemptReport) -> RecordedAttempt:
+    return RecordedAttempt(
+        attempt_id=report.attempt_id,
+        devices=(report.device,),
+        client_ids=(report.client_id,) if report.client_id else (),
+        call_result=report.call_result,
+        channel=report.channel,
+        attempt_time=report.attempt_time,
+        revision=0,
+    )
+
+
+def _unavailable(error: Exception) -> Unavailable:
+    return Unavailable(
+        f"attempts could not be recorded ({type(error).__name__}); report them again"
+    )
+
+
 def _rounds(reports: Sequence[AttemptReport]) -> list[list[AttemptReport]]:
     """The reports in rounds that name an attempt once each (one statement cannot update a
     row twice), in report order; each round sorted by attempt id, so that two batches lock
@@ -111,18 +136,34 @@ class AttemptStore:
         """Records the reports, in order; returns how many attempts were new. Raises
         Unavailable when Postgres or Redis cannot be reached: reporting again is safe."""
         try:
-            return await self._record(tenant, reports)
-        except (
-            OSError,
-            asyncpg.PostgresConnectionError,
-            RedisConnectionError,
-            RedisTimeoutError,
-        ) as error:
-            raise Unavailable(
-                f"attempts could not be recorded ({type(error).__name__}); report them again"
-            ) from error
+            latest, new = await self._commit(tenant, reports)
+        except _POSTGRES_ERRORS as error:
+            # Counted all the same, as reported (revision 0: the first write Postgres takes
+            # replaces it), or every attempt made while Postgres is down would be allowed.
+            log.warning(
+                "attempts not stored: Postgres unreachable; counting them in Redis only",
+                extra={"tenant": tenant, "count": len(reports), "error": type(error).__name__},
+            )
+            with suppress(*_REDIS_ERRORS):
+                await self.mirror.record_attempts(tenant, [_as_reported(r) for r in reports])
+            raise _unavailable(error) from error
+        try:
+            await self.mirror.record_attempts(tenant, latest)
+        except _REDIS_ERRORS as error:
+            log.warning(
+                "attempts stored but not counted yet: Redis unreachable; noting a gap",
+                extra={"tenant": tenant, "count": len(latest), "error": type(error).__name__},
+            )
+            # If Postgres is gone too, only the dialer's next report can count them.
+            with suppress(*_POSTGRES_ERRORS):
+                await self._note_gap(tenant, [a.attempt_id for a in latest])
+            raise _unavailable(error) from error
+        return new
 
-    async def _record(self, tenant: str, reports: Sequence[AttemptReport]) -> int:
+    async def _commit(
+        self, tenant: str, reports: Sequence[AttemptReport]
+    ) -> tuple[list[RecordedAttempt], int]:
+        """The attempts as Postgres holds them after the reports, and how many are new."""
         latest: dict[str, RecordedAttempt] = {}
         new = 0
         async with tenant_transaction(self.pool, tenant) as db:
@@ -139,17 +180,15 @@ class AttemptStore:
                 for row in rows:
                     new += row["inserted"]
                     latest[row["attempt_id"]] = _recorded(row)
-        try:
-            await self.mirror.record_attempts(tenant, list(latest.values()))
-        except _REDIS_ERRORS:
-            async with tenant_transaction(self.pool, tenant) as db:
-                await db.execute(
-                    "INSERT INTO compliance.attempt_mirror_gaps (tenant_id, attempt_ids)"
-                    " VALUES (current_setting('cxmesh.tenant'), $1)",
-                    list(latest),
-                )
-            raise
-        return new
+        return list(latest.values()), new
+
+    async def _note_gap(self, tenant: str, attempt_ids: list[str]) -> None:
+        async with tenant_transaction(self.pool, tenant) as db:
+            await db.execute(
+                "INSERT INTO compliance.attempt_mirror_gaps (tenant_id, attempt_ids)"
+                " VALUES (current_setting('cxmesh.tenant'), $1)",
+                attempt_ids,
+            )
 
     async def repair_mirror(self) -> int:
         """Writes the attempts of the oldest gaps into Redis, as Postgres now holds them,
