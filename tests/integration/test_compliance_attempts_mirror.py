@@ -184,3 +184,27 @@ async def test_an_older_revision_of_an_attempt_replaces_nothing(
     history = await redis.zrange(attempts_key(tenant, "device", "+14155550195"), 0, -1)
     assert history == [f"a|{call_result_pb2.CALL_RESULT_BUSY}|{channel_pb2.CHANNEL_VOICE}"]
     await redis.aclose()
+
+
+async def test_a_thousand_attempts_written_at_once_each_land_in_every_set_they_name(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """A dialer's batch (and a rebuild's chunk) goes in several script runs, with
+    attempts naming one set or two."""
+    tenant = "attempts-thousand"
+    redis, mirror = await _mirror(redis_server, tenant, _limit(1, timedelta(days=1)))
+    now = datetime.now(UTC)
+    attempts = [
+        _report(f"t{n}", f"+1415556{n:04d}", now, client_id=f"c{n}" if n % 3 == 0 else "")
+        for n in range(1000)
+    ]
+    await mirror.record_attempts(tenant, attempts)
+    async with redis.pipeline(transaction=False) as pipe:
+        for n in range(1000):
+            pipe.zcard(attempts_key(tenant, "device", f"+1415556{n:04d}"))
+            pipe.zcard(attempts_key(tenant, "client", f"c{n}"))
+        cards = await pipe.execute()
+    assert cards[0::2] == [1] * 1000
+    assert cards[1::2] == [1 if n % 3 == 0 else 0 for n in range(1000)]
+    assert await redis.hlen(attempt_index_key(tenant)) == 1000 + 334
+    await redis.aclose()

@@ -10,6 +10,7 @@ replay read the row.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from contextlib import suppress
@@ -219,16 +220,17 @@ class AttemptStore:
         restored = 0
         for tenant in tenants:
             async with tenant_transaction(self.pool, tenant) as db:
-                chunk: list[RecordedAttempt] = []
                 query = f"SELECT {_COLUMNS} FROM compliance.attempts WHERE attempt_time >= $1"
-                async for row in db.cursor(query, since, prefetch=RESTORE_CHUNK):
-                    chunk.append(_recorded(row))
-                    if len(chunk) == RESTORE_CHUNK:
-                        await self.mirror.record_attempts(tenant, chunk)
-                        restored += len(chunk)
-                        chunk = []
-                await self.mirror.record_attempts(tenant, chunk)
-                restored += len(chunk)
+                rows = await db.cursor(query, since)
+                # Each chunk is written while the next is read.
+                writing: asyncio.Task[None] | None = None
+                while chunk := [_recorded(r) for r in await rows.fetch(RESTORE_CHUNK)]:
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.create_task(self.mirror.record_attempts(tenant, chunk))
+                    restored += len(chunk)
+                if writing is not None:
+                    await writing
         return restored
 
     async def prune(self) -> int:

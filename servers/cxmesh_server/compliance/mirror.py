@@ -35,6 +35,8 @@ from cxmesh_server.runtime.redis import LoadedMarker
 LOADED_KEY = "cx:compliance:loaded:v2"
 # Attempts older than the longest attempt window (31 days) are dropped.
 ATTEMPT_RETENTION = timedelta(days=32)
+# Attempts written per script run: one run blocks Redis, so a few hundred microseconds.
+SCRIPT_ATTEMPTS = 50
 
 
 def rules_key(tenant: str) -> str:
@@ -78,7 +80,7 @@ class RecordedAttempt:
 class RulesMirror:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._record_attempt = redis.register_script(_RECORD_ATTEMPT)
+        self._record_attempts = redis.register_script(_RECORD_ATTEMPTS)
 
     async def put(self, tenant: str, rule_set: rule_set_pb2.RuleSet) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -117,27 +119,29 @@ class RulesMirror:
 
     async def record_attempts(self, tenant: str, attempts: Sequence[RecordedAttempt]) -> None:
         """Writes each attempt into its devices' and clients' sets, replacing an earlier
-        revision of it, in one round trip (a dialer reports up to 1,000 at once). Each is
-        one script run, so an attempt never counts twice, whatever interleaves."""
+        revision of it, in one round trip (a dialer reports up to 1,000 at once, a rebuild
+        replays millions). Attempts go SCRIPT_ATTEMPTS to a script run, each run atomic, so
+        an attempt never counts twice, whatever interleaves."""
         oldest = _ms(datetime.now(UTC) - ATTEMPT_RETENTION)
         retention = int(ATTEMPT_RETENTION.total_seconds())
+        index = attempt_index_key(tenant)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for attempt in attempts:
-                keys = [
-                    attempt_key(tenant, attempt.attempt_id),
-                    attempt_index_key(tenant),
-                    *(attempts_key(tenant, "device", d) for d in attempt.devices),
-                    *(attempts_key(tenant, "client", c) for c in attempt.client_ids),
-                ]
-                member = f"{attempt.attempt_id}|{attempt.call_result}|{attempt.channel}"
-                args: list[str | int] = [
-                    member,
-                    _ms(attempt.attempt_time),
-                    oldest,
-                    retention,
-                    attempt.revision,
-                ]
-                await self._record_attempt(keys, args, client=pipe)
+            for first in range(0, len(attempts), SCRIPT_ATTEMPTS):
+                keys = [index]
+                args: list[str | int] = [oldest, retention]
+                for attempt in attempts[first : first + SCRIPT_ATTEMPTS]:
+                    keys.append(attempt_key(tenant, attempt.attempt_id))
+                    keys.extend(attempts_key(tenant, "device", d) for d in attempt.devices)
+                    keys.extend(attempts_key(tenant, "client", c) for c in attempt.client_ids)
+                    args.extend(
+                        (
+                            f"{attempt.attempt_id}|{attempt.call_result}|{attempt.channel}",
+                            _ms(attempt.attempt_time),
+                            attempt.revision,
+                            len(attempt.devices) + len(attempt.client_ids),
+                        )
+                    )
+                await self._record_attempts(keys, args, client=pipe)
             await pipe.execute()
 
     async def index_attempts(self) -> int:
@@ -155,27 +159,39 @@ class RulesMirror:
         return len(keys)
 
 
-# KEYS[1] the attempt's key, KEYS[2] the attempt index, KEYS[3..] sorted sets;
-# ARGV: member, score, oldest, ttl, revision. The key holds "<member>#<revision>" (a bare
-# member before Postgres held attempts: revision 0).
-_RECORD_ATTEMPT = """
-local previous = redis.call('GET', KEYS[1])
-if previous then
-  local member, revision = string.match(previous, '^(.*)#(%d+)$')
-  if member then
-    if tonumber(revision) > tonumber(ARGV[5]) then return 0 end
-    previous = member
+# KEYS[1] the attempt index, then for each attempt its key and its sorted sets; ARGV:
+# oldest, ttl, then for each attempt its member, score, revision and number of sets. An
+# attempt's key holds "<member>#<revision>" (a bare member before Postgres held attempts:
+# revision 0); an older revision than the key's replaces nothing.
+_RECORD_ATTEMPTS = """
+local index, oldest, ttl = KEYS[1], ARGV[1], ARGV[2]
+local k, a = 2, 3
+while a <= #ARGV do
+  local key, member, score, revision = KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local last = k + tonumber(ARGV[a + 3])
+  local previous = redis.call('GET', key)
+  local stale = false
+  if previous then
+    local was, was_revision = string.match(previous, '^(.*)#(%d+)$')
+    if was then
+      stale = tonumber(was_revision) > tonumber(revision)
+      previous = was
+    end
   end
+  if not stale then
+    for i = k + 1, last do
+      if previous then redis.call('ZREM', KEYS[i], previous) end
+      redis.call('ZADD', KEYS[i], score, member)
+      redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', oldest)
+      redis.call('EXPIRE', KEYS[i], ttl)
+      redis.call('HSET', index, KEYS[i], score)
+    end
+    redis.call('SET', key, member .. '#' .. revision, 'EX', ttl)
+  end
+  k = last + 1
+  a = a + 4
 end
-for i = 3, #KEYS do
-  if previous then redis.call('ZREM', KEYS[i], previous) end
-  redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[3])
-  redis.call('EXPIRE', KEYS[i], ARGV[4])
-  redis.call('HSET', KEYS[2], KEYS[i], ARGV[2])
-end
-redis.call('SET', KEYS[1], ARGV[1] .. '#' .. ARGV[5], 'EX', ARGV[4])
-return 1
+return 0
 """
 
 
