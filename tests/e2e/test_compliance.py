@@ -283,6 +283,18 @@ def test_invalid_rule_sets_are_400_with_field_violations(
         response.json()["details"][1]["fieldViolations"][0]["field"]
         == "rule_set.contact_windows[0]"
     )
+    # Postgres refuses NUL: these were 500s.
+    response = edge.post(
+        "/v1/ruleSets",
+        params={"requestId": "r\x00"},
+        json={"displayName": "bad\u0000name"},
+        headers={"authorization": f"Bearer {compliance.token}"},
+    )
+    assert response.status_code == 400
+    assert [v["field"] for v in response.json()["details"][1]["fieldViolations"]] == [
+        "rule_set.display_name",
+        "request_id",
+    ]
 
 
 def test_the_default_window_and_dst_through_explain(compliance: Compliance) -> None:
@@ -518,7 +530,7 @@ def test_a_batch_of_attempts_is_recorded_whole_and_an_attempt_reported_twice_cou
     assert compliance.check("+1 415 555 0131").allowed  # one attempt, not two
 
 
-def test_an_undefined_channel_or_call_result_is_refused_rather_than_left_uncounted(
+def test_an_undefined_channel_or_call_result_or_a_control_character_is_refused(
     compliance: Compliance,
 ) -> None:
     # Attempt rules count the channels and results they name: a decision or an attempt of
@@ -542,11 +554,27 @@ def test_an_undefined_channel_or_call_result_is_refused_rather_than_left_uncount
     odd_channel.channel = 99  # type: ignore[assignment]
     odd_result = _attempt("odd-result", "+14155550142")
     odd_result.call_result = 500  # type: ignore[assignment]
+    # Attempts are stored in Postgres, which refuses NUL: these were 500s.
+    nul_id = _attempt("nul\x00id", "+14155550142")
+    nul_client = _attempt("nul-client", "+14155550142")
+    nul_client.contact.client_id = "C\x00142"
+    nul_email = _attempt("nul-email", "ada\x00@example.com")
     with pytest.raises(grpc.RpcError) as refused:
-        compliance.record([_attempt("fine", "+14155550142"), odd_channel, odd_result])
+        compliance.record(
+            [
+                _attempt("fine", "+14155550142"),
+                odd_channel,
+                odd_result,
+                nul_id,
+                nul_client,
+                nul_email,
+            ]
+        )
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert "attempts[1].channel" in str(refused.value.details())
-    assert "attempts[2].call_result" in str(refused.value.details())
+    details = str(refused.value.details())
+    assert "attempts[1].channel" in details and "attempts[2].call_result" in details
+    assert "attempts[3].attempt_id" in details and "attempts[4].contact.client_id" in details
+    assert "attempts[5].contact.address" in details
     # Refused whole: nothing of the batch was recorded.
     assert compliance.check("+1 415 555 0142").allowed
     assert not compliance.check("+1 415 555 0141").allowed

@@ -143,13 +143,14 @@ def test_invalid_entries_are_refused_with_every_field_violation(lists: Lists) ->
             suppression_pb2.SuppressionEntry(client_id="C-3", reason="bad\x00reason"),
             # No one's expiry (year 1 was a 500).
             suppression_pb2.SuppressionEntry(client_id="C-4", expire_time=_ts(datetime(1, 1, 1))),
+            suppression_pb2.SuppressionEntry(email="ada\x00@example.com"),
         )
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     details = caught.value.details() or ""
     assert "entries[0].phone_number" in details and "entries[1].email" in details
     assert "entries[2].channels" in details and "entries[3].channels" in details
     assert "entries[4].client_id" in details and "entries[5].reason" in details
-    assert "entries[6].expire_time" in details
+    assert "entries[6].expire_time" in details and "entries[7].email" in details
 
 
 def test_a_list_binds_at_most_1000_campaigns_of_ids_up_to_255_characters(

@@ -31,6 +31,7 @@ from cxmesh_server.compliance.engine import DEFAULT_RULE_SET, DecisionEngine
 from cxmesh_server.compliance.metrics import count_attempts, count_decisions
 from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
+from cxmesh_server.contacts.text import CONTROL
 from cxmesh_server.contacts.timezones import PLACE_ZONE, is_local_zone
 from cxmesh_server.runtime import paging
 from cxmesh_server.runtime.context import GrpcContext, current_principal, current_tenant
@@ -95,6 +96,12 @@ class RuleSetHandlers(rule_set_service_pb2_grpc.RuleSetServiceServicer):
             assert filled is not None
             rule_set = filled
         validate_rule_set(rule_set, check)
+        _check_new_text(check, rule_set.display_name)
+        check.require(
+            len(request.request_id) <= 128 and not CONTROL.search(request.request_id),
+            "request_id",
+            "at most 128 characters, no control characters",
+        )
         check.check()
         principal = current_principal()
         created = await self._store.create(
@@ -135,6 +142,8 @@ class RuleSetHandlers(rule_set_service_pb2_grpc.RuleSetServiceServicer):
             else:
                 getattr(merged, path).extend(getattr(request.rule_set, path))
         validate_rule_set(merged, check)
+        if "display_name" in paths:
+            _check_new_text(check, merged.display_name)
         check.check()
         updated = await self._store.update(
             principal.tenant, principal.subject, merged, request.rule_set.etag
@@ -182,6 +191,15 @@ class RuleSetHandlers(rule_set_service_pb2_grpc.RuleSetServiceServicer):
 # attempt's result to "in progress".
 _CHANNELS = defined_values(channel_pb2.Channel.DESCRIPTOR, unspecified=True)
 _CALL_RESULTS = defined_values(call_result_pb2.CallResult.DESCRIPTOR, unspecified=True)
+
+
+def _check_new_text(check: Validator, display_name: str) -> None:
+    """What a new or changed rule set may not hold, though a stored one may (checked here,
+    not in `validate_rule_set`, so that no stored rule set stops deciding): control
+    characters in its name (NUL was a 500 from Postgres)."""
+    check.require(
+        not CONTROL.search(display_name), "rule_set.display_name", "no control characters"
+    )
 
 
 def _check_request(
@@ -491,8 +509,17 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         # Read as decisions read the contact, or the attempt counts against another number.
         region = await self._engine.region(tenant)
         for n, attempt in enumerate(request.attempts):
+            # Stored in Postgres, whose text refuses NUL: a 500 would leave them uncounted.
             check.require(
-                0 < len(attempt.attempt_id) <= 128, f"attempts[{n}].attempt_id", "1-128 characters"
+                0 < len(attempt.attempt_id) <= 128 and not CONTROL.search(attempt.attempt_id),
+                f"attempts[{n}].attempt_id",
+                "1-128 characters, no control characters",
+            )
+            client_id = attempt.contact.client_id.strip()  # as decisions read it
+            check.require(
+                len(client_id) <= 255 and not CONTROL.search(client_id),
+                f"attempts[{n}].contact.client_id",
+                "at most 255 characters, no control characters",
             )
             # An undefined one would be stored and never counted by any attempt rule.
             check.require(
@@ -518,6 +545,11 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
                     check.require(False, f"attempts[{n}].contact.address", str(error))
             else:
                 address = address.lower()
+                check.require(
+                    len(address) <= 254 and not CONTROL.search(address),
+                    f"attempts[{n}].contact.address",
+                    "an email address is at most 254 characters, no control characters",
+                )
             # Reported, so already made: a later stamp (the dialer's clock is ahead) would
             # not count until that instant.
             when = (
@@ -529,7 +561,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
                 AttemptReport(
                     attempt_id=attempt.attempt_id,
                     device=address,
-                    client_id=attempt.contact.client_id.strip(),  # as decisions read it
+                    client_id=client_id,
                     call_result=attempt.call_result,
                     channel=attempt.channel or channel_pb2.CHANNEL_VOICE,
                     attempt_time=when,

@@ -10,10 +10,10 @@ from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2_grpc
 from cxmesh.lists.v1 import suppression_service_pb2 as pb
 from cxmesh.types.v1 import channel_pb2
 from cxmesh_server.contacts.campaigns import is_campaign
+from cxmesh_server.contacts.text import CONTROL
 from cxmesh_server.lists.convert import entry_message, suppression_list_message
 from cxmesh_server.lists.dnc import load_dnc_file
 from cxmesh_server.lists.domain.suppression import (
-    CONTROL,
     KIND_OF_TYPE,
     TargetError,
     expiry,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from cxmesh.lists.v1 import suppression_service_pb2 as service_pb2
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
+from cxmesh_server.contacts.text import CONTROL
 
 KIND_OF_TYPE = {
     service_pb2.SUPPRESSION_TARGET_TYPE_PHONE_NUMBER: "phone",
@@ -16,8 +17,6 @@ KIND_OF_TYPE = {
 }
 TYPE_OF_KIND = {kind: target_type for target_type, kind in KIND_OF_TYPE.items()}
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-# Control characters: Postgres text refuses NUL, and none belongs in an id or a reason.
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -33,6 +32,8 @@ class TargetError(ValueError):
 
 def normalize_target(kind: str, raw: str, default_region: str) -> SuppressionTarget:
     value = raw.strip()
+    if CONTROL.search(value):
+        raise TargetError("no control characters")
     if kind == "phone":
         try:
             # Premium-rate numbers may still be suppressed: only validity matters here.
@@ -50,8 +51,6 @@ def normalize_target(kind: str, raw: str, default_region: str) -> SuppressionTar
         return SuppressionTarget(kind, value.lower())
     if not value or len(value) > 64:
         raise TargetError("a client id is 1-64 characters")
-    if CONTROL.search(value):
-        raise TargetError("a client id has no control characters")
     return SuppressionTarget(kind, value)
 
 
