@@ -1069,6 +1069,43 @@ def test_with_redis_unreachable_or_evicting_every_answer_is_deny_and_health_says
         own_redis.stop()
 
 
+def test_attempts_count_again_after_compliance_redis_restarts_empty(
+    compliance: Compliance, mesh: Mesh, state_dir: Path
+) -> None:
+    compliance.create(limited("one a day", 1, timedelta(days=1)))
+    own_redis = start_redis(state_dir / "attempts-redis", persist=False)
+    replica = mesh.start_service("compliance", env={"CXMESH_REDIS_URL": own_redis.url})
+    target = f"127.0.0.1:{replica.port}"
+    try:
+        _mark_suppression_loaded(own_redis.port)  # as the lists service would
+        wait_serving(target, time.monotonic() + 60, replica)
+        with grpc.insecure_channel(target) as channel:
+            recorded = decision_service_pb2_grpc.DecisionServiceStub(channel).RecordAttempts(
+                decision_service_pb2.RecordAttemptsRequest(
+                    attempts=[_attempt("before-restart", "+14155550176")]
+                ),
+                metadata=compliance.md,
+                timeout=10,
+            )
+        assert recorded.new_attempt_count == 1
+        port = own_redis.port
+        own_redis.stop()
+        own_redis = start_redis(state_dir / "attempts-redis", port, persist=False)  # empty
+        _mark_suppression_loaded(port)
+        deadline = time.monotonic() + 20
+        while [d.code for d in _decide_direct(target, compliance, "+14155550176").denials] != [
+            decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT
+        ]:  # denied "unavailable" meanwhile
+            assert time.monotonic() < deadline, "the attempt never counted again"
+            time.sleep(0.2)
+        assert _decide_direct(target, compliance, "+14155550177").allowed
+    finally:
+        replica.process.terminate()
+        replica.process.wait(20)
+        mesh.instances.remove(replica)
+        own_redis.stop()
+
+
 def _mark_suppression_loaded(port: int) -> None:
     client = redis.Redis(port=port, decode_responses=True)
     client.set(SUPPRESSION_LOADED, client.info("server")["run_id"])
