@@ -85,3 +85,22 @@ async def test_a_restarted_redis_with_its_data_is_not_trusted_until_the_mirrors_
     finally:
         await redis.aclose()
         server.stop()
+
+
+async def test_a_rebuild_that_a_failover_interrupts_leaves_the_new_server_unmarked(
+    master_and_replica: tuple[EmbeddedRedis, EmbeddedRedis],
+) -> None:
+    """Mirrors are marked with the dataset their rebuild began in: part of what it wrote
+    went to the old master, so the promoted replica must not read as loaded."""
+    master, replica = master_and_replica
+    on_master = create_redis(master.url)
+    on_replica = create_redis(replica.url)
+    for mirror_of in (RulesMirror, suppression.SuppressionMirror):
+        began = await mirror_of(on_master).begin_load()  # the rebuild starts on the master
+        # ... a failover: the service address now reaches the replica, where it ends.
+        await mirror_of(on_replica).mark_loaded(began)
+        assert not await mirror_of(on_replica).is_loaded()
+        await mirror_of(on_replica).mark_loaded(await mirror_of(on_replica).begin_load())
+        assert await mirror_of(on_replica).is_loaded()  # a rebuild begun there counts
+    await on_master.aclose()
+    await on_replica.aclose()

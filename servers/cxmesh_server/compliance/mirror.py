@@ -104,6 +104,9 @@ class RulesMirror:
             pipe.incr(version_key(tenant))
             await pipe.execute()
 
+    async def begin_load(self) -> str:
+        return await LoadedMarker(self.redis, LOADED_KEY).begin()
+
     async def mark_loaded(self, dataset: str | None = None) -> None:
         await LoadedMarker(self.redis, LOADED_KEY).mark(dataset)
 

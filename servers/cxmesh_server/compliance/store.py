@@ -12,7 +12,6 @@ from cxmesh_server.compliance.attempts import AttemptStore
 from cxmesh_server.compliance.mirror import RulesMirror
 from cxmesh_server.runtime.errors import Aborted, NotFound
 from cxmesh_server.runtime.postgres import Db, tenant_transaction
-from cxmesh_server.runtime.redis import dataset_id
 
 
 def _message(row: asyncpg.Record) -> rule_set_pb2.RuleSet:
@@ -157,7 +156,7 @@ class RuleSetStore:
         """Mirrors every tenant's rules into Redis and, if this Redis lacks them (lost,
         restarted, failed over), every attempt; returns how many tenants have rules."""
         # Read first: if a failover interrupts the rebuild, the marker names the old dataset.
-        dataset = await dataset_id(self.mirror.redis)
+        dataset = await self.mirror.begin_load()
         lost = not await self.mirror.is_loaded()
         async with self.pool.acquire() as db:
             tenants = [

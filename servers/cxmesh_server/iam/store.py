@@ -183,6 +183,8 @@ class IamStore:
     async def rebuild_mirror(self) -> int:
         """Makes the Redis mirror exactly the active keys of Postgres, mirrors every
         tenant's settings, then marks it loaded; returns how many keys are active."""
+        marker = LoadedMarker(self._redis, LOADED_KEY)
+        dataset = await marker.begin()
         async with tenant_transaction(self._pool, PLATFORM_SCOPE) as db:
             tenants = [_tenant(r) for r in await db.fetch("SELECT * FROM iam.tenants")]
         for settings in tenants:
@@ -197,7 +199,7 @@ class IamStore:
         async for key in self._redis.scan_iter(match=api_key_redis_key("*"), count=1000):
             if key not in active:
                 await self._redis.delete(key)
-        await LoadedMarker(self._redis, LOADED_KEY).mark()
+        await marker.mark(dataset)
         return len(active)
 
     async def _mirror_tenant(self, tenant: Tenant) -> None:

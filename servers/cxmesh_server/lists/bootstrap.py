@@ -74,10 +74,11 @@ async def build(resources: Resources) -> Sequence[Registration]:
 
 
 async def rebuild_all_mirrors(store: SuppressionStore) -> None:
+    dataset = await store.mirror.begin_load()
     tenants = await store.tenants_with_lists()
     for tenant in tenants:
         await store.rebuild_mirror(tenant)
-    await store.mirror.mark_loaded()
+    await store.mirror.mark_loaded(dataset)
     log.info("suppression mirror loaded", extra={"tenants": len(tenants)})
 
 

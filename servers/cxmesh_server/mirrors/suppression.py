@@ -237,8 +237,11 @@ class SuppressionMirror:
         """Takes an abandoned writer's repair; exactly one claimant gets True."""
         return bool(await self._redis.zrem(WRITERS_KEY, member))
 
-    async def mark_loaded(self) -> None:
-        await LoadedMarker(self._redis, LOADED_KEY).mark()
+    async def begin_load(self) -> str:
+        return await LoadedMarker(self._redis, LOADED_KEY).begin()
+
+    async def mark_loaded(self, dataset: str | None = None) -> None:
+        await LoadedMarker(self._redis, LOADED_KEY).mark(dataset)
 
     async def is_loaded(self) -> bool:
         return await LoadedMarker(self._redis, LOADED_KEY).is_set()

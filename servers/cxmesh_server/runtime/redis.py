@@ -76,10 +76,14 @@ class LoadedMarker:
         self._redis = redis
         self.key = key
 
+    async def begin(self) -> str:
+        """The dataset a load beginning now goes into: pass it to `mark` once loaded."""
+        return await dataset_id(self._redis)
+
     async def mark(self, dataset: str | None = None) -> None:
-        """Marks the mirror loaded into `dataset`: the id read before loading began, so a
-        load that a failover interrupted marks the old dataset, not the new one (default:
-        the current one)."""
+        """Marks the mirror loaded into `dataset`, as `begin` read it before the load: a
+        load that a failover interrupted then marks the old dataset, not the new one, which
+        it partly missed (default: the current one)."""
         await self._redis.set(
             self.key, dataset if dataset is not None else await dataset_id(self._redis)
         )
