@@ -3,6 +3,7 @@ suppression from the lists service, attempts, OCS 200/409."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -1104,6 +1105,47 @@ def test_attempts_count_again_after_compliance_redis_restarts_empty(
         replica.process.wait(20)
         mesh.instances.remove(replica)
         own_redis.stop()
+
+
+def test_a_replica_is_not_serving_until_its_mirrors_are_loaded_and_survives_redis_absent(
+    compliance: Compliance, mesh: Mesh, state_dir: Path
+) -> None:
+    compliance.create(all_day("starting"))
+    own_redis = start_redis(state_dir / "starting-redis", persist=False)
+    port = own_redis.port
+    # Every command waits (as behind a Redis that hangs) while the replica starts.
+    pause_ends = time.monotonic() + PAUSE_SECONDS
+    redis.Redis(port=port).client_pause(PAUSE_SECONDS * 1000, all=True)
+    replica = mesh.start_service("compliance", env={"CXMESH_REDIS_URL": own_redis.url})
+    target = f"127.0.0.1:{replica.port}"
+    try:
+        statuses = []
+        while time.monotonic() < pause_ends - 1:
+            assert replica.process.poll() is None, "the replica exited"
+            with contextlib.suppress(grpc.RpcError):  # not listening yet
+                statuses.append(_health(target))
+            time.sleep(0.2)
+        # Answering, and saying so: a readiness probe sends it nothing yet.
+        assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
+        assert health_pb2.HealthCheckResponse.SERVING not in statuses
+        own_redis.stop()  # and then gone: the start's rebuild fails
+        time.sleep(2)
+        assert replica.process.poll() is None, "the replica exited"
+        own_redis = start_redis(state_dir / "starting-redis", port, persist=False)
+        _mark_suppression_loaded(port)
+        deadline = time.monotonic() + 20
+        while not _decide_direct(target, compliance, "+14155550178").allowed:
+            assert time.monotonic() < deadline, "compliance did not recover"
+            time.sleep(0.2)
+        wait_serving(target, time.monotonic() + 10, replica)
+    finally:
+        replica.process.terminate()
+        replica.process.wait(20)
+        mesh.instances.remove(replica)
+        own_redis.stop()
+
+
+PAUSE_SECONDS = 10
 
 
 def _mark_suppression_loaded(port: int) -> None:

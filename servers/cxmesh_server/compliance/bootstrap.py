@@ -52,17 +52,23 @@ async def build(resources: Resources) -> Sequence[Registration]:
 
 
 async def _watch_data(store: RuleSetStore, resources: Resources) -> None:
-    """Health follows the data decisions need: NOT_SERVING while Redis is unreachable, a
-    mirror is missing or Redis may evict keys (decisions deny meanwhile); the rules mirror
-    is rebuilt when lost."""
-    serving = True
+    """Health follows the data decisions need: NOT_SERVING until the mirrors are first
+    loaded, and while Redis is unreachable, a mirror is missing or Redis may evict keys
+    (decisions deny meanwhile). The rules are mirrored afresh at the start, and rebuilt
+    with the attempts whenever Redis lost them."""
+    serving: bool | None = None  # NOT_SERVING until the first check passes
+    started = False
     while True:
-        await asyncio.sleep(MIRROR_CHECK_SECONDS)
         reason = ""
         try:
-            if not await store.mirror.is_loaded():
-                log.warning("rules mirror missing; rebuilding from Postgres")
+            if not started or not await store.mirror.is_loaded():
+                if started:
+                    log.warning("rules mirror missing; rebuilding from Postgres")
+                    if serving:
+                        serving = False  # for as long as the replay of attempts takes
+                        await resources.report_health(False)
                 await store.rebuild_mirror()
+                started = True
             redis = resources.require_redis()
             if not await SuppressionMirror(redis).is_loaded():
                 reason = "the suppression mirror is not loaded"
@@ -75,12 +81,12 @@ async def _watch_data(store: RuleSetStore, resources: Resources) -> None:
             serving = not reason
             log.warning("compliance health changed", extra={"serving": serving, "reason": reason})
             await resources.report_health(serving)
+        await asyncio.sleep(MIRROR_CHECK_SECONDS)
 
 
 async def on_start(resources: Resources) -> None:
     warm_up()
     store = _store(resources)
-    await store.rebuild_mirror()
     start_background(_watch_data(store, resources))
     start_periodic("attempts pruned", PRUNE_SECONDS, store.attempts.prune)
     start_periodic(
@@ -93,4 +99,5 @@ PROCESS = ServiceProcess(
     build=build,
     migrations=[("compliance", Path(__file__).parent / "migrations")],
     on_start=on_start,
+    reports_readiness=True,
 )

@@ -123,6 +123,9 @@ class ServiceProcess:
     migrations: Sequence[tuple[str, Any]] = field(default_factory=tuple)
     # Called once after the server starts (mirror rebuilds, background loops).
     on_start: Callable[[Resources], Awaitable[None]] | None = None
+    # The service reports SERVING itself (Resources.report_health) once what it serves from
+    # is loaded, instead of the runtime doing so when on_start returns.
+    reports_readiness: bool = False
     # The largest request message accepted (gRPC's default is 4 MiB).
     max_request_bytes: int = 4 * 1024 * 1024
 
@@ -157,6 +160,11 @@ async def run_server(settings: ServiceSettings, process: ServiceProcess) -> None
     # Every service registers through the runtime, which wraps its handlers.
     runtime = Runtime(Authenticator(verifier, resources.redis))
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    served = ["", *api.service_names_of(process.name)]
+    # Not serving until on_start is done (the servicer starts out SERVING): a readiness
+    # probe must not send calls to a process still loading what they need.
+    for name in served:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     registrations: list[Registration] = [
         (health_pb2_grpc.add_HealthServicer_to_server, health_servicer),
         *(await process.build(resources) if process.build else []),
@@ -180,7 +188,6 @@ async def run_server(settings: ServiceSettings, process: ServiceProcess) -> None
         max_request_bytes=process.max_request_bytes,
     )
     address = f"{settings.grpc_host}:{port}"
-    served = ["", *api.service_names_of(process.name)]
 
     async def set_serving(serving: bool) -> None:
         status = (
@@ -194,7 +201,8 @@ async def run_server(settings: ServiceSettings, process: ServiceProcess) -> None
     resources.set_serving = set_serving
     if process.on_start is not None:
         await process.on_start(resources)
-    await set_serving(True)
+    if not process.reports_readiness:
+        await set_serving(True)
     # Everything alive now (modules, descriptors, phone metadata, zone data) lives as long
     # as the process: out of the cyclic collector's sight, a full collection no longer
     # walks it (gc.callbacks under load showed 36-50 ms pauses every 10-30 s before).
