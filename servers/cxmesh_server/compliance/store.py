@@ -169,7 +169,8 @@ class RuleSetStore:
             await self.mirror.replace(tenant, [_message(r) for r in rows])
         if lost:
             await self.attempts.restore_mirror()
-        await self.mirror.index_attempts()
+            # Attempt sets Redis kept from before the index (a loaded marker means none).
+            await self.mirror.index_attempts()
         await self.mirror.mark_loaded(dataset)
         return len(tenants)
 
