@@ -5,6 +5,8 @@ Redis)."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -240,3 +242,23 @@ async def test_attempts_reported_while_postgres_is_unreachable_count_at_once(
         attempts_key(tenant, "device", "+14155550251"), 0, -1
     )
     assert history == [f"p1|{BUSY}|{channel_pb2.CHANNEL_VOICE}"]
+
+
+async def test_batches_reporting_the_same_attempts_in_any_order_at_once_all_land(
+    compliance: Compliance,
+) -> None:
+    """Each batch locks its attempts' rows in one order, so batches racing over the same
+    attempts wait for each other instead of deadlocking (a 500, the attempts uncounted)."""
+    tenant = "durable-racing"
+    ids = [f"race-{n:03d}" for n in range(200)]
+
+    async def batch(seed: int) -> int:
+        order = random.Random(seed).sample(ids, len(ids))
+        return await compliance.attempts.record(
+            tenant, [_report(i, f"+1415557{int(i[-3:]):04d}") for i in order]
+        )
+
+    new = await asyncio.gather(*(batch(seed) for seed in range(8)))
+    assert sum(new) == len(ids)  # each attempt new once, whichever batch got it first
+    async with tenant_transaction(compliance.pool, tenant) as db:
+        assert await db.fetchval("SELECT count(*) FROM compliance.attempts") == len(ids)
