@@ -456,7 +456,7 @@ def measure(run: Run, env: Environment) -> None:
             f"{BASELINE}.redis_pipelined_set_ops",
             note="RecordAttempts of 1,000 attempts, h2load -c2 -m2 (the same 1,000 every call: "
             "each replaces its last report; one Postgres upsert of the 1,000, committed, then "
-            "one script of 5-7 Redis commands per attempt, all in one pipeline)",
+            "scripts of 50 attempts, 5-7 Redis commands each, all in one pipeline)",
         )
     )
     # Last: it empties Redis.
