@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import asyncpg
 import grpc
+import redis
 from redis.asyncio import Redis
 
 from bench.baselines import GROUP as BASELINE
@@ -18,6 +19,16 @@ from bench.environment import Environment
 from bench.harness import Figure, Run
 from cxmesh.compliance.v1 import decision_pb2, decision_service_pb2, decision_service_pb2_grpc
 from cxmesh.types.v1 import call_result_pb2, channel_pb2
+from cxmesh_server.compliance.mirror import LOADED_KEY as RULES_LOADED
+from cxmesh_server.iam.store import LOADED_KEY as IAM_LOADED
+from cxmesh_server.mirrors.suppression import LOADED_KEY as SUPPRESSION_LOADED
+
+# Each mirror's loaded marker, by what the figure's note calls it.
+MARKERS = {
+    "API keys and tenant settings": IAM_LOADED,
+    "suppression": SUPPRESSION_LOADED,
+    "rules and attempts": RULES_LOADED,
+}
 
 ATTEMPTS = 200_000
 # Devices the attempts spread over, two or three attempts each.
@@ -111,14 +122,21 @@ def measure(
         asyncio.run(_lose_redis(env))
         denied = _decision(decisions, allowed, admin)
         assert denied is None or not denied.allowed, denied  # fail closed at once
+        markers = redis.Redis(port=env.redis.port)
+        loaded: dict[str, float] = {}  # mirror → seconds after the loss
         while True:
             decision = _decision(decisions, allowed, admin)
             if decision is not None and decision.allowed:
                 break
+            for mirror, key in MARKERS.items():
+                if mirror not in loaded and markers.exists(key):
+                    loaded[mirror] = time.perf_counter() - lost
             if time.perf_counter() - lost > RECOVERY_TIMEOUT_SECONDS:
                 raise RuntimeError(f"decisions still denied: {decision}")
             time.sleep(0.05)
         recovered = time.perf_counter() - lost
+        markers.close()
+        rebuilt = ", ".join(f"{mirror} {seconds:.2f} s" for mirror, seconds in loaded.items())
         counted = _decision(decisions, limited, admin)
     assert counted is not None and [d.code for d in counted.denials] == [
         decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT
@@ -133,6 +151,7 @@ def measure(
             note=f"FLUSHALL of Redis → first decision allowed again, every mirror rebuilt from "
             f"Postgres by the services' keepers: 1,000,000 suppression entries and "
             f"{ATTEMPTS:,} attempts of the last 7 days (decisions denied meanwhile; a contact "
-            f"with {LIMIT} attempts in Postgres only is denied its attempt limit after)",
+            f"with {LIMIT} attempts in Postgres only is denied its attempt limit after); "
+            f"marked loaded after: {rebuilt}",
         )
     )
