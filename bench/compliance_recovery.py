@@ -125,12 +125,12 @@ def measure(
         markers = redis.Redis(port=env.redis.port)
         loaded: dict[str, float] = {}  # mirror → seconds after the loss
         while True:
+            for mirror, key in MARKERS.items():  # before the decision, which may end it
+                if mirror not in loaded and markers.exists(key):
+                    loaded[mirror] = time.perf_counter() - lost
             decision = _decision(decisions, allowed, admin)
             if decision is not None and decision.allowed:
                 break
-            for mirror, key in MARKERS.items():
-                if mirror not in loaded and markers.exists(key):
-                    loaded[mirror] = time.perf_counter() - lost
             if time.perf_counter() - lost > RECOVERY_TIMEOUT_SECONDS:
                 raise RuntimeError(f"decisions still denied: {decision}")
             time.sleep(0.05)
