@@ -312,19 +312,35 @@ def test_the_lists_service_rebuilds_a_mirror_left_unlike_postgres(
     assert _mirror_value(redis_server, lists.tenant, dnc.name, "phone", "+14155550105") is not None
 
 
-def test_rebuild_on_request_restores_a_tenants_mirror(
+def test_rebuild_on_request_restores_a_tenants_mirror_as_the_writes_left_it(
     lists: Lists, redis_server: EmbeddedRedis
 ) -> None:
     dnc = lists.new_suppression_list("rebuild rpc")
-    _add(lists, dnc.name, suppression_pb2.SuppressionEntry(email="x@example.com"))
+    _add(
+        lists,
+        dnc.name,
+        suppression_pb2.SuppressionEntry(email="x@example.com"),
+        suppression_pb2.SuppressionEntry(
+            phone_number="+14155550106",
+            channels=[channel_pb2.CHANNEL_SMS],
+            expire_time=_ts(datetime.now(UTC) + timedelta(days=30)),
+        ),
+        suppression_pb2.SuppressionEntry(
+            client_id="C-106", channels=[channel_pb2.CHANNEL_VOICE, channel_pb2.CHANNEL_EMAIL]
+        ),
+    )
+    targets = [("email", "x@example.com"), ("phone", "+14155550106"), ("client", "C-106")]
+    written = [_mirror_value(redis_server, lists.tenant, dnc.name, *t) for t in targets]
+    assert None not in written
     redis.Redis(port=redis_server.port).delete(
-        list_key(lists.tenant, dnc.name.split("/")[1], "email")
+        *(list_key(lists.tenant, dnc.name.split("/")[1], kind) for kind, _ in targets)
     )
     rebuilt = lists.suppression.RebuildSuppressionMirror(
         suppression_service_pb2.RebuildSuppressionMirrorRequest(), metadata=lists.md, timeout=30
     )
-    assert rebuilt.entry_count == 1
-    assert _mirror_value(redis_server, lists.tenant, dnc.name, "email", "x@example.com") is not None
+    assert rebuilt.entry_count == 3
+    # Channels and expiry read back from Postgres exactly as the writes mirrored them.
+    assert [_mirror_value(redis_server, lists.tenant, dnc.name, *t) for t in targets] == written
 
 
 def _stream(

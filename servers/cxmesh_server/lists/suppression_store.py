@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -41,6 +41,28 @@ class EntryRow:
 
 def _channels(mask: int) -> list[int]:
     return [bit for bit in range(1, 16) if mask & (1 << bit)]
+
+
+# What `channel_mask(_channels(mask))` keeps of a stored mask, in one step for a rebuild.
+_CHANNEL_BITS = channel_mask(range(1, 16))
+# Entries read from Postgres per round trip while a list is mirrored afresh.
+_REBUILD_ROWS = 10_000
+
+
+async def _mirror_entries(db: Db, list_id: str) -> AsyncIterator[Entry]:
+    """A list's entries as the mirror holds them, read in chunks of only the columns the
+    mirror needs (a rebuild after Redis lost everything denies every decision meanwhile,
+    so its Python work per entry is kept to the least)."""
+    rows = await db.cursor(
+        "SELECT target_type, target, channels_mask, expire_time"
+        " FROM lists.suppression_entries WHERE list_id = $1",
+        list_id,
+    )
+    while chunk := await rows.fetch(_REBUILD_ROWS):
+        for target_type, target, mask, expire_time in chunk:
+            yield Entry(
+                KIND_OF_TYPE[target_type], target, mask & _CHANNEL_BITS, expire_ms(expire_time)
+            )
 
 
 def _entry(row: asyncpg.Record) -> EntryRow:
@@ -338,15 +360,9 @@ class SuppressionStore:
                 await self.mirror.drop_list(tenant, stale)
             for row in lists:
                 await self.mirror.put_list(tenant, row["list_id"], row["campaigns"])
-                entries = (
-                    mirror_entry(_entry(r))
-                    async for r in db.cursor(
-                        "SELECT * FROM lists.suppression_entries WHERE list_id = $1",
-                        row["list_id"],
-                        prefetch=10_000,
-                    )
+                total += await self.mirror.replace_list(
+                    tenant, row["list_id"], _mirror_entries(db, row["list_id"])
                 )
-                total += await self.mirror.replace_list(tenant, row["list_id"], entries)
         await self.mirror.set_ready(tenant, True)
         return total
 

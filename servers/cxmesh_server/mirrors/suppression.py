@@ -115,12 +115,15 @@ class SuppressionMirror:
         self, tenant: str, list_id: str, entries: Iterable[Entry] | AsyncIterable[Entry]
     ) -> int:
         count = 0
+        pending = 0  # entries in `batch`, or a repeated target counted twice (harmless)
         batch: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
         async for entry in _each(entries):
             batch[entry.kind][entry.target] = encode(entry.mask, entry.expire_ms)
             count += 1
-            if sum(len(b) for b in batch.values()) >= _BATCH * 10:
+            pending += 1
+            if pending >= _BATCH * 10:
                 await self._flush(tenant, list_id, batch)
+                pending = 0
         await self._flush(tenant, list_id, batch)
         return count
 
