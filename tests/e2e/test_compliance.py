@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from cxmesh_server.mirrors.suppression import LOADED_KEY as SUPPRESSION_LOADED
 from cxmesh_server.mirrors.tenants import settings_key
 from cxmesh_server.runtime.devkeys import SigningKey
 from cxmesh_server.stack.datastores import EmbeddedRedis, start_redis
-from cxmesh_server.stack.mesh import Mesh, wait_serving
+from cxmesh_server.stack.mesh import Mesh, ServiceInstance, wait_serving
 from tests.e2e.scrape import metric
 
 
@@ -1013,15 +1014,48 @@ def test_two_replicas_see_a_rule_change_on_their_next_decision(
         mesh.instances.remove(replica)
 
 
+@dataclass
+class OwnRedisReplica:
+    """A compliance replica of the mesh's on a Redis of its own, which a test may stop and
+    restart empty without disturbing the others."""
+
+    replica: ServiceInstance
+    redis: EmbeddedRedis
+    folder: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.replica.port}"
+
+    def restart_redis_empty(self) -> None:
+        self.redis = start_redis(self.folder, self.redis.port, persist=False)
+        _mark_suppression_loaded(self.redis.port)  # as the lists service would
+
+
+@contextlib.contextmanager
+def _replica_on_own_redis(
+    mesh: Mesh, folder: Path, before_start: Callable[[EmbeddedRedis], object] = lambda _: None
+) -> Iterator[OwnRedisReplica]:
+    own_redis = start_redis(folder, persist=False)
+    before_start(own_redis)
+    replica = mesh.start_service("compliance", env={"CXMESH_REDIS_URL": own_redis.url})
+    own = OwnRedisReplica(replica, own_redis, folder)
+    try:
+        yield own
+    finally:
+        replica.process.terminate()
+        replica.process.wait(20)
+        mesh.instances.remove(replica)
+        own.redis.stop()
+
+
 def test_with_redis_unreachable_or_evicting_every_answer_is_deny_and_health_says_so(
     compliance: Compliance, mesh: Mesh, state_dir: Path
 ) -> None:
     compliance.create(all_day("always"))
-    own_redis = start_redis(state_dir / "compliance-redis", persist=False)
-    replica = mesh.start_service("compliance", env={"CXMESH_REDIS_URL": own_redis.url})
-    target = f"127.0.0.1:{replica.port}"
-    try:
-        _mark_suppression_loaded(own_redis.port)  # as the lists service would
+    with _replica_on_own_redis(mesh, state_dir / "compliance-redis") as own:
+        target, replica = own.target, own.replica
+        _mark_suppression_loaded(own.redis.port)  # as the lists service would
         wait_serving(target, time.monotonic() + 60, replica)
         # A new replica on an empty Redis answers "unavailable" until both mirrors are in
         # (once in five runs the first decision came before that): wait for the first yes.
@@ -1029,16 +1063,15 @@ def test_with_redis_unreachable_or_evicting_every_answer_is_deny_and_health_says
         while not _decide_direct(target, compliance, "+14155550171").allowed:
             assert time.monotonic() < deadline, "the replica never allowed the contact"
             time.sleep(0.1)
-        port = own_redis.port
-        own_redis.stop()
+        port = own.redis.port
+        own.redis.stop()
         denied = _decide_direct(target, compliance, "+14155550171")
         assert [d.code for d in denied.denials] == [decision_pb2.DENIAL_CODE_DATA_UNAVAILABLE]
         deadline = time.monotonic() + 10
         while _health(target) == health_pb2.HealthCheckResponse.SERVING:
             assert time.monotonic() < deadline, "health still says SERVING"
             time.sleep(0.2)
-        own_redis = start_redis(state_dir / "compliance-redis", port, persist=False)
-        _mark_suppression_loaded(port)
+        own.restart_redis_empty()
         deadline = time.monotonic() + 15
         while not _decide_direct(
             target, compliance, "+14155550171"
@@ -1063,23 +1096,16 @@ def test_with_redis_unreachable_or_evicting_every_answer_is_deny_and_health_says
             assert time.monotonic() < deadline, "compliance did not recover"
             time.sleep(0.2)
         wait_serving(target, time.monotonic() + 10, replica)
-    finally:
-        replica.process.terminate()
-        replica.process.wait(20)
-        mesh.instances.remove(replica)
-        own_redis.stop()
 
 
 def test_attempts_count_again_after_compliance_redis_restarts_empty(
     compliance: Compliance, mesh: Mesh, state_dir: Path
 ) -> None:
     compliance.create(limited("one a day", 1, timedelta(days=1)))
-    own_redis = start_redis(state_dir / "attempts-redis", persist=False)
-    replica = mesh.start_service("compliance", env={"CXMESH_REDIS_URL": own_redis.url})
-    target = f"127.0.0.1:{replica.port}"
-    try:
-        _mark_suppression_loaded(own_redis.port)  # as the lists service would
-        wait_serving(target, time.monotonic() + 60, replica)
+    with _replica_on_own_redis(mesh, state_dir / "attempts-redis") as own:
+        target = own.target
+        _mark_suppression_loaded(own.redis.port)  # as the lists service would
+        wait_serving(target, time.monotonic() + 60, own.replica)
         with grpc.insecure_channel(target) as channel:
             recorded = decision_service_pb2_grpc.DecisionServiceStub(channel).RecordAttempts(
                 decision_service_pb2.RecordAttemptsRequest(
@@ -1089,10 +1115,8 @@ def test_attempts_count_again_after_compliance_redis_restarts_empty(
                 timeout=10,
             )
         assert recorded.new_attempt_count == 1
-        port = own_redis.port
-        own_redis.stop()
-        own_redis = start_redis(state_dir / "attempts-redis", port, persist=False)  # empty
-        _mark_suppression_loaded(port)
+        own.redis.stop()
+        own.restart_redis_empty()
         deadline = time.monotonic() + 20
         while [d.code for d in _decide_direct(target, compliance, "+14155550176").denials] != [
             decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT
@@ -1100,25 +1124,20 @@ def test_attempts_count_again_after_compliance_redis_restarts_empty(
             assert time.monotonic() < deadline, "the attempt never counted again"
             time.sleep(0.2)
         assert _decide_direct(target, compliance, "+14155550177").allowed
-    finally:
-        replica.process.terminate()
-        replica.process.wait(20)
-        mesh.instances.remove(replica)
-        own_redis.stop()
 
 
 def test_a_replica_is_not_serving_until_its_mirrors_are_loaded_and_survives_redis_absent(
     compliance: Compliance, mesh: Mesh, state_dir: Path
 ) -> None:
     compliance.create(all_day("starting"))
-    own_redis = start_redis(state_dir / "starting-redis", persist=False)
-    port = own_redis.port
-    # Every command waits (as behind a Redis that hangs) while the replica starts.
     pause_ends = time.monotonic() + PAUSE_SECONDS
-    redis.Redis(port=port).client_pause(PAUSE_SECONDS * 1000, all=True)
-    replica = mesh.start_service("compliance", env={"CXMESH_REDIS_URL": own_redis.url})
-    target = f"127.0.0.1:{replica.port}"
-    try:
+
+    def pause(own_redis: EmbeddedRedis) -> object:
+        # Every command waits (as behind a Redis that hangs) while the replica starts.
+        return redis.Redis(port=own_redis.port).client_pause(PAUSE_SECONDS * 1000, all=True)
+
+    with _replica_on_own_redis(mesh, state_dir / "starting-redis", pause) as own:
+        target, replica = own.target, own.replica
         statuses = []
         while time.monotonic() < pause_ends - 1:
             assert replica.process.poll() is None, "the replica exited"
@@ -1128,21 +1147,15 @@ def test_a_replica_is_not_serving_until_its_mirrors_are_loaded_and_survives_redi
         # Answering, and saying so: a readiness probe sends it nothing yet.
         assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
         assert health_pb2.HealthCheckResponse.SERVING not in statuses
-        own_redis.stop()  # and then gone: the start's rebuild fails
+        own.redis.stop()  # and then gone: the start's rebuild fails
         time.sleep(2)
         assert replica.process.poll() is None, "the replica exited"
-        own_redis = start_redis(state_dir / "starting-redis", port, persist=False)
-        _mark_suppression_loaded(port)
+        own.restart_redis_empty()
         deadline = time.monotonic() + 20
         while not _decide_direct(target, compliance, "+14155550178").allowed:
             assert time.monotonic() < deadline, "compliance did not recover"
             time.sleep(0.2)
         wait_serving(target, time.monotonic() + 10, replica)
-    finally:
-        replica.process.terminate()
-        replica.process.wait(20)
-        mesh.instances.remove(replica)
-        own_redis.stop()
 
 
 PAUSE_SECONDS = 10
