@@ -17,9 +17,14 @@ import pytest
 
 from cxmesh.compliance.v1 import decision_pb2, rule_set_pb2
 from cxmesh.types.v1 import call_result_pb2, channel_pb2
-from cxmesh_server.compliance.attempts import AttemptReport, AttemptStore
+from cxmesh_server.compliance.attempts import RESTORE_CHUNK, AttemptReport, AttemptStore
 from cxmesh_server.compliance.engine import DecisionEngine
-from cxmesh_server.compliance.mirror import ATTEMPT_RETENTION, RulesMirror, attempts_key
+from cxmesh_server.compliance.mirror import (
+    ATTEMPT_RETENTION,
+    SCRIPT_ATTEMPTS,
+    RulesMirror,
+    attempts_key,
+)
 from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.mirrors import suppression
 from cxmesh_server.runtime.errors import Unavailable
@@ -262,3 +267,40 @@ async def test_batches_reporting_the_same_attempts_in_any_order_at_once_all_land
     assert sum(new) == len(ids)  # each attempt new once, whichever batch got it first
     async with tenant_transaction(compliance.pool, tenant) as db:
         assert await db.fetchval("SELECT count(*) FROM compliance.attempts") == len(ids)
+
+
+async def test_replicas_rebuilding_a_lost_redis_at_once_replay_the_attempts_once(
+    compliance: Compliance, own_redis: EmbeddedRedis, postgres: EmbeddedPostgres
+) -> None:
+    tenant = "durable-one-replay"
+    await _one_attempt_a_day(compliance, tenant)
+    await compliance.attempts.record(
+        tenant, [_report(f"once-{n}", f"+1415558{n:04d}") for n in range(1000)]
+    )
+    await compliance.lose_redis()
+    # What one replay writes: every tenant's attempts of the shared database, 1,000 to a
+    # pipeline and SCRIPT_ATTEMPTS to a script run.
+    everyone = await asyncpg.connect(postgres.dsn)  # a superuser sees every tenant's rows
+    counts = await everyone.fetch(
+        "SELECT count(*) AS n FROM compliance.attempts WHERE attempt_time >= $1 GROUP BY tenant_id",
+        datetime.now(UTC) - ATTEMPT_RETENTION + timedelta(minutes=1),
+    )
+    await everyone.close()
+    one_replay = sum(
+        n // RESTORE_CHUNK * -(-RESTORE_CHUNK // SCRIPT_ATTEMPTS)
+        + -(-(n % RESTORE_CHUNK) // SCRIPT_ATTEMPTS)
+        for n in (r["n"] for r in counts)
+    )
+    redis = compliance.rules.mirror.redis
+    another = create_redis(own_redis.url)  # another replica's connections
+    mirror = RulesMirror(another)
+    other_replica = RuleSetStore(compliance.pool, mirror, AttemptStore(compliance.pool, mirror))
+    before = (await redis.info("commandstats")).get("cmdstat_evalsha", {"calls": 0})["calls"]
+    await asyncio.gather(compliance.rules.rebuild_mirror(), other_replica.rebuild_mirror())
+    scripts = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"] - before
+    await another.aclose()
+    assert one_replay <= scripts < 2 * one_replay  # the attempts went in once
+    assert await compliance.rules.mirror.is_loaded()
+    assert _codes(await compliance.decide(tenant, "+14155580999")) == [
+        decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT
+    ]

@@ -70,7 +70,9 @@ async def _watch_data(store: RuleSetStore, resources: Resources) -> None:
                 await store.rebuild_mirror()
                 started = True
             redis = resources.require_redis()
-            if not await SuppressionMirror(redis).is_loaded():
+            if not await store.mirror.is_loaded():
+                reason = "the rules and attempts are being rebuilt by another replica"
+            elif not await SuppressionMirror(redis).is_loaded():
                 reason = "the suppression mirror is not loaded"
             else:
                 reason = await eviction_risk(redis)

@@ -3,15 +3,23 @@ call returns, so every replica sees it on its next decision."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from contextlib import suppress
 
 import asyncpg
+from redis.asyncio.lock import Lock
+from redis.exceptions import RedisError
 
 from cxmesh.compliance.v1 import rule_set_pb2
 from cxmesh_server.compliance.attempts import AttemptStore
 from cxmesh_server.compliance.mirror import RulesMirror
 from cxmesh_server.runtime.errors import Aborted, NotFound
 from cxmesh_server.runtime.postgres import Db, tenant_transaction
+
+# Held by the replica replaying attempts into a Redis that lost them; renewed while it runs.
+RESTORE_LOCK = "cx:compliance:restoring"
+RESTORE_LEASE_SECONDS = 30.0
 
 
 def _message(row: asyncpg.Record) -> rule_set_pb2.RuleSet:
@@ -167,12 +175,34 @@ class RuleSetStore:
             async with tenant_transaction(self.pool, tenant) as db:
                 rows = await db.fetch("SELECT * FROM compliance.rule_sets")
             await self.mirror.replace(tenant, [_message(r) for r in rows])
-        if lost:
+        if not lost:
+            await self.mirror.mark_loaded(dataset)
+            return len(tenants)
+        # One replica replays the attempts; the others find the lock taken and leave the
+        # mirror unmarked (decisions deny) until it is done, or its lease lapses.
+        replay = self.mirror.redis.lock(
+            RESTORE_LOCK, timeout=RESTORE_LEASE_SECONDS, blocking=False, thread_local=False
+        )
+        if not await replay.acquire():
+            return len(tenants)
+        renewal = asyncio.create_task(_keep_leased(replay))
+        try:
             await self.attempts.restore_mirror()
             # Attempt sets Redis kept from before the index (a loaded marker means none).
             await self.mirror.index_attempts()
-        await self.mirror.mark_loaded(dataset)
+            await self.mirror.mark_loaded(dataset)
+        finally:
+            renewal.cancel()
+            with suppress(RedisError):  # lapsed or Redis gone: nothing left to release
+                await replay.release()
         return len(tenants)
+
+
+async def _keep_leased(lock: Lock) -> None:
+    while True:
+        await asyncio.sleep(RESTORE_LEASE_SECONDS / 3)
+        with suppress(RedisError):  # a missed renewal costs at most a second replay
+            await lock.reacquire()
 
 
 def _body(rule_set: rule_set_pb2.RuleSet) -> bytes:
