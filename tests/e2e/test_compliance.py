@@ -32,6 +32,7 @@ from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2, suppressio
 from cxmesh.types.v1 import call_result_pb2
 from cxmesh_server.compliance.engine import SETTINGS_RETRY_SECONDS
 from cxmesh_server.compliance.mirror import LOADED_KEY, attempt_index_key
+from cxmesh_server.compliance.store import RESTORE_LOCK
 from cxmesh_server.iam.store import LOADED_KEY as IAM_LOADED
 from cxmesh_server.mirrors.suppression import LOADED_KEY as SUPPRESSION_LOADED
 from cxmesh_server.mirrors.tenants import settings_key
@@ -1156,6 +1157,31 @@ def test_a_replica_is_not_serving_until_its_mirrors_are_loaded_and_survives_redi
             assert time.monotonic() < deadline, "compliance did not recover"
             time.sleep(0.2)
         wait_serving(target, time.monotonic() + 10, replica)
+
+
+def test_a_replica_waits_not_serving_while_another_replays_the_attempts(
+    compliance: Compliance, mesh: Mesh, state_dir: Path
+) -> None:
+    compliance.create(all_day("waiting"))
+
+    def replayed_elsewhere(own_redis: EmbeddedRedis) -> object:
+        # A Redis that lost the compliance mirror, which another replica is replaying.
+        _mark_suppression_loaded(own_redis.port)
+        return redis.Redis(port=own_redis.port).set(RESTORE_LOCK, "another replica", px=60_000)
+
+    with _replica_on_own_redis(mesh, state_dir / "waiting-redis", replayed_elsewhere) as own:
+        deadline = time.monotonic() + 30
+        statuses: list[int] = []
+        while time.monotonic() < deadline and len(statuses) < 10:  # two seconds answered
+            with contextlib.suppress(grpc.RpcError):  # not listening yet
+                statuses.append(_health(own.target))
+            time.sleep(0.2)
+        assert set(statuses) == {health_pb2.HealthCheckResponse.NOT_SERVING}
+        denied = _decide_direct(own.target, compliance, "+14155550179")
+        assert [d.code for d in denied.denials] == [decision_pb2.DENIAL_CODE_DATA_UNAVAILABLE]
+        redis.Redis(port=own.redis.port).delete(RESTORE_LOCK)  # the other one gone
+        wait_serving(own.target, time.monotonic() + 20, own.replica)
+        assert _decide_direct(own.target, compliance, "+14155550179").allowed
 
 
 PAUSE_SECONDS = 10

@@ -61,7 +61,8 @@ async def _watch_data(store: RuleSetStore, resources: Resources) -> None:
     while True:
         reason = ""
         try:
-            if not started or not await store.mirror.is_loaded():
+            loaded = started and await store.mirror.is_loaded()
+            if not loaded:
                 if started:
                     log.warning("rules mirror missing; rebuilding from Postgres")
                     if serving:
@@ -69,8 +70,10 @@ async def _watch_data(store: RuleSetStore, resources: Resources) -> None:
                         await resources.report_health(False)
                 await store.rebuild_mirror()
                 started = True
+                # Unmarked still while another replica holds the replay's lock.
+                loaded = await store.mirror.is_loaded()
             redis = resources.require_redis()
-            if not await store.mirror.is_loaded():
+            if not loaded:
                 reason = "the rules and attempts are being rebuilt by another replica"
             elif not await SuppressionMirror(redis).is_loaded():
                 reason = "the suppression mirror is not loaded"
