@@ -969,6 +969,14 @@ def test_an_attempt_in_progress_counts_until_its_result_says_otherwise(
         assert compliance.check("+1 415 555 0153").allowed is allowed, step
 
 
+def _until_allowed(target: str, compliance: Compliance, address: str, seconds: float) -> None:
+    """Waits for a replica to allow the contact again (its mirrors rebuilt)."""
+    deadline = time.monotonic() + seconds
+    while not _decide_direct(target, compliance, address).allowed:
+        assert time.monotonic() < deadline, "compliance did not recover"
+        time.sleep(0.2)
+
+
 def _decide_direct(target: str, compliance: Compliance, address: str) -> decision_pb2.Decision:
     with grpc.insecure_channel(target) as channel:
         request = decision_pb2.DecisionRequest(contact=decision_pb2.Contact(address=address))
@@ -1073,12 +1081,7 @@ def test_with_redis_unreachable_or_evicting_every_answer_is_deny_and_health_says
             assert time.monotonic() < deadline, "health still says SERVING"
             time.sleep(0.2)
         own.restart_redis_empty()
-        deadline = time.monotonic() + 15
-        while not _decide_direct(
-            target, compliance, "+14155550171"
-        ).allowed:  # rules mirror rebuilt
-            assert time.monotonic() < deadline, "compliance did not recover"
-            time.sleep(0.2)
+        _until_allowed(target, compliance, "+14155550171", 15)  # rules mirror rebuilt
         wait_serving(target, time.monotonic() + 10, replica)
         # A Redis that may evict keys when full (a managed Redis's default policy is often
         # volatile-lru: attempt sets have a TTL) could silently lose what denies a contact.
@@ -1092,10 +1095,7 @@ def test_with_redis_unreachable_or_evicting_every_answer_is_deny_and_health_says
             assert time.monotonic() < deadline, "health still says SERVING"
             time.sleep(0.2)
         redis.Redis(port=port).config_set("maxmemory-policy", "noeviction")
-        deadline = time.monotonic() + 10
-        while not _decide_direct(target, compliance, "+14155550171").allowed:
-            assert time.monotonic() < deadline, "compliance did not recover"
-            time.sleep(0.2)
+        _until_allowed(target, compliance, "+14155550171", 10)
         wait_serving(target, time.monotonic() + 10, replica)
 
 
@@ -1152,10 +1152,7 @@ def test_a_replica_is_not_serving_until_its_mirrors_are_loaded_and_survives_redi
         time.sleep(2)
         assert replica.process.poll() is None, "the replica exited"
         own.restart_redis_empty()
-        deadline = time.monotonic() + 20
-        while not _decide_direct(target, compliance, "+14155550178").allowed:
-            assert time.monotonic() < deadline, "compliance did not recover"
-            time.sleep(0.2)
+        _until_allowed(target, compliance, "+14155550178", 20)
         wait_serving(target, time.monotonic() + 10, replica)
 
 
