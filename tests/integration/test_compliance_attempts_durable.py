@@ -17,7 +17,12 @@ import pytest
 
 from cxmesh.compliance.v1 import decision_pb2, rule_set_pb2
 from cxmesh.types.v1 import call_result_pb2, channel_pb2
-from cxmesh_server.compliance.attempts import RESTORE_CHUNK, AttemptReport, AttemptStore
+from cxmesh_server.compliance.attempts import (
+    RESTORE_CHUNK,
+    UNSTORED_CHUNK,
+    AttemptReport,
+    AttemptStore,
+)
 from cxmesh_server.compliance.engine import DecisionEngine
 from cxmesh_server.compliance.mirror import (
     ATTEMPT_RETENTION,
@@ -28,7 +33,7 @@ from cxmesh_server.compliance.mirror import (
 from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.mirrors import suppression
 from cxmesh_server.runtime.errors import Unavailable
-from cxmesh_server.runtime.postgres import tenant_transaction
+from cxmesh_server.runtime.postgres import APP_ROLE, tenant_transaction
 from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.runtime.redis_wire import WireRedis
 from cxmesh_server.stack.datastores import EmbeddedPostgres, EmbeddedRedis, start_redis
@@ -247,6 +252,79 @@ async def test_attempts_reported_while_postgres_is_unreachable_count_at_once(
         attempts_key(tenant, "device", "+14155550251"), 0, -1
     )
     assert history == [f"p1|{BUSY}|{channel_pb2.CHANNEL_VOICE}"]
+
+
+async def test_attempts_reported_while_postgres_is_unreachable_are_stored_once_it_is_back(
+    compliance: Compliance,
+) -> None:
+    """OCS does not report an attempt again, so the attempts counted in Redis alone are
+    kept there until Postgres takes them: a later loss of Redis still has them."""
+    tenant = "durable-stored-later"
+    await _one_attempt_a_day(compliance, tenant)
+    unreachable = await asyncpg.create_pool(
+        f"postgresql://cxmesh@127.0.0.1:{free_port()}/x", min_size=0
+    )
+    cut_off = AttemptStore(unreachable, compliance.rules.mirror)
+    with pytest.raises(Unavailable):
+        await cut_off.record(tenant, [_report("s1", "+14155550261", client_id="c-261")])
+    await unreachable.close()
+
+    assert await compliance.attempts.store_unstored() == 1
+    assert await compliance.attempts.store_unstored() == 0  # stored once
+    async with tenant_transaction(compliance.pool, tenant) as db:
+        rows = await db.fetch("SELECT devices, client_ids FROM compliance.attempts")
+    assert [(r["devices"], r["client_ids"]) for r in rows] == [(["+14155550261"], ["c-261"])]
+    await compliance.lose_redis()
+    await compliance.rules.rebuild_mirror()
+    assert _codes(await compliance.decide(tenant, "+14155550261")) == [
+        decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT
+    ]
+
+
+async def test_replicas_storing_the_same_unstored_attempts_at_once_lose_none(
+    compliance: Compliance,
+) -> None:
+    tenant = "durable-stored-racing"
+    await _one_attempt_a_day(compliance, tenant)
+    unreachable = await asyncpg.create_pool(
+        f"postgresql://cxmesh@127.0.0.1:{free_port()}/x", min_size=0
+    )
+    cut_off = AttemptStore(unreachable, compliance.rules.mirror)
+    for n in range(3 * UNSTORED_CHUNK // 2):  # more than one replica's turn takes
+        with pytest.raises(Unavailable):
+            await cut_off.record(tenant, [_report(f"r{n}", f"+1415556{n:04d}")])
+    await unreachable.close()
+
+    other_replica = AttemptStore(compliance.pool, compliance.rules.mirror)
+    while sum(
+        await asyncio.gather(compliance.attempts.store_unstored(), other_replica.store_unstored())
+    ):
+        pass
+    async with tenant_transaction(compliance.pool, tenant) as db:
+        stored = await db.fetchval("SELECT count(*) FROM compliance.attempts")
+    assert stored == 3 * UNSTORED_CHUNK // 2
+
+
+async def test_a_postgres_that_refuses_writes_counts_the_attempts_as_one_unreachable(
+    compliance: Compliance, postgres: EmbeddedPostgres
+) -> None:
+    """What a pool left on a demoted primary (a hot standby after a failover) meets: the
+    attempts count at once, and the dialer is told to report them again."""
+    tenant = "durable-read-only"
+    await _one_attempt_a_day(compliance, tenant)
+    read_only = await asyncpg.create_pool(
+        postgres.dsn,
+        min_size=0,
+        server_settings={"role": APP_ROLE, "default_transaction_read_only": "on"},
+    )
+    on_standby = AttemptStore(read_only, compliance.rules.mirror)
+    with pytest.raises(Unavailable):
+        await on_standby.record(tenant, [_report("ro1", "+14155550271")])
+    await read_only.close()
+    assert _codes(await compliance.decide(tenant, "+14155550271")) == [
+        decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT
+    ]
+    assert await compliance.attempts.store_unstored() == 1
 
 
 async def test_batches_reporting_the_same_attempts_in_any_order_at_once_all_land(

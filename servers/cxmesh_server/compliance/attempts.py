@@ -3,14 +3,16 @@
 Postgres is written first and Redis after the commit, so an attempt a dialer was told is
 recorded survives a lost or failed-over Redis: the rebuild replays every attempt within the
 retention (`restore_mirror`). If the Redis write fails after the commit, the attempts are
-noted as a gap in Postgres and written by the next `repair_mirror` of any replica. Each
-write carries the row's revision, so a replay never undoes a report written after the
-replay read the row.
+noted as a gap in Postgres and written by the next `repair_mirror` of any replica. If
+Postgres fails, the attempts are counted in Redis all the same and kept there until a
+replica's `store_unstored` stores them. Each write carries the row's revision, so a replay
+never undoes a report written after the replay read the row.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from contextlib import suppress
@@ -34,12 +36,19 @@ RESTORE_CHUNK = 1000
 PRUNE_CHUNK = 10_000
 # Gaps repaired per pass.
 REPAIR_CHUNK = 100
+# Unstored reports of a tenant stored per pass.
+UNSTORED_CHUNK = 100
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# Failures that reporting again, later, gets past.
 _POSTGRES_ERRORS = (
     OSError,
     asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError,  # shutting down, starting up
+    asyncpg.OperatorInterventionError,  # shutting down, starting up, statement timeout
     asyncpg.InterfaceError,
+    asyncpg.InsufficientResourcesError,  # too many connections, disk full
+    asyncpg.TransactionRollbackError,  # serialization failure, deadlock
+    asyncpg.ReadOnlySQLTransactionError,  # a demoted primary, until the pool reconnects
+    asyncpg.LockNotAvailableError,
 )
 
 
@@ -107,6 +116,31 @@ def _as_reported(report: AttemptReport) -> RecordedAttempt:
     )
 
 
+def _kept(report: AttemptReport) -> str:
+    return json.dumps(
+        [
+            report.attempt_id,
+            report.device,
+            report.client_id,
+            report.call_result,
+            report.channel,
+            report.attempt_time.isoformat(),
+        ]
+    )
+
+
+def _unkept(value: str) -> AttemptReport:
+    attempt_id, device, client_id, call_result, channel, attempt_time = json.loads(value)
+    return AttemptReport(
+        attempt_id=attempt_id,
+        device=device,
+        client_id=client_id,
+        call_result=call_result,
+        channel=channel,
+        attempt_time=datetime.fromisoformat(attempt_time),
+    )
+
+
 def _unavailable(error: Exception) -> Unavailable:
     return Unavailable(
         f"attempts could not be recorded ({type(error).__name__}); report them again"
@@ -138,16 +172,20 @@ class AttemptStore:
         Unavailable when Postgres or Redis cannot be reached: reporting again is safe."""
         try:
             latest, new = await self._commit(tenant, reports)
-        except _POSTGRES_ERRORS as error:
+        except Exception as error:
             # Counted all the same, as reported (revision 0: the first write Postgres takes
-            # replaces it), or every attempt made while Postgres is down would be allowed.
+            # replaces it), or every attempt made while Postgres fails would be allowed;
+            # and kept until Postgres takes them, as a dialer may never report them again.
             log.warning(
-                "attempts not stored: Postgres unreachable; counting them in Redis only",
+                "attempts not stored: Postgres failed; counting them in Redis until it is back",
                 extra={"tenant": tenant, "count": len(reports), "error": type(error).__name__},
             )
             with suppress(*_REDIS_ERRORS):
+                await self.mirror.keep_unstored(tenant, [_kept(r) for r in reports])
                 await self.mirror.record_attempts(tenant, [_as_reported(r) for r in reports])
-            raise _unavailable(error) from error
+            if isinstance(error, _POSTGRES_ERRORS):
+                raise _unavailable(error) from error
+            raise
         try:
             await self.mirror.record_attempts(tenant, latest)
         except _REDIS_ERRORS as error:
@@ -208,6 +246,22 @@ class AttemptStore:
                     "DELETE FROM compliance.attempt_mirror_gaps WHERE gap_id = $1", gap["gap_id"]
                 )
         return len(gaps)
+
+    async def store_unstored(self) -> int:
+        """Stores the oldest reports counted in Redis alone while Postgres failed, and
+        writes their attempts as Postgres then holds them; returns how many reports.
+        Replicas storing one report at once store it twice, which changes nothing."""
+        handled = 0
+        for tenant, kept in await self.mirror.unstored(UNSTORED_CHUNK):
+            since = datetime.now(UTC) - ATTEMPT_RETENTION
+            # Older ones count against no limit and would be pruned.
+            reports = [r for r in map(_unkept, kept) if r.attempt_time >= since]
+            if reports:
+                latest, _ = await self._commit(tenant, reports)
+                await self.mirror.record_attempts(tenant, latest)
+            await self.mirror.forget_unstored(tenant, kept)
+            handled += len(kept)
+        return handled
 
     async def restore_mirror(self) -> int:
         """Writes every attempt within the retention into Redis; returns how many."""

@@ -97,6 +97,11 @@ async def on_start(resources: Resources) -> None:
     start_periodic(
         "attempt mirror gaps repaired", MIRROR_CHECK_SECONDS, store.attempts.repair_mirror
     )
+    start_periodic(
+        "attempts counted while Postgres failed stored",
+        MIRROR_CHECK_SECONDS,
+        store.attempts.store_unstored,
+    )
 
 
 PROCESS = ServiceProcess(

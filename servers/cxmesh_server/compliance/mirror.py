@@ -17,6 +17,9 @@
 - `cx:{t}:compliance:attempt_index` hash: attempts key → last attempt (epoch ms), for every
   device and client with an attempt: a decision reads the sorted sets of those only (most
   contacts have none, and one HMGET is far cheaper than a read of each set).
+- `cx:{t}:compliance:unstored_attempts` list: reports of attempts counted here while
+  Postgres could not take them, until a replica stores them (`AttemptStore.store_unstored`);
+  `cx:compliance:unstored_attempts` set: the tenants with such a list.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from cxmesh_server.runtime.redis import LoadedMarker
 LOADED_KEY = "cx:compliance:loaded:v2"
 # Attempts older than the longest attempt window (31 days) are dropped.
 ATTEMPT_RETENTION = timedelta(days=32)
+UNSTORED_TENANTS_KEY = "cx:compliance:unstored_attempts"
 # Attempts written per script run: one run blocks Redis, so a few hundred microseconds.
 SCRIPT_ATTEMPTS = 50
 
@@ -60,6 +64,10 @@ def attempt_key(tenant: str, attempt_id: str) -> str:
     return f"cx:{{{tenant}}}:compliance:attempt:{attempt_id}"
 
 
+def unstored_attempts_key(tenant: str) -> str:
+    return f"cx:{{{tenant}}}:compliance:unstored_attempts"
+
+
 def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
@@ -81,6 +89,7 @@ class RulesMirror:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._record_attempts = redis.register_script(_RECORD_ATTEMPTS)
+        self._forget_unstored = redis.register_script(_FORGET_UNSTORED)
 
     async def put(self, tenant: str, rule_set: rule_set_pb2.RuleSet) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -147,6 +156,32 @@ class RulesMirror:
                 await self._record_attempts(keys, args, client=pipe)
             await pipe.execute()
 
+    async def keep_unstored(self, tenant: str, reports: Sequence[str]) -> None:
+        """Keeps reports Postgres could not take until `forget_unstored` (they expire with
+        the attempts they report)."""
+        key = unstored_attempts_key(tenant)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, *reports)
+            pipe.expire(key, int(ATTEMPT_RETENTION.total_seconds()))
+            pipe.sadd(UNSTORED_TENANTS_KEY, tenant)
+            await pipe.execute()
+
+    async def unstored(self, count: int) -> list[tuple[str, list[str]]]:
+        """(tenant, its oldest `count` unstored reports) of every tenant with some."""
+        tenants = sorted(str(t) for t in await self.redis.smembers(UNSTORED_TENANTS_KEY))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tenant in tenants:
+                pipe.lrange(unstored_attempts_key(tenant), 0, count - 1)
+            reports = await pipe.execute()
+        return list(zip(tenants, reports, strict=True))
+
+    async def forget_unstored(self, tenant: str, reports: Sequence[str]) -> None:
+        """Removes one copy of each report, wherever it is now (another replica may have
+        stored and removed it, and reports may have been kept behind it since)."""
+        await self._forget_unstored(
+            [unstored_attempts_key(tenant), UNSTORED_TENANTS_KEY], [tenant, *reports]
+        )
+
     async def index_attempts(self) -> int:
         """Puts every existing attempts set in its tenant's index (sets written before the
         index existed); returns how many."""
@@ -193,6 +228,20 @@ while a <= #ARGV do
   end
   k = last + 1
   a = a + 4
+end
+return 0
+"""
+
+
+# KEYS[1] a tenant's unstored reports, KEYS[2] the tenants with some; ARGV[1] the tenant,
+# then the reports stored. The tenant leaves the set only with its last report, atomically,
+# so a report kept meanwhile is never stranded.
+_FORGET_UNSTORED = """
+for i = 2, #ARGV do
+  redis.call('LREM', KEYS[1], 1, ARGV[i])
+end
+if redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[2], ARGV[1])
 end
 return 0
 """
