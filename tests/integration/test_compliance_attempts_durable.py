@@ -327,6 +327,31 @@ async def test_a_postgres_that_refuses_writes_counts_the_attempts_as_one_unreach
     assert await compliance.attempts.store_unstored() == 1
 
 
+async def test_attempts_are_recorded_even_if_the_caller_stops_waiting(
+    compliance: Compliance,
+) -> None:
+    """A dialer whose deadline passes (an OCS history POST timing out at Envoy) gets an
+    error, and may never report again: what arrived is recorded all the same."""
+    tenant = "durable-abandoned"
+    await _one_attempt_a_day(compliance, tenant)
+    caller = asyncio.create_task(
+        compliance.attempts.record(tenant, [_report("x1", "+14155550281")])
+    )
+    await asyncio.sleep(0)  # the call has begun
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    for _ in range(100):
+        if not (await compliance.decide(tenant, "+14155550281")).allowed:
+            break
+        await asyncio.sleep(0.02)
+    assert _codes(await compliance.decide(tenant, "+14155550281")) == [
+        decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT
+    ]
+    async with tenant_transaction(compliance.pool, tenant) as db:
+        assert await db.fetchval("SELECT count(*) FROM compliance.attempts") == 1
+
+
 async def test_batches_reporting_the_same_attempts_in_any_order_at_once_all_land(
     compliance: Compliance,
 ) -> None:

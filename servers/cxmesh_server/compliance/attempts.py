@@ -52,6 +52,16 @@ _POSTGRES_ERRORS = (
 )
 
 
+# Recordings whose callers stopped waiting, kept from the garbage collector until done.
+_recordings: set[asyncio.Task[int]] = set()
+
+
+def _recording_done(recording: asyncio.Task[int]) -> None:
+    _recordings.discard(recording)
+    if not recording.cancelled():
+        recording.exception()  # logged where it arose; read, or asyncio logs it again
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptReport:
     """One report of a contact attempt: the first, or one that replaces it (same id)."""
@@ -169,7 +179,17 @@ class AttemptStore:
 
     async def record(self, tenant: str, reports: Sequence[AttemptReport]) -> int:
         """Records the reports, in order; returns how many attempts were new. Raises
-        Unavailable when Postgres or Redis cannot be reached: reporting again is safe."""
+        Unavailable when Postgres or Redis cannot be reached: reporting again is safe.
+
+        A caller that stops waiting (its deadline passed) does not stop the recording: a
+        dialer may never report the attempts again, and half a recording (stored, not
+        counted) would allow them until Redis is rebuilt."""
+        recording = asyncio.create_task(self._record(tenant, reports))
+        _recordings.add(recording)
+        recording.add_done_callback(_recording_done)
+        return await asyncio.shield(recording)
+
+    async def _record(self, tenant: str, reports: Sequence[AttemptReport]) -> int:
         try:
             latest, new = await self._commit(tenant, reports)
         except Exception as error:
