@@ -4,6 +4,7 @@ for tests that decide against real Redis without the services."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import asyncpg
 from redis.asyncio import Redis
@@ -33,13 +34,23 @@ class LoadedMirrors:
         await self.redis.aclose()
 
 
+class _Loadable(Protocol):
+    async def begin_load(self) -> str: ...
+    async def mark_loaded(self, dataset: str) -> None: ...
+
+
+async def mark_loaded(*mirrors: _Loadable) -> None:
+    """What a finished rebuild leaves: each mirror marked loaded into the current dataset."""
+    for mirror in mirrors:
+        await mirror.mark_loaded(await mirror.begin_load())
+
+
 async def loaded_mirrors(url: str, tenant: str, *limits: rule_set_pb2.AttemptRule) -> LoadedMirrors:
     """Both mirrors marked loaded, and one rule set of the tenant that allows any hour,
     limited by `limits`."""
     redis = create_redis(url)
     mirror = RulesMirror(redis)
-    await mirror.mark_loaded()
-    await suppression.SuppressionMirror(redis).mark_loaded()
+    await mark_loaded(mirror, suppression.SuppressionMirror(redis))
     rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r", attempt_rules=limits)
     rules.contact_windows.add().end_time.hours = 24
     await mirror.put(tenant, rules)

@@ -38,7 +38,7 @@ from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.runtime.redis_wire import WireRedis
 from cxmesh_server.stack.datastores import EmbeddedPostgres, EmbeddedRedis, start_redis
 from cxmesh_server.stack.ports import free_port
-from tests.integration.compliance_mirrors import compliance_pool
+from tests.integration.compliance_mirrors import compliance_pool, mark_loaded
 
 BUSY = call_result_pb2.CALL_RESULT_BUSY
 IN_PROGRESS = call_result_pb2.CALL_RESULT_UNSPECIFIED
@@ -75,7 +75,7 @@ class Compliance:
         """What a restart without persistence leaves: nothing."""
         redis = self.rules.mirror.redis
         await redis.flushall()
-        await suppression.SuppressionMirror(redis).mark_loaded()  # the lists service's part
+        await mark_loaded(suppression.SuppressionMirror(redis))  # the lists service's part
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ async def compliance(
     pool = await compliance_pool(postgres.dsn)
     redis = create_redis(own_redis.url)
     mirror = RulesMirror(redis)
-    await suppression.SuppressionMirror(redis).mark_loaded()
+    await mark_loaded(suppression.SuppressionMirror(redis))
     wire = WireRedis(own_redis.url)
     yield Compliance(pool, RuleSetStore(pool, mirror, AttemptStore(pool, mirror)), wire)
     await wire.close()

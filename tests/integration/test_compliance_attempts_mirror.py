@@ -23,6 +23,7 @@ from cxmesh_server.mirrors import suppression
 from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.runtime.redis_wire import WireRedis
 from cxmesh_server.stack.datastores import EmbeddedRedis
+from tests.integration.compliance_mirrors import mark_loaded
 
 
 def _limit(
@@ -41,8 +42,7 @@ async def _mirror(
     """Loaded mirrors whose one rule set allows any hour: only `limit` decides."""
     redis = create_redis(redis_server.url)
     mirror = RulesMirror(redis)
-    await mirror.mark_loaded()
-    await suppression.SuppressionMirror(redis).mark_loaded()
+    await mark_loaded(mirror, suppression.SuppressionMirror(redis))
     rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r", attempt_rules=[limit])
     rules.contact_windows.add().end_time.hours = 24
     await mirror.put(tenant, rules)

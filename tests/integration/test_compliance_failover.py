@@ -18,7 +18,7 @@ from cxmesh_server.mirrors import suppression
 from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.runtime.redis_wire import WireRedis
 from cxmesh_server.stack.datastores import EmbeddedRedis, start_redis
-from tests.integration.compliance_mirrors import LoadedMirrors, loaded_mirrors
+from tests.integration.compliance_mirrors import LoadedMirrors, loaded_mirrors, mark_loaded
 
 TENANT = "failover"
 CONTACT = decision_pb2.DecisionRequest(
@@ -57,8 +57,7 @@ async def test_a_promoted_replica_is_not_trusted_until_the_mirrors_are_rebuilt_i
     assert not await suppression.SuppressionMirror(replica_redis).is_loaded()
     assert not await on_replica.rules.is_loaded()  # so the keepers rebuild both
 
-    await on_replica.rules.mark_loaded()
-    await suppression.SuppressionMirror(replica_redis).mark_loaded()
+    await mark_loaded(on_replica.rules, suppression.SuppressionMirror(replica_redis))
     (rebuilt,) = await engine.decide(TENANT, [CONTACT])
     assert rebuilt.allowed
     await on_master.close()
@@ -100,7 +99,7 @@ async def test_a_rebuild_that_a_failover_interrupts_leaves_the_new_server_unmark
         # ... a failover: the service address now reaches the replica, where it ends.
         await mirror_of(on_replica).mark_loaded(began)
         assert not await mirror_of(on_replica).is_loaded()
-        await mirror_of(on_replica).mark_loaded(await mirror_of(on_replica).begin_load())
+        await mark_loaded(mirror_of(on_replica))
         assert await mirror_of(on_replica).is_loaded()  # a rebuild begun there counts
     await on_master.aclose()
     await on_replica.aclose()

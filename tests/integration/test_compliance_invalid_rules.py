@@ -11,6 +11,7 @@ from cxmesh_server.mirrors import suppression
 from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.runtime.redis_wire import WireRedis
 from cxmesh_server.stack.datastores import EmbeddedRedis
+from tests.integration.compliance_mirrors import mark_loaded
 
 ANY_HOUR = rule_set_pb2.ContactWindow()
 ANY_HOUR.end_time.hours = 24
@@ -48,8 +49,7 @@ async def test_a_stored_rule_set_failing_validation_denies_its_tenant_until_fixe
     wire = WireRedis(redis_server.url)
     mirror = RulesMirror(redis)
     engine = DecisionEngine(redis, wire)
-    await mirror.mark_loaded()
-    await suppression.SuppressionMirror(redis).mark_loaded()
+    await mark_loaded(mirror, suppression.SuppressionMirror(redis))
     # A misspelt state: stored as it is, its override would match no contact.
     await mirror.put("invalid-rules", _rules(window_overrides=[_florida_override("Floride")]))
     await mirror.put("valid-rules", _rules())

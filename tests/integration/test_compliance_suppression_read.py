@@ -17,6 +17,7 @@ from cxmesh_server.mirrors import suppression
 from cxmesh_server.runtime.redis import LoadedMarker, create_redis
 from cxmesh_server.runtime.redis_wire import WireRedis
 from cxmesh_server.stack.datastores import EmbeddedRedis
+from tests.integration.compliance_mirrors import mark_loaded
 
 TENANT = "suppression-read"
 
@@ -41,8 +42,7 @@ class Mirrored:
         self.suppression = suppression.SuppressionMirror(self.redis)
 
     async def load(self, tenant: str) -> None:
-        await RulesMirror(self.redis).mark_loaded()
-        await self.suppression.mark_loaded()
+        await mark_loaded(RulesMirror(self.redis), self.suppression)
         rules = rule_set_pb2.RuleSet(name="ruleSets/r", display_name="r")
         rules.contact_windows.add().end_time.hours = 24
         await RulesMirror(self.redis).put(tenant, rules)
@@ -169,5 +169,6 @@ async def test_every_read_denies_while_the_mirror_is_rebuilt_or_lost(
                 "Redis dataset",
             )
         }
-        await LoadedMarker(mirrored.redis, marker).mark()
+        loaded = LoadedMarker(mirrored.redis, marker)
+        await loaded.mark(await loaded.begin())
     assert await answers() == {(True, "")}

@@ -116,7 +116,7 @@ class RulesMirror:
     async def begin_load(self) -> str:
         return await LoadedMarker(self.redis, LOADED_KEY).begin()
 
-    async def mark_loaded(self, dataset: str | None = None) -> None:
+    async def mark_loaded(self, dataset: str) -> None:
         await LoadedMarker(self.redis, LOADED_KEY).mark(dataset)
 
     async def is_loaded(self) -> bool:

@@ -243,7 +243,7 @@ class SuppressionMirror:
     async def begin_load(self) -> str:
         return await LoadedMarker(self._redis, LOADED_KEY).begin()
 
-    async def mark_loaded(self, dataset: str | None = None) -> None:
+    async def mark_loaded(self, dataset: str) -> None:
         await LoadedMarker(self._redis, LOADED_KEY).mark(dataset)
 
     async def is_loaded(self) -> bool:

@@ -80,13 +80,11 @@ class LoadedMarker:
         """The dataset a load beginning now goes into: pass it to `mark` once loaded."""
         return await dataset_id(self._redis)
 
-    async def mark(self, dataset: str | None = None) -> None:
+    async def mark(self, dataset: str) -> None:
         """Marks the mirror loaded into `dataset`, as `begin` read it before the load: a
         load that a failover interrupted then marks the old dataset, not the new one, which
-        it partly missed (default: the current one)."""
-        await self._redis.set(
-            self.key, dataset if dataset is not None else await dataset_id(self._redis)
-        )
+        it partly missed. No default: the current dataset is the one a load must not take."""
+        await self._redis.set(self.key, dataset)
 
     async def is_set(self) -> bool:
         value = await self._redis.get(self.key)
