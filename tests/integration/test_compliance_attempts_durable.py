@@ -29,8 +29,10 @@ from cxmesh_server.compliance.mirror import (
     SCRIPT_ATTEMPTS,
     RulesMirror,
     attempts_key,
+    rules_key,
+    version_key,
 )
-from cxmesh_server.compliance.store import RuleSetStore
+from cxmesh_server.compliance.store import RESTORE_LOCK, RuleSetStore
 from cxmesh_server.mirrors import suppression
 from cxmesh_server.runtime.errors import Unavailable
 from cxmesh_server.runtime.postgres import APP_ROLE, tenant_transaction
@@ -350,6 +352,28 @@ async def test_attempts_are_recorded_even_if_the_caller_stops_waiting(
     ]
     async with tenant_transaction(compliance.pool, tenant) as db:
         assert await db.fetchval("SELECT count(*) FROM compliance.attempts") == 1
+
+
+async def test_a_replica_that_finds_another_replaying_leaves_the_whole_rebuild_to_it(
+    compliance: Compliance,
+) -> None:
+    """Every waiting replica retries each second for as long as the replay takes (minutes
+    for a large tenant): it must not reread every tenant's rules from Postgres each time,
+    nor bump their versions (every replica's rules would be recompiled)."""
+    tenant = "durable-waiting"
+    await _one_attempt_a_day(compliance, tenant)
+    await compliance.lose_redis()
+    redis = compliance.rules.mirror.redis
+    await redis.set(RESTORE_LOCK, "another replica", px=60_000)
+    await compliance.rules.rebuild_mirror()
+    assert await redis.get(version_key(tenant)) is None
+    assert not await redis.exists(rules_key(tenant))
+    assert not await compliance.rules.mirror.is_loaded()
+
+    await redis.delete(RESTORE_LOCK)  # its lease lapsed: the next turn takes the rebuild
+    await compliance.rules.rebuild_mirror()
+    assert await compliance.rules.mirror.is_loaded()
+    assert await redis.exists(rules_key(tenant))
 
 
 async def test_batches_reporting_the_same_attempts_in_any_order_at_once_all_land(

@@ -63,11 +63,10 @@ async def _watch_data(store: RuleSetStore, resources: Resources) -> None:
         try:
             loaded = started and await store.mirror.is_loaded()
             if not loaded:
-                if started:
+                if started and serving:  # said once, not at every turn of a long replay
                     log.warning("rules mirror missing; rebuilding from Postgres")
-                    if serving:
-                        serving = False  # for as long as the replay of attempts takes
-                        await resources.report_health(False)
+                    serving = False  # for as long as the replay of attempts takes
+                    await resources.report_health(False)
                 await store.rebuild_mirror()
                 started = True
                 # Unmarked still while another replica holds the replay's lock.

@@ -4,6 +4,8 @@ call returns, so every replica sees it on its next decision."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 import uuid
 from contextlib import suppress
 
@@ -16,6 +18,8 @@ from cxmesh_server.compliance.attempts import AttemptStore
 from cxmesh_server.compliance.mirror import RulesMirror
 from cxmesh_server.runtime.errors import Aborted, NotFound
 from cxmesh_server.runtime.postgres import Db, tenant_transaction
+
+log = logging.getLogger(__name__)
 
 # Held by the replica replaying attempts into a Redis that lost them; renewed while it runs.
 RESTORE_LOCK = "cx:compliance:restoring"
@@ -162,10 +166,16 @@ class RuleSetStore:
 
     async def rebuild_mirror(self) -> int:
         """Mirrors every tenant's rules into Redis and, if this Redis lacks them (lost,
-        restarted, failed over), every attempt; returns how many tenants have rules."""
+        restarted, failed over), every attempt; returns how many tenants' rules it
+        mirrored (none while another replica rebuilds a lost Redis)."""
         # Read first: if a failover interrupts the rebuild, the marker names the old dataset.
         dataset = await self.mirror.begin_load()
         lost = not await self.mirror.is_loaded()
+        if lost and await self.mirror.redis.exists(RESTORE_LOCK):
+            # Another replica is rebuilding, rules included: the waiting replicas, retrying
+            # each second, would reread every tenant's rules and make every replica
+            # recompile them, for as long as the replay takes.
+            return 0
         async with self.pool.acquire() as db:
             tenants = [
                 r["tenant_id"]
@@ -186,11 +196,17 @@ class RuleSetStore:
         if not await replay.acquire():
             return len(tenants)
         renewal = asyncio.create_task(_keep_leased(replay))
+        log.warning("Redis lost the attempts; replaying them from Postgres")
+        started = time.monotonic()
         try:
-            await self.attempts.restore_mirror()
+            replayed = await self.attempts.restore_mirror()
             # Attempt sets Redis kept from before the index (a loaded marker means none).
             await self.mirror.index_attempts()
             await self.mirror.mark_loaded(dataset)
+            log.warning(
+                "attempts replayed",
+                extra={"count": replayed, "seconds": round(time.monotonic() - started, 1)},
+            )
         finally:
             renewal.cancel()
             with suppress(RedisError):  # lapsed or Redis gone: nothing left to release
