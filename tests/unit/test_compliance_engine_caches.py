@@ -10,6 +10,8 @@ from cxmesh.types.v1 import channel_pb2
 from cxmesh_server.compliance.domain.decide import Place
 from cxmesh_server.compliance.domain.rules import compile_rule_set, preset
 from cxmesh_server.compliance.engine import (
+    ALLOWED_PER_PROFILE,
+    PROFILES_PER_VIEW,
     Located,
     _contact_facts,
     _place_number,
@@ -112,3 +114,17 @@ def test_a_request_of_kilobytes_is_decided_but_not_remembered() -> None:
     assert first is not again
     assert len(rules.subjects) == 1
     assert _contact_facts.cache_info().currsize == contacts
+
+
+def test_campaigns_and_zones_without_end_are_remembered_up_to_a_bound() -> None:
+    """A dialer that puts a record's id where the campaign goes, or ever new zone
+    candidates, must not grow the process until it dies: a view lives until its rules
+    change, which may be months."""
+    rules = view(tcpa())
+    for n in range(PROFILES_PER_VIEW + 10):
+        rules.profile(f"campaigns/c{n}", channel_pb2.CHANNEL_VOICE)
+    assert len(rules.profiles) <= PROFILES_PER_VIEW
+    profile = rules.profile("", channel_pb2.CHANNEL_VOICE)
+    for n in range(ALLOWED_PER_PROFILE + 10):
+        assert profile.allowed_in(f"America/New_York,zone-{n}").allowed
+    assert len(profile.allowed) <= ALLOWED_PER_PROFILE

@@ -110,6 +110,8 @@ class Profile:
     def allowed_in(self, zone_label: str) -> decision_pb2.Decision:
         decision = self.allowed.get(zone_label)
         if decision is None:
+            if len(self.allowed) >= ALLOWED_PER_PROFILE:
+                self.allowed.clear()
             decision = self.allowed[zone_label] = decision_pb2.Decision(
                 allowed=True, time_zone=zone_label, rule_set_revisions=self.revisions
             )
@@ -176,6 +178,11 @@ REDIS_CHECK_SECONDS = 5.0
 # lost them) reads them again.
 SETTINGS_RETRY_SECONDS = 1.0
 
+# (campaign, channel) profiles a view keeps, and "allowed" answers (one per zone label) a
+# profile keeps: far more than a tenant has, so only a caller sending ever new campaigns or
+# zone candidates reaches them, and then memory stays bounded.
+PROFILES_PER_VIEW = 10_000
+ALLOWED_PER_PROFILE = 1_000
 # Prepared subjects a view keeps (a dialer validates the same records again and again).
 SUBJECTS_PER_VIEW = 100_000
 # Larger requests (the bench's record is 44 bytes; one with every contact field filled,
@@ -220,6 +227,8 @@ class _View:
         key = (campaign, channel)
         found = self.profiles.get(key)
         if found is None:
+            if len(self.profiles) >= PROFILES_PER_VIEW:
+                self.profiles.clear()
             found = self.profiles[key] = self._profile(campaign, channel)
         return found
 
