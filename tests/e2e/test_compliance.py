@@ -3,6 +3,7 @@ suppression from the lists service, attempts, OCS 200/409."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import httpx
 import pytest
@@ -29,16 +31,25 @@ from cxmesh.compliance.v1 import (
 )
 from cxmesh.iam.v1 import api_key_pb2, api_key_service_pb2, api_key_service_pb2_grpc
 from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2, suppression_service_pb2_grpc
-from cxmesh.types.v1 import call_result_pb2
+from cxmesh.types.v1 import call_result_pb2, channel_pb2
+from cxmesh_server.compliance.attempts import AttemptReport, AttemptStore
 from cxmesh_server.compliance.engine import SETTINGS_RETRY_SECONDS
-from cxmesh_server.compliance.mirror import LOADED_KEY, attempt_index_key
+from cxmesh_server.compliance.mirror import (
+    LOADED_KEY,
+    RulesMirror,
+    attempt_index_key,
+    unstored_attempts_key,
+)
 from cxmesh_server.compliance.store import RESTORE_LOCK
 from cxmesh_server.iam.store import LOADED_KEY as IAM_LOADED
 from cxmesh_server.mirrors.suppression import LOADED_KEY as SUPPRESSION_LOADED
 from cxmesh_server.mirrors.tenants import settings_key
 from cxmesh_server.runtime.devkeys import SigningKey
+from cxmesh_server.runtime.errors import Unavailable
+from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.stack.datastores import EmbeddedRedis, start_redis
 from cxmesh_server.stack.mesh import Mesh, ServiceInstance, wait_serving
+from cxmesh_server.stack.ports import free_port
 from tests.e2e.scrape import metric
 
 
@@ -1125,6 +1136,54 @@ def test_attempts_count_again_after_compliance_redis_restarts_empty(
             assert time.monotonic() < deadline, "the attempt never counted again"
             time.sleep(0.2)
         assert _decide_direct(target, compliance, "+14155550177").allowed
+
+
+async def _record_without_postgres(redis_url: str, tenant: str, address: str) -> None:
+    """What a replica cut off from Postgres leaves in its Redis for one attempt."""
+    unreachable = await asyncpg.create_pool(
+        f"postgresql://cxmesh@127.0.0.1:{free_port()}/x", min_size=0
+    )
+    client = create_redis(redis_url)
+    cut_off = AttemptStore(unreachable, RulesMirror(client))
+    report = AttemptReport(
+        attempt_id="without-postgres",
+        device=address,
+        client_id="",
+        call_result=call_result_pb2.CALL_RESULT_NO_ANSWER,
+        channel=channel_pb2.CHANNEL_VOICE,
+        attempt_time=datetime.now(UTC),
+    )
+    with pytest.raises(Unavailable):
+        await cut_off.record(tenant, [report])
+    await client.aclose()
+    await unreachable.close()
+
+
+def test_attempts_counted_while_postgres_failed_are_stored_and_survive_a_later_redis_loss(
+    compliance: Compliance, mesh: Mesh, state_dir: Path
+) -> None:
+    compliance.create(limited("one a day", 1, timedelta(days=1)))
+    with _replica_on_own_redis(mesh, state_dir / "unstored-redis") as own:
+        _mark_suppression_loaded(own.redis.port)  # as the lists service would
+        wait_serving(own.target, time.monotonic() + 60, own.replica)
+        asyncio.run(_record_without_postgres(own.redis.url, compliance.tenant, "+14155550178"))
+        limited_out = [decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT]
+        assert [d.code for d in _decide_direct(own.target, compliance, "+14155550178").denials] == (
+            limited_out
+        )
+        deadline = time.monotonic() + 10
+        unstored = unstored_attempts_key(compliance.tenant)
+        while redis.Redis(port=own.redis.port).exists(unstored):
+            assert time.monotonic() < deadline, "the replica never stored the attempt"
+            time.sleep(0.2)
+        own.redis.stop()
+        own.restart_redis_empty()
+        deadline = time.monotonic() + 20
+        while [
+            d.code for d in _decide_direct(own.target, compliance, "+14155550178").denials
+        ] != limited_out:  # denied "unavailable" until the rebuild
+            assert time.monotonic() < deadline, "the attempt was lost with Redis"
+            time.sleep(0.2)
 
 
 def test_a_replica_is_not_serving_until_its_mirrors_are_loaded_and_survives_redis_absent(
