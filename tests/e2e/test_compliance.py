@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import grpc
 import httpx
 import pytest
@@ -32,7 +31,7 @@ from cxmesh.compliance.v1 import (
 from cxmesh.iam.v1 import api_key_pb2, api_key_service_pb2, api_key_service_pb2_grpc
 from cxmesh.lists.v1 import suppression_pb2, suppression_service_pb2, suppression_service_pb2_grpc
 from cxmesh.types.v1 import call_result_pb2, channel_pb2
-from cxmesh_server.compliance.attempts import AttemptReport, AttemptStore
+from cxmesh_server.compliance.attempts import AttemptReport
 from cxmesh_server.compliance.engine import SETTINGS_RETRY_SECONDS
 from cxmesh_server.compliance.mirror import (
     LOADED_KEY,
@@ -45,12 +44,11 @@ from cxmesh_server.iam.store import LOADED_KEY as IAM_LOADED
 from cxmesh_server.mirrors.suppression import LOADED_KEY as SUPPRESSION_LOADED
 from cxmesh_server.mirrors.tenants import settings_key
 from cxmesh_server.runtime.devkeys import SigningKey
-from cxmesh_server.runtime.errors import Unavailable
 from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.stack.datastores import EmbeddedRedis, start_redis
 from cxmesh_server.stack.mesh import Mesh, ServiceInstance, wait_serving
-from cxmesh_server.stack.ports import free_port
 from tests.e2e.scrape import metric
+from tests.integration.compliance_mirrors import record_without_postgres
 
 
 class Compliance:
@@ -1140,11 +1138,7 @@ def test_attempts_count_again_after_compliance_redis_restarts_empty(
 
 async def _record_without_postgres(redis_url: str, tenant: str, address: str) -> None:
     """What a replica cut off from Postgres leaves in its Redis for one attempt."""
-    unreachable = await asyncpg.create_pool(
-        f"postgresql://cxmesh@127.0.0.1:{free_port()}/x", min_size=0
-    )
     client = create_redis(redis_url)
-    cut_off = AttemptStore(unreachable, RulesMirror(client))
     report = AttemptReport(
         attempt_id="without-postgres",
         device=address,
@@ -1153,10 +1147,8 @@ async def _record_without_postgres(redis_url: str, tenant: str, address: str) ->
         channel=channel_pb2.CHANNEL_VOICE,
         attempt_time=datetime.now(UTC),
     )
-    with pytest.raises(Unavailable):
-        await cut_off.record(tenant, [report])
+    await record_without_postgres(RulesMirror(client), tenant, [report])
     await client.aclose()
-    await unreachable.close()
 
 
 def test_attempts_counted_while_postgres_failed_are_stored_and_survive_a_later_redis_loss(

@@ -3,21 +3,26 @@ for tests that decide against real Redis without the services."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
 from cxmesh.compliance.v1 import rule_set_pb2
+from cxmesh_server.compliance.attempts import AttemptReport, AttemptStore
 from cxmesh_server.compliance.bootstrap import PROCESS as COMPLIANCE
 from cxmesh_server.compliance.engine import DecisionEngine
 from cxmesh_server.compliance.mirror import RulesMirror
 from cxmesh_server.mirrors import suppression
+from cxmesh_server.runtime.errors import Unavailable
 from cxmesh_server.runtime.migrations import migrate
 from cxmesh_server.runtime.postgres import create_pool
 from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.runtime.redis_wire import WireRedis
+from cxmesh_server.stack.ports import free_port
 
 
 @dataclass
@@ -55,6 +60,21 @@ async def loaded_mirrors(url: str, tenant: str, *limits: rule_set_pb2.AttemptRul
     rules.contact_windows.add().end_time.hours = 24
     await mirror.put(tenant, rules)
     return LoadedMirrors(redis, WireRedis(url), mirror)
+
+
+async def record_without_postgres(
+    mirror: RulesMirror, tenant: str, reports: Sequence[AttemptReport]
+) -> None:
+    """Records the reports as a replica cut off from Postgres does: UNAVAILABLE."""
+    # Nothing listens there: every connection is refused.
+    unreachable = await asyncpg.create_pool(
+        f"postgresql://cxmesh@127.0.0.1:{free_port()}/x", min_size=0
+    )
+    try:
+        with pytest.raises(Unavailable):
+            await AttemptStore(unreachable, mirror).record(tenant, reports)
+    finally:
+        await unreachable.close()
 
 
 async def compliance_pool(dsn: str) -> asyncpg.Pool:

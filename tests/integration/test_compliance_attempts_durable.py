@@ -39,8 +39,11 @@ from cxmesh_server.runtime.postgres import APP_ROLE, tenant_transaction
 from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.runtime.redis_wire import WireRedis
 from cxmesh_server.stack.datastores import EmbeddedPostgres, EmbeddedRedis, start_redis
-from cxmesh_server.stack.ports import free_port
-from tests.integration.compliance_mirrors import compliance_pool, mark_loaded
+from tests.integration.compliance_mirrors import (
+    compliance_pool,
+    mark_loaded,
+    record_without_postgres,
+)
 
 BUSY = call_result_pb2.CALL_RESULT_BUSY
 IN_PROGRESS = call_result_pb2.CALL_RESULT_UNSPECIFIED
@@ -237,14 +240,7 @@ async def test_attempts_reported_while_postgres_is_unreachable_count_at_once(
 ) -> None:
     tenant = "durable-no-postgres"
     await _one_attempt_a_day(compliance, tenant)
-    # Nothing listens there: every connection is refused.
-    unreachable = await asyncpg.create_pool(
-        f"postgresql://cxmesh@127.0.0.1:{free_port()}/x", min_size=0
-    )
-    cut_off = AttemptStore(unreachable, compliance.rules.mirror)
-    with pytest.raises(Unavailable):
-        await cut_off.record(tenant, [_report("p1", "+14155550251")])
-    await unreachable.close()
+    await record_without_postgres(compliance.rules.mirror, tenant, [_report("p1", "+14155550251")])
     assert _codes(await compliance.decide(tenant, "+14155550251")) == [
         decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT
     ]
@@ -263,13 +259,9 @@ async def test_attempts_reported_while_postgres_is_unreachable_are_stored_once_i
     kept there until Postgres takes them: a later loss of Redis still has them."""
     tenant = "durable-stored-later"
     await _one_attempt_a_day(compliance, tenant)
-    unreachable = await asyncpg.create_pool(
-        f"postgresql://cxmesh@127.0.0.1:{free_port()}/x", min_size=0
+    await record_without_postgres(
+        compliance.rules.mirror, tenant, [_report("s1", "+14155550261", client_id="c-261")]
     )
-    cut_off = AttemptStore(unreachable, compliance.rules.mirror)
-    with pytest.raises(Unavailable):
-        await cut_off.record(tenant, [_report("s1", "+14155550261", client_id="c-261")])
-    await unreachable.close()
 
     assert await compliance.attempts.store_unstored() == 1
     assert await compliance.attempts.store_unstored() == 0  # stored once
@@ -288,14 +280,9 @@ async def test_replicas_storing_the_same_unstored_attempts_at_once_lose_none(
 ) -> None:
     tenant = "durable-stored-racing"
     await _one_attempt_a_day(compliance, tenant)
-    unreachable = await asyncpg.create_pool(
-        f"postgresql://cxmesh@127.0.0.1:{free_port()}/x", min_size=0
-    )
-    cut_off = AttemptStore(unreachable, compliance.rules.mirror)
-    for n in range(3 * UNSTORED_CHUNK // 2):  # more than one replica's turn takes
-        with pytest.raises(Unavailable):
-            await cut_off.record(tenant, [_report(f"r{n}", f"+1415556{n:04d}")])
-    await unreachable.close()
+    # More than one replica's turn takes.
+    reports = [_report(f"r{n}", f"+1415556{n:04d}") for n in range(3 * UNSTORED_CHUNK // 2)]
+    await record_without_postgres(compliance.rules.mirror, tenant, reports)
 
     other_replica = AttemptStore(compliance.pool, compliance.rules.mirror)
     while sum(
