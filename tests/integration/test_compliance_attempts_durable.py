@@ -22,6 +22,7 @@ from cxmesh_server.compliance.attempts import (
     UNSTORED_CHUNK,
     AttemptReport,
     AttemptStore,
+    _kept,
 )
 from cxmesh_server.compliance.engine import DecisionEngine
 from cxmesh_server.compliance.mirror import (
@@ -292,6 +293,24 @@ async def test_replicas_storing_the_same_unstored_attempts_at_once_lose_none(
     async with tenant_transaction(compliance.pool, tenant) as db:
         stored = await db.fetchval("SELECT count(*) FROM compliance.attempts")
     assert stored == 3 * UNSTORED_CHUNK // 2
+
+
+async def test_a_kept_report_postgres_refuses_for_good_holds_up_no_other(
+    compliance: Compliance,
+) -> None:
+    tenant = "durable-refused"
+    await _one_attempt_a_day(compliance, tenant)
+    mirror = compliance.rules.mirror
+    await record_without_postgres(mirror, tenant, [_report("good-1", "+14155550291")])
+    # What no call can leave (they refuse NUL), and what another version might.
+    await mirror.keep_unstored(tenant, [_kept(_report("nul\x00", "+14155550292")), "[1, 2]"])
+    await record_without_postgres(mirror, tenant, [_report("good-2", "+14155550293")])
+
+    assert await compliance.attempts.store_unstored() == 4
+    assert await compliance.attempts.store_unstored() == 0
+    async with tenant_transaction(compliance.pool, tenant) as db:
+        stored = await db.fetch("SELECT attempt_id FROM compliance.attempts ORDER BY 1")
+    assert [r["attempt_id"] for r in stored] == ["good-1", "good-2"]
 
 
 async def test_a_postgres_that_refuses_writes_counts_the_attempts_as_one_unreachable(

@@ -151,6 +151,16 @@ def _unkept(value: str) -> AttemptReport:
     )
 
 
+def _readable(tenant: str, kept: Sequence[str]) -> list[AttemptReport]:
+    reports = []
+    for value in kept:
+        try:
+            reports.append(_unkept(value))
+        except (ValueError, TypeError):
+            log.error("an unreadable kept attempt report dropped", extra={"tenant": tenant})
+    return reports
+
+
 def _unavailable(error: Exception) -> Unavailable:
     return Unavailable(
         f"attempts could not be recorded ({type(error).__name__}); report them again"
@@ -275,13 +285,35 @@ class AttemptStore:
         for tenant, kept in await self.mirror.unstored(UNSTORED_CHUNK):
             since = datetime.now(UTC) - ATTEMPT_RETENTION
             # Older ones count against no limit and would be pruned.
-            reports = [r for r in map(_unkept, kept) if r.attempt_time >= since]
-            if reports:
-                latest, _ = await self._commit(tenant, reports)
-                await self.mirror.record_attempts(tenant, latest)
+            reports = [r for r in _readable(tenant, kept) if r.attempt_time >= since]
+            try:
+                await self._store(tenant, reports)
+            except _POSTGRES_ERRORS:
+                raise  # Postgres still failing: the next turn tries again
+            except Exception:
+                # One report Postgres refuses for good must not hold up the others.
+                for report in reports:
+                    await self._store_or_drop(tenant, report)
             await self.mirror.forget_unstored(tenant, kept)
             handled += len(kept)
         return handled
+
+    async def _store(self, tenant: str, reports: Sequence[AttemptReport]) -> None:
+        if reports:
+            latest, _ = await self._commit(tenant, reports)
+            await self.mirror.record_attempts(tenant, latest)
+
+    async def _store_or_drop(self, tenant: str, report: AttemptReport) -> None:
+        try:
+            await self._store(tenant, [report])
+        except _POSTGRES_ERRORS:
+            raise
+        except Exception:
+            log.error(
+                "a kept attempt report Postgres refuses; it stays counted in Redis only",
+                extra={"tenant": tenant, "attempt_id": report.attempt_id[:64]},
+                exc_info=True,
+            )
 
     async def restore_mirror(self) -> int:
         """Writes every attempt within the retention into Redis; returns how many."""
