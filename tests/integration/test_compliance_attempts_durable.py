@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from cxmesh.compliance.v1 import decision_pb2, rule_set_pb2
 from cxmesh.types.v1 import call_result_pb2, channel_pb2
@@ -125,6 +126,15 @@ def _report(
     )
 
 
+def _deferred(tenant: str, store: str, event: str) -> float:
+    """What the process's /metrics says (each test has its own tenant)."""
+    sample = REGISTRY.get_sample_value(
+        "cxmesh_compliance_deferred_attempts_total",
+        {"tenant": tenant, "store": store, "event": event},
+    )
+    return sample or 0.0
+
+
 def _codes(decision: decision_pb2.Decision) -> list[int]:
     return [d.code for d in decision.denials]
 
@@ -229,11 +239,13 @@ async def test_attempts_committed_while_redis_was_unreachable_are_written_by_the
     # Committed, not counted yet (a dialer that does not report again is common).
     assert (await compliance.decide(tenant, "+14155550241")).allowed
 
+    assert _deferred(tenant, "redis", "deferred") == 1
     assert await compliance.attempts.repair_mirror() >= 1
     assert _codes(await compliance.decide(tenant, "+14155550241")) == [
         decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT
     ]
     assert await compliance.attempts.repair_mirror() == 0  # the gap is closed
+    assert _deferred(tenant, "redis", "caught_up") == 1
 
 
 async def test_attempts_reported_while_postgres_is_unreachable_count_at_once(
@@ -264,8 +276,10 @@ async def test_attempts_reported_while_postgres_is_unreachable_are_stored_once_i
         compliance.rules.mirror, tenant, [_report("s1", "+14155550261", client_id="c-261")]
     )
 
+    assert _deferred(tenant, "postgres", "deferred") == 1
     assert await compliance.attempts.store_unstored() == 1
     assert await compliance.attempts.store_unstored() == 0  # stored once
+    assert _deferred(tenant, "postgres", "caught_up") == 1
     async with tenant_transaction(compliance.pool, tenant) as db:
         rows = await db.fetch("SELECT devices, client_ids FROM compliance.attempts")
     assert [(r["devices"], r["client_ids"]) for r in rows] == [(["+14155550261"], ["c-261"])]
@@ -308,6 +322,8 @@ async def test_a_kept_report_postgres_refuses_for_good_holds_up_no_other(
 
     assert await compliance.attempts.store_unstored() == 4
     assert await compliance.attempts.store_unstored() == 0
+    assert _deferred(tenant, "postgres", "caught_up") == 2
+    assert _deferred(tenant, "postgres", "dropped") == 2
     async with tenant_transaction(compliance.pool, tenant) as db:
         stored = await db.fetch("SELECT attempt_id FROM compliance.attempts ORDER BY 1")
     assert [r["attempt_id"] for r in stored] == ["good-1", "good-2"]

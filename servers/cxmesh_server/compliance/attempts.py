@@ -24,6 +24,7 @@ import asyncpg
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from cxmesh_server.compliance.metrics import count_deferred
 from cxmesh_server.compliance.mirror import ATTEMPT_RETENTION, RecordedAttempt, RulesMirror
 from cxmesh_server.runtime.errors import Unavailable
 from cxmesh_server.runtime.postgres import tenant_transaction
@@ -212,6 +213,7 @@ class AttemptStore:
             )
             with suppress(*_REDIS_ERRORS):
                 await self.mirror.keep_unstored(tenant, [_kept(r) for r in reports])
+                count_deferred(tenant, "postgres", "deferred", len(reports))
                 await self.mirror.record_attempts(tenant, [_as_reported(r) for r in reports])
             if isinstance(error, _POSTGRES_ERRORS):
                 raise _unavailable(error) from error
@@ -226,6 +228,7 @@ class AttemptStore:
             # If Postgres is gone too, only the dialer's next report can count them.
             with suppress(*_POSTGRES_ERRORS):
                 await self._note_gap(tenant, [a.attempt_id for a in latest])
+                count_deferred(tenant, "redis", "deferred", len(latest))
             raise _unavailable(error) from error
         return new
 
@@ -275,6 +278,7 @@ class AttemptStore:
                 await db.execute(
                     "DELETE FROM compliance.attempt_mirror_gaps WHERE gap_id = $1", gap["gap_id"]
                 )
+            count_deferred(gap["tenant_id"], "redis", "caught_up", len(gap["attempt_ids"]))
         return len(gaps)
 
     async def store_unstored(self) -> int:
@@ -288,13 +292,17 @@ class AttemptStore:
             reports = [r for r in _readable(tenant, kept) if r.attempt_time >= since]
             try:
                 await self._store(tenant, reports)
+                stored = len(reports)
             except _POSTGRES_ERRORS:
                 raise  # Postgres still failing: the next turn tries again
             except Exception:
                 # One report Postgres refuses for good must not hold up the others.
+                stored = 0
                 for report in reports:
-                    await self._store_or_drop(tenant, report)
+                    stored += await self._store_or_drop(tenant, report)
             await self.mirror.forget_unstored(tenant, kept)
+            count_deferred(tenant, "postgres", "caught_up", stored)
+            count_deferred(tenant, "postgres", "dropped", len(kept) - stored)
             handled += len(kept)
         return handled
 
@@ -303,7 +311,8 @@ class AttemptStore:
             latest, _ = await self._commit(tenant, reports)
             await self.mirror.record_attempts(tenant, latest)
 
-    async def _store_or_drop(self, tenant: str, report: AttemptReport) -> None:
+    async def _store_or_drop(self, tenant: str, report: AttemptReport) -> bool:
+        """Whether the report was stored; one Postgres refuses is logged and dropped."""
         try:
             await self._store(tenant, [report])
         except _POSTGRES_ERRORS:
@@ -314,6 +323,8 @@ class AttemptStore:
                 extra={"tenant": tenant, "attempt_id": report.attempt_id[:64]},
                 exc_info=True,
             )
+            return False
+        return True
 
     async def restore_mirror(self) -> int:
         """Writes every attempt within the retention into Redis; returns how many."""

@@ -3,7 +3,8 @@
 A rise of `cxmesh_compliance_denials_total{code="DATA_UNAVAILABLE"}` is the fail-closed
 alarm: the service is answering "do not contact" because it cannot trust its Redis data.
 Attempt reports are counted as new or repeated, so an operator can see that a dialer's
-history reports (OCS sends two per attempt) are matched to one attempt each.
+history reports (OCS sends two per attempt) are matched to one attempt each; and as
+deferred while Postgres or Redis could not take them, until they caught up.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ ATTEMPTS = Counter(
     "cxmesh_compliance_attempts_total",
     "Attempt reports, by whether they were new or reported an attempt again.",
     ("tenant", "report"),
+)
+
+DEFERRED_ATTEMPTS = Counter(
+    "cxmesh_compliance_deferred_attempts_total",
+    "Attempts a store could not take when reported (store postgres: counted and kept in"
+    " Redis until Postgres is back; store redis: stored, noted as a gap until Redis is back),"
+    " and those that reached it later (event caught_up) or never will (event dropped).",
+    ("tenant", "store", "event"),
 )
 
 
@@ -65,3 +74,9 @@ def count_attempts(tenant: str, reported: int, new: int) -> None:
         ATTEMPTS.labels(tenant, "new").inc(new)
     if reported > new:
         ATTEMPTS.labels(tenant, "repeated").inc(reported - new)
+
+
+def count_deferred(tenant: str, store: str, event: str, count: int) -> None:
+    """`store` "postgres" or "redis"; `event` "deferred", "caught_up" or "dropped"."""
+    if count:
+        DEFERRED_ATTEMPTS.labels(tenant, store, event).inc(count)
