@@ -307,6 +307,7 @@ async def test_replicas_storing_the_same_unstored_attempts_at_once_lose_none(
     async with tenant_transaction(compliance.pool, tenant) as db:
         stored = await db.fetchval("SELECT count(*) FROM compliance.attempts")
     assert stored == 3 * UNSTORED_CHUNK // 2
+    assert _deferred(tenant, "postgres", "caught_up") == stored  # once each, not per replica
 
 
 async def test_a_kept_report_postgres_refuses_for_good_holds_up_no_other(

@@ -275,10 +275,11 @@ class AttemptStore:
                     gap["attempt_ids"],
                 )
                 await self.mirror.record_attempts(gap["tenant_id"], [_recorded(r) for r in rows])
-                await db.execute(
+                deleted = await db.execute(
                     "DELETE FROM compliance.attempt_mirror_gaps WHERE gap_id = $1", gap["gap_id"]
                 )
-            count_deferred(gap["tenant_id"], "redis", "caught_up", len(gap["attempt_ids"]))
+            if deleted == "DELETE 1":  # not a replica that repaired it at the same time
+                count_deferred(gap["tenant_id"], "redis", "caught_up", len(gap["attempt_ids"]))
         return len(gaps)
 
     async def store_unstored(self) -> int:
@@ -300,9 +301,11 @@ class AttemptStore:
                 stored = 0
                 for report in reports:
                     stored += await self._store_or_drop(tenant, report)
-            await self.mirror.forget_unstored(tenant, kept)
-            count_deferred(tenant, "postgres", "caught_up", stored)
-            count_deferred(tenant, "postgres", "dropped", len(kept) - stored)
+            # Counted by the replica that removed them, or replicas storing at once would
+            # count them twice.
+            removed = await self.mirror.forget_unstored(tenant, kept)
+            count_deferred(tenant, "postgres", "caught_up", min(stored, removed))
+            count_deferred(tenant, "postgres", "dropped", removed - min(stored, removed))
             handled += len(kept)
         return handled
 

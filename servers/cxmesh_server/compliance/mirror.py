@@ -175,12 +175,14 @@ class RulesMirror:
             reports = await pipe.execute()
         return list(zip(tenants, reports, strict=True))
 
-    async def forget_unstored(self, tenant: str, reports: Sequence[str]) -> None:
+    async def forget_unstored(self, tenant: str, reports: Sequence[str]) -> int:
         """Removes one copy of each report, wherever it is now (another replica may have
-        stored and removed it, and reports may have been kept behind it since)."""
-        await self._forget_unstored(
+        stored and removed it, and reports may have been kept behind it since); returns
+        how many it removed."""
+        removed = await self._forget_unstored(
             [unstored_attempts_key(tenant), UNSTORED_TENANTS_KEY], [tenant, *reports]
         )
+        return int(removed)
 
     async def index_attempts(self) -> int:
         """Puts every existing attempts set in its tenant's index (sets written before the
@@ -237,13 +239,14 @@ return 0
 # then the reports stored. The tenant leaves the set only with its last report, atomically,
 # so a report kept meanwhile is never stranded.
 _FORGET_UNSTORED = """
+local removed = 0
 for i = 2, #ARGV do
-  redis.call('LREM', KEYS[1], 1, ARGV[i])
+  removed = removed + redis.call('LREM', KEYS[1], 1, ARGV[i])
 end
 if redis.call('LLEN', KEYS[1]) == 0 then
   redis.call('SREM', KEYS[2], ARGV[1])
 end
-return 0
+return removed
 """
 
 
