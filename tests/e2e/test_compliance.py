@@ -616,6 +616,29 @@ def test_an_unknown_country_or_an_explanation_far_from_now_is_400(
         )
 
 
+def test_a_campaign_no_binding_could_name_is_400(
+    compliance: Compliance, edge: httpx.Client
+) -> None:
+    """Bindings name campaigns of up to 255 characters: a longer one is a dialer's mistake
+    (and each would be remembered, in memory, as a campaign of its own)."""
+    headers = {"authorization": f"Bearer {compliance.token}"}
+    for campaign in ("x" * 256, "campaigns/" + "x" * 256):
+        request = {"contact": {"address": "+12125550100"}, "campaign": campaign}
+        answer = edge.post(
+            "/v1/decisions:preValidate", json={"decisionRequest": request}, headers=headers
+        )
+        assert answer.status_code == 400
+        assert answer.json()["details"][1]["fieldViolations"][0]["field"] == (
+            "decision_request.campaign"
+        )
+    for campaign in ("x" * 255, "campaigns/" + "x" * 255):
+        request = {"contact": {"address": "+12125550100"}, "campaign": campaign}
+        answer = edge.post(
+            "/v1/decisions:preValidate", json={"decisionRequest": request}, headers=headers
+        )
+        assert answer.status_code == 200
+
+
 def test_a_client_limit_counts_by_the_number_when_the_record_has_no_client_id(
     compliance: Compliance,
 ) -> None:

@@ -30,6 +30,7 @@ from cxmesh_server.compliance.domain.rules import (
 from cxmesh_server.compliance.engine import DEFAULT_RULE_SET, DecisionEngine
 from cxmesh_server.compliance.metrics import count_attempts, count_decisions
 from cxmesh_server.compliance.store import RuleSetStore
+from cxmesh_server.contacts.campaigns import MAX_CAMPAIGN_NAME, MAX_REFERENCE, campaign_key
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
 from cxmesh_server.contacts.text import CONTROL
 from cxmesh_server.contacts.timezones import PLACE_ZONE, is_local_zone
@@ -228,6 +229,10 @@ def _check_request(
     unknown_channel = request.channel not in _CHANNELS
     country = contact.country
     unknown_country = bool(country) and country.upper() not in SUPPORTED_REGIONS
+    # No binding names a longer one (and each would be a profile of its own in memory).
+    long_campaign = len(request.campaign) > MAX_CAMPAIGN_NAME and (
+        len(campaign_key(request.campaign)) > MAX_REFERENCE
+    )
     if not (
         no_address
         or unknown_zone
@@ -235,6 +240,7 @@ def _check_request(
         or timed
         or unknown_channel
         or unknown_country
+        or long_campaign
     ):
         return  # the usual case: nothing to say
     if index is not None:
@@ -249,6 +255,12 @@ def _check_request(
         check.require(False, f"{field}.channel", "must be a defined channel")
     if unknown_country:
         check.require(False, f"{field}.contact.country", "must be a CLDR region code such as US")
+    if long_campaign:
+        check.require(
+            False,
+            f"{field}.campaign",
+            f"a campaign's name is at most {MAX_CAMPAIGN_NAME} characters",
+        )
     if timed:
         offset = abs(request.decision_time.ToDatetime(tzinfo=UTC) - datetime.now(UTC))
         if not any_time:

@@ -6,8 +6,9 @@ from __future__ import annotations
 PREFIX = "campaigns/"
 
 
-# The longest reference bound: a dialer's campaign name is at most 255 characters.
-MAX_REFERENCE = len(PREFIX) + 255
+# A dialer's campaign name is at most 255 characters; the longest reference bound.
+MAX_CAMPAIGN_NAME = 255
+MAX_REFERENCE = len(PREFIX) + MAX_CAMPAIGN_NAME
 
 
 def is_campaign(name: str) -> bool:
