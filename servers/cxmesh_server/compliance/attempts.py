@@ -28,6 +28,7 @@ from cxmesh_server.compliance.metrics import count_deferred
 from cxmesh_server.compliance.mirror import ATTEMPT_RETENTION, RecordedAttempt, RulesMirror
 from cxmesh_server.runtime.errors import Unavailable
 from cxmesh_server.runtime.postgres import tenant_transaction
+from cxmesh_server.runtime.server import run_to_completion
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +52,6 @@ _POSTGRES_ERRORS = (
     asyncpg.ReadOnlySQLTransactionError,  # a demoted primary, until the pool reconnects
     asyncpg.LockNotAvailableError,
 )
-
-
-# Recordings whose callers stopped waiting, kept from the garbage collector until done.
-_recordings: set[asyncio.Task[int]] = set()
-
-
-def _recording_done(recording: asyncio.Task[int]) -> None:
-    _recordings.discard(recording)
-    if not recording.cancelled():
-        recording.exception()  # logged where it arose; read, or asyncio logs it again
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,10 +186,7 @@ class AttemptStore:
         A caller that stops waiting (its deadline passed) does not stop the recording: a
         dialer may never report the attempts again, and half a recording (stored, not
         counted) would allow them until Redis is rebuilt."""
-        recording = asyncio.create_task(self._record(tenant, reports))
-        _recordings.add(recording)
-        recording.add_done_callback(_recording_done)
-        return await asyncio.shield(recording)
+        return await run_to_completion(self._record(tenant, reports))
 
     async def _record(self, tenant: str, reports: Sequence[AttemptReport]) -> int:
         try:

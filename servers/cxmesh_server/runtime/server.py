@@ -84,6 +84,9 @@ class Resources:
 
 
 _background: set[asyncio.Task[None]] = set()
+# Work that goes on to its end though its caller stopped waiting (`run_to_completion`).
+_unabandoned: set[asyncio.Task[Any]] = set()
+_Result = TypeVar("_Result")
 
 
 def start_background(loop: Coroutine[Any, Any, None]) -> None:
@@ -91,6 +94,31 @@ def start_background(loop: Coroutine[Any, Any, None]) -> None:
     task = asyncio.create_task(loop)
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+async def run_to_completion(work: Coroutine[Any, Any, _Result]) -> _Result:
+    """Awaits `work`, which goes on to its end if the caller is cancelled (its deadline
+    passed): for work left half done would be wrong, such as attempts stored but not yet
+    counted. A shutdown waits for it (`finish_unabandoned`) before closing the pools."""
+    task = asyncio.create_task(work)
+    _unabandoned.add(task)
+    task.add_done_callback(_settled)
+    return await asyncio.shield(task)
+
+
+def _settled(task: asyncio.Task[Any]) -> None:
+    _unabandoned.discard(task)
+    if not task.cancelled():
+        task.exception()  # the caller's to handle; read, or asyncio logs it as never read
+
+
+async def finish_unabandoned(seconds: float) -> int:
+    """Waits up to `seconds` for work begun by `run_to_completion`; returns how much is
+    still unfinished."""
+    if not _unabandoned:
+        return 0
+    _, unfinished = await asyncio.wait(set(_unabandoned), timeout=seconds)
+    return len(unfinished)
 
 
 def start_periodic(what: str, seconds: float, job: Callable[[], Awaitable[int]]) -> None:
@@ -218,6 +246,9 @@ async def run_server(settings: ServiceSettings, process: ServiceProcess) -> None
     log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
     await health_servicer.enter_graceful_shutdown()
     await asyncio.gather(*(server.stop(settings.shutdown_grace_seconds) for server in servers))
+    unfinished = await finish_unabandoned(settings.shutdown_grace_seconds)
+    if unfinished:
+        log.warning("work unfinished at shutdown", extra={"count": unfinished})
     await resources.close()
     log.info("stopped")
 
