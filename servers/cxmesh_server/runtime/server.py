@@ -3,7 +3,8 @@
 Every process serves grpc.health.v1 and server reflection listing every cxmesh service
 (so one edge address is enough for grpcurl-style tools), every handler wrapped by the runtime.
 On SIGTERM: health goes NOT_SERVING, new calls are refused, in-flight calls get the grace
-period to finish.
+period to finish, and work their callers abandoned (`run_to_completion`) gets it again
+before the pools close.
 """
 
 from __future__ import annotations
