@@ -279,6 +279,25 @@ def test_rule_set_changes_are_versioned_and_audited(compliance: Compliance) -> N
     ]
 
 
+def test_a_deleted_rule_set_keeps_its_audit_trail_and_one_never_created_is_404(
+    compliance: Compliance, edge: httpx.Client
+) -> None:
+    created = compliance.create(all_day("short-lived"))
+    compliance.rules.DeleteRuleSet(
+        rule_set_service_pb2.DeleteRuleSetRequest(name=created.name, etag=created.etag),
+        metadata=compliance.md,
+        timeout=10,
+    )
+    headers = {"authorization": f"Bearer {compliance.token}"}
+    trail = edge.get(f"/v1/{created.name}/auditEvents", headers=headers)
+    assert trail.status_code == 200
+    assert [e.get("before", {}).get("displayName") for e in trail.json()["auditEvents"]] == [
+        "short-lived",
+        None,
+    ]
+    assert edge.get("/v1/ruleSets/never-created/auditEvents", headers=headers).status_code == 404
+
+
 def test_invalid_rule_sets_are_400_with_field_violations(
     compliance: Compliance, edge: httpx.Client
 ) -> None:

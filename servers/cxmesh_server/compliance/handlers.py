@@ -41,6 +41,7 @@ from cxmesh_server.runtime.errors import (
     Aborted,
     FieldViolation,
     InvalidArgument,
+    NotFound,
     Unavailable,
     Validator,
 )
@@ -171,6 +172,9 @@ class RuleSetHandlers(rule_set_service_pb2_grpc.RuleSetServiceServicer):
         rows = await self._store.audit_events(
             current_tenant(), rule_set_id, page.offset, page.limit
         )
+        if not rows and not page.offset:
+            # A rule set's creation is its first event: without one it never existed.
+            raise NotFound(f"ruleSets/{rule_set_id} not found")
         events = []
         for row in rows[: page.size]:
             event = rule_set_pb2.AuditEvent(
