@@ -32,7 +32,7 @@ from cxmesh_server.compliance.metrics import count_attempts, count_decisions
 from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.contacts.campaigns import MAX_CAMPAIGN_NAME, MAX_REFERENCE, campaign_key
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
-from cxmesh_server.contacts.text import CONTROL
+from cxmesh_server.contacts.text import CONTROL, is_plain
 from cxmesh_server.contacts.timezones import PLACE_ZONE, is_local_zone
 from cxmesh_server.runtime import paging
 from cxmesh_server.runtime.context import GrpcContext, current_principal, current_tenant
@@ -100,7 +100,7 @@ class RuleSetHandlers(rule_set_service_pb2_grpc.RuleSetServiceServicer):
         validate_rule_set(rule_set, check)
         _check_new_text(check, rule_set.display_name)
         check.require(
-            len(request.request_id) <= 128 and not CONTROL.search(request.request_id),
+            is_plain(request.request_id, 128),
             "request_id",
             "at most 128 characters, no control characters",
         )
@@ -527,13 +527,13 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         for n, attempt in enumerate(request.attempts):
             # Stored in Postgres, whose text refuses NUL: a 500 would leave them uncounted.
             check.require(
-                0 < len(attempt.attempt_id) <= 128 and not CONTROL.search(attempt.attempt_id),
+                is_plain(attempt.attempt_id, 128, least=1),
                 f"attempts[{n}].attempt_id",
                 "1-128 characters, no control characters",
             )
             client_id = attempt.contact.client_id.strip()  # as decisions read it
             check.require(
-                len(client_id) <= 255 and not CONTROL.search(client_id),
+                is_plain(client_id, 255),
                 f"attempts[{n}].contact.client_id",
                 "at most 255 characters, no control characters",
             )
@@ -562,7 +562,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
             else:
                 address = address.lower()
                 check.require(
-                    len(address) <= 254 and not CONTROL.search(address),
+                    is_plain(address, 254),
                     f"attempts[{n}].contact.address",
                     "an email address is at most 254 characters, no control characters",
                 )
