@@ -17,13 +17,19 @@ from cxmesh.diagnostics.v1 import echo_service_pb2, echo_service_pb2_grpc
 from cxmesh_edge.config import Upstream
 from cxmesh_server.runtime.api import all_service_names
 from cxmesh_server.runtime.devkeys import SigningKey
-from cxmesh_server.stack.mesh import Mesh, launch_envoy
+from cxmesh_server.stack.mesh import Mesh, launch_envoy, wait_serving
 from cxmesh_server.stack.ports import free_port
 from tests.conftest import bearer, grpc_bearer
 
 
-def test_healthz_is_200_while_every_upstream_is_healthy(edge: httpx.Client) -> None:
-    response = edge.get("/healthz")
+def test_healthz_is_200_while_every_upstream_is_healthy(edge: httpx.Client, mesh: Mesh) -> None:
+    # Earlier tests may have had a service rebuild its mirrors (NOT_SERVING meanwhile).
+    for instance in mesh.instances:
+        wait_serving(f"127.0.0.1:{instance.port}", time.monotonic() + 60, instance)
+    # The edge sees them healthy at its next health check (every second).
+    deadline = time.monotonic() + 3.0
+    while (response := edge.get("/healthz")).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert response.status_code == 200
 
 
