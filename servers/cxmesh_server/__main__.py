@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import sys
 
+from cxmesh_server.runtime import stop_signals
 from cxmesh_server.runtime.grpc_core import prefer_legacy_io
 
+# Before the imports, which take a second or more: a stop signal meanwhile is kept.
+stop_signals.remember()
 # Before anything imports grpc: gRPC core reads its experiments once, at import.
 prefer_legacy_io(os.environ)
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -126,6 +132,164 @@ def test_worker_processes_share_one_port(mesh: Mesh, key: SigningKey, tmp_path: 
         assert instance.process.wait(20) == 0
         mesh.instances.remove(instance)
     assert not list(tmp_path.glob("cxmesh-metrics-*"))  # removed at exit
+
+
+@pytest.fixture
+def silent_postgres() -> Iterator[socket.socket]:
+    """A "Postgres" that takes connections and never answers: a start that migrates
+    waits on it (asyncpg gives up after 60 s)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.settimeout(60)
+        yield listener
+
+
+def _dsn(listener: socket.socket) -> str:
+    return f"postgresql://cxmesh@127.0.0.1:{listener.getsockname()[1]}/cxmesh"
+
+
+def _workers(pid: int) -> list[int]:
+    """The worker processes of a service process (not multiprocessing's resource
+    tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if not children.exists():
+        return []
+    return [
+        int(child)
+        for child in children.read_text().split()
+        if b"spawn_main" in _read(Path(f"/proc/{child}/cmdline"))
+    ]
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # ended meanwhile
+        return b""
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for `signum` (SigCgt in /proc/PID/status)."""
+    for line in _read(Path(f"/proc/{pid}/status")).decode().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stop_signal_while_starting_ends_the_start_at_once_and_cleanly(
+    mesh: Mesh, silent_postgres: socket.socket, workers: int
+) -> None:
+    instance = mesh.start_service(
+        "iam",
+        env={"CXMESH_POSTGRES_DSN": _dsn(silent_postgres), "CXMESH_WORKERS": str(workers)},
+    )
+    waiting = [silent_postgres.accept()[0] for _ in range(workers)]  # every one migrating
+    try:
+        instance.process.send_signal(signal.SIGTERM)
+        assert instance.process.wait(10) == 0
+    finally:
+        for connection in waiting:
+            connection.close()
+        mesh.instances.remove(instance)
+    assert instance.own_log().count("stopped before serving") == workers
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None
+    or subprocess.run(["unshare", "--fork", "--pid", "true"], check=False).returncode != 0,
+    reason="needs a PID namespace (unshare)",
+)
+def test_as_pid_1_of_its_container_a_service_signalled_at_once_stops(
+    mesh: Mesh, silent_postgres: socket.socket
+) -> None:
+    """The kernel drops signals PID 1 has no handler for, as Kubernetes' SIGTERM to a
+    container that is still importing would be."""
+    env = {**mesh.service_env("iam", 0, 0), "CXMESH_POSTGRES_DSN": _dsn(silent_postgres)}
+    with subprocess.Popen(
+        ["unshare", "--fork", "--pid", "--kill-child", sys.executable, "-m", "cxmesh_server"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    ) as namespace:
+        # The first moment it can take a signal at all: before its imports are done.
+        deadline = time.monotonic() + 10
+        service = 0
+        while time.monotonic() < deadline:
+            children = Path(f"/proc/{namespace.pid}/task/{namespace.pid}/children")
+            service = int(children.read_text().split()[0]) if children.read_text() else 0
+            if service and _catches(service, signal.SIGTERM):
+                break
+            time.sleep(0.001)
+        assert service and _catches(service, signal.SIGTERM)
+        started = time.monotonic()
+        os.kill(service, signal.SIGTERM)  # from outside: to the namespace's PID 1
+        try:
+            assert namespace.wait(20) == 0
+        finally:
+            namespace.kill()
+        assert time.monotonic() - started < 15
+        output = namespace.stdout.read().decode() if namespace.stdout else ""
+    assert "stopped before serving" in output
+
+
+def test_a_worker_that_dies_is_replaced_and_workers_that_keep_dying_stop_the_service(
+    mesh: Mesh, key: SigningKey
+) -> None:
+    instance = mesh.start_service("iam", env={"CXMESH_WORKERS": "2"})
+    target = f"127.0.0.1:{instance.port}"
+    parent = instance.process.pid
+    try:
+        wait_serving(target, time.monotonic() + 60, instance)
+        first = _workers(parent)
+        assert len(first) == 2
+        os.kill(first[0], signal.SIGKILL)  # as the OOM killer would
+        deadline = time.monotonic() + 30
+        while len(set(_workers(parent)) - {first[0]}) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first[0] not in _workers(parent) and len(_workers(parent)) == 2
+        token = key.mint(tenant="acme", roles=["viewer"])
+        for n in range(10):
+            assert _echo(target, token, message=f"m{n}").message == f"m{n}"
+        assert "worker exited; starting another" in instance.own_log()
+        # Four more deaths within the minute: the service stops, for its supervisor to see.
+        killed = {first[0]}
+        while instance.process.poll() is None and time.monotonic() < deadline:
+            for child in set(_workers(parent)) - killed:
+                os.kill(child, signal.SIGKILL)
+                killed.add(child)
+            time.sleep(0.05)
+        assert instance.process.wait(20) == 1
+        assert "workers keep exiting; stopping" in instance.own_log()
+        assert not _workers(parent)
+    finally:
+        if instance.process.poll() is None:
+            instance.process.kill()
+        mesh.instances.remove(instance)
+
+
+def test_a_worker_still_running_long_after_the_stop_is_killed_and_named(mesh: Mesh) -> None:
+    grace = 1
+    instance = mesh.start_service(
+        "iam", env={"CXMESH_WORKERS": "2", "CXMESH_SHUTDOWN_GRACE_SECONDS": str(grace)}
+    )
+    parent = instance.process.pid
+    try:
+        wait_serving(f"127.0.0.1:{instance.port}", time.monotonic() + 60, instance)
+        stuck, _ = _workers(parent)
+        os.kill(stuck, signal.SIGSTOP)  # hangs: takes no signal but SIGKILL
+        stopped_at = time.monotonic()
+        instance.process.send_signal(signal.SIGTERM)
+        assert instance.process.wait(30) == 1
+        assert 2 * grace + 10 <= time.monotonic() - stopped_at < 2 * grace + 15
+        killed = [line for line in instance.own_log().splitlines() if "killing it" in line]
+        assert len(killed) == 1 and f"{stuck}" in killed[0]
+        assert not _workers(parent)
+    finally:
+        if instance.process.poll() is None:
+            instance.process.kill()
+        mesh.instances.remove(instance)
 
 
 def test_echo_delay_is_bounded(mesh: Mesh, key: SigningKey) -> None:

@@ -30,7 +30,12 @@ class ServiceInstance:
     port: int
     metrics_port: int
     process: subprocess.Popen[bytes]
+    # Shared by the starts of one replica: this start's own lines begin at `log_start`.
     log_path: Path
+    log_start: int = 0
+
+    def own_log(self) -> str:
+        return self.log_path.read_bytes()[self.log_start :].decode(errors="replace")
 
 
 @dataclass
@@ -91,6 +96,7 @@ class Mesh:
         replica = sum(1 for i in self.instances if i.name == name)
         log_path = self.logs / f"{name}-{replica}.log"
         with log_path.open("ab") as log:
+            log_start = log.tell()
             process = subprocess.Popen(
                 [sys.executable, "-m", "cxmesh_server"],
                 env={**self.service_env(name, port, metrics_port), **(env or {})},
@@ -98,7 +104,7 @@ class Mesh:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        instance = ServiceInstance(name, port, metrics_port, process, log_path)
+        instance = ServiceInstance(name, port, metrics_port, process, log_path, log_start)
         self.instances.append(instance)
         return instance
 
