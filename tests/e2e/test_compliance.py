@@ -1000,6 +1000,29 @@ def test_an_ocs_field_sent_as_null_is_a_field_not_sent(
     assert edge.post("/ocs/v1/validate", json=same, headers=headers).status_code == 409
 
 
+def test_an_ocs_record_whose_history_could_not_be_recorded_is_not_dialled_either(
+    compliance: Compliance, edge: httpx.Client
+) -> None:
+    """Its attempts could never be counted, so no attempt rule could ever stop it."""
+    per_client = all_day("one per client an hour, by OCS")
+    limit = per_client.attempt_rules.add(max_attempts=1, scope=rule_set_pb2.ATTEMPT_SCOPE_CLIENT)
+    limit.window.FromTimedelta(timedelta(hours=1))
+    compliance.create(per_client)
+    headers = {"authorization": f"Bearer {compliance.token}"}
+    for field, value in (("CLIENT_ID", "c" * 256), ("CLIENT_ID", "a\u0000b")):
+        record = {"GSW_PHONE": "4155550161", "GSW_CALL_ATTEMPT_GUID": "odd", field: value}
+        history = edge.post("/ocs/v1/history", json=record, headers=headers)
+        assert history.status_code == 400, history.text
+        validation = edge.post("/ocs/v1/validate", json=record, headers=headers)
+        assert validation.status_code == 400, validation.text
+        assert field in validation.text and "at most 255 characters" in validation.text
+    long_campaign = {"GSW_PHONE": "4155550161", "GSW_CAMPAIGN_NAME": "x" * 256}
+    validation = edge.post("/ocs/v1/validate", json=long_campaign, headers=headers)
+    assert validation.status_code == 400 and "GSW_CAMPAIGN_NAME" in validation.text
+    usual = {"GSW_PHONE": "4155550161", "CLIENT_ID": " c-161 ", "GSW_CAMPAIGN_NAME": "x" * 255}
+    assert edge.post("/ocs/v1/validate", json=usual, headers=headers).status_code == 200
+
+
 def test_an_attempt_in_progress_counts_until_its_result_says_otherwise(
     compliance: Compliance, edge: httpx.Client
 ) -> None:

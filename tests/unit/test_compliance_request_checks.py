@@ -44,3 +44,20 @@ def test_a_request_with_a_decision_time_is_checked_whenever_it_comes() -> None:
     assert _violations(timed) == []
     time.sleep(0.5)
     assert _violations(timed) == ["decision_requests.decision_time"]
+
+
+def test_what_attempts_cannot_hold_a_decision_refuses() -> None:
+    """Attempts of that client id or email address could never be recorded, so no attempt
+    rule could ever deny them."""
+    assert _violations(_request(address="+12125550103", client_id="c" * 256)) == [
+        "decision_requests.contact.client_id"
+    ]
+    assert _violations(_request(address="+12125550103", client_id="a\tb")) == [
+        "decision_requests.contact.client_id"
+    ]
+    assert _violations(_request(address=("a" * 250) + "@x.io")) == [
+        "decision_requests.contact.address"
+    ]
+    assert _violations(_request(address="a\x00@x.io")) == ["decision_requests.contact.address"]
+    # Trimmed, as attempts and decisions read them.
+    assert _violations(_request(address=" A@X.io ", client_id=" " + "c" * 255 + " ")) == []

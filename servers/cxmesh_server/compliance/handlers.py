@@ -212,6 +212,12 @@ def _check_new_text(check: Validator, display_name: str) -> None:
     )
 
 
+# What attempts may hold, stored in Postgres (whose text refuses NUL) and counted by.
+MAX_CLIENT_ID = 255
+CLIENT_ID_RULE = f"at most {MAX_CLIENT_ID} characters, no control characters"
+MAX_EMAIL = 254
+EMAIL_RULE = f"an email address is at most {MAX_EMAIL} characters, no control characters"
+
 # Serialized decision requests that passed `_check_fields` and hold no decision time (so
 # pass it at any time). A dialer validates the same records again and again, and reading
 # a request's fields costs more than serializing it and looking it up (in-process, 1,000
@@ -254,7 +260,13 @@ def _check_fields(
     only formatted for a violation: a batch checks 1,000 requests."""
     contact = request.contact
     zone = contact.time_zone
-    no_address = not contact.address.strip()
+    address = contact.address.strip()
+    no_address = not address
+    # What RecordAttempts refuses to record is refused here too: attempts of that client
+    # or email address could never be counted, so no attempt rule could ever deny them.
+    odd_email = "@" in address and not is_plain(address.lower(), MAX_EMAIL)
+    client_id = contact.client_id
+    odd_client_id = bool(client_id) and not is_plain(client_id.strip(), MAX_CLIENT_ID)
     unknown_zone = bool(zone) and not is_local_zone(zone)
     candidates = contact.candidate_time_zones
     # Built only when there are candidates: a batch checks 1,000 requests.
@@ -274,6 +286,8 @@ def _check_fields(
     )
     if not (
         no_address
+        or odd_email
+        or odd_client_id
         or unknown_zone
         or unknown_candidates
         or timed
@@ -286,6 +300,10 @@ def _check_fields(
         field = f"{field}[{index}]"
     if no_address:
         check.require(False, f"{field}.contact.address", "is required")
+    if odd_email:
+        check.require(False, f"{field}.contact.address", EMAIL_RULE)
+    if odd_client_id:
+        check.require(False, f"{field}.contact.client_id", CLIENT_ID_RULE)
     if unknown_zone:
         check.require(False, f"{field}.contact.time_zone", PLACE_ZONE)
     for n in unknown_candidates:
@@ -425,6 +443,16 @@ def _field(attributes: dict[str, Any], *names: str) -> Any:
         if value is not None and value != "":
             return value
     return ""
+
+
+# A decision request's fields by the OCS record fields `_ocs_contact` reads them from.
+_OCS_NAMES = {
+    "record.contact.address": "GSW_PHONE",
+    "record.contact.client_id": "CLIENT_ID",
+    "record.contact.postal_code": "POSTAL_CODE",
+    "record.contact.state_province": "STATE",
+    "record.campaign": "GSW_CAMPAIGN_NAME",
+}
 
 
 def _ocs_contact(attributes: dict[str, Any]) -> decision_pb2.Contact:
@@ -568,9 +596,9 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
             )
             client_id = attempt.contact.client_id.strip()  # as decisions read it
             check.require(
-                is_plain(client_id, 255),
+                is_plain(client_id, MAX_CLIENT_ID),
                 f"attempts[{n}].contact.client_id",
-                "at most 255 characters, no control characters",
+                CLIENT_ID_RULE,
             )
             # An undefined one would be stored and never counted by any attempt rule.
             check.require(
@@ -597,9 +625,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
             else:
                 address = address.lower()
                 check.require(
-                    is_plain(address, 254),
-                    f"attempts[{n}].contact.address",
-                    "an email address is at most 254 characters, no control characters",
+                    is_plain(address, MAX_EMAIL), f"attempts[{n}].contact.address", EMAIL_RULE
                 )
             # Reported, so already made: a later stamp (the dialer's clock is ahead) would
             # not count until that instant.
@@ -724,6 +750,17 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         decision_request = decision_pb2.DecisionRequest(
             contact=contact, campaign=str(_field(attributes, "GSW_CAMPAIGN_NAME"))
         )
+        # The checks of PreValidate, named by the record's fields: a record its call
+        # history could not be recorded for must not be dialled either.
+        check = Validator()
+        _check_request("record", decision_request, check)
+        if check.violations:
+            raise InvalidArgument(
+                [
+                    FieldViolation(_OCS_NAMES.get(v.field, v.field), v.description)
+                    for v in check.violations
+                ]
+            )
         tenant = current_tenant()
         (decision,) = await self._engine.decide(tenant, [decision_request])
         count_decisions(tenant, (decision,))
