@@ -145,10 +145,15 @@ def all_day(name: str = "all day", **fields: object) -> rule_set_pb2.RuleSet:
     return message
 
 
-def limited(name: str, max_attempts: int, window: timedelta) -> rule_set_pb2.RuleSet:
-    """Any hour, at most `max_attempts` in `window`."""
+def limited(
+    name: str,
+    max_attempts: int,
+    window: timedelta,
+    scope: rule_set_pb2.AttemptScope.ValueType = rule_set_pb2.ATTEMPT_SCOPE_UNSPECIFIED,
+) -> rule_set_pb2.RuleSet:
+    """Any hour, at most `max_attempts` in `window` (counted by `scope`)."""
     rules = all_day(name)
-    rules.attempt_rules.add(max_attempts=max_attempts).window.FromTimedelta(window)
+    rules.attempt_rules.add(max_attempts=max_attempts, scope=scope).window.FromTimedelta(window)
     return rules
 
 
@@ -661,10 +666,9 @@ def test_a_campaign_no_binding_could_name_is_400(
 def test_a_client_limit_counts_by_the_number_when_the_record_has_no_client_id(
     compliance: Compliance,
 ) -> None:
-    per_client = all_day("one per client an hour")
-    limit = per_client.attempt_rules.add(max_attempts=1, scope=rule_set_pb2.ATTEMPT_SCOPE_CLIENT)
-    limit.window.FromTimedelta(timedelta(hours=1))
-    compliance.create(per_client)
+    compliance.create(
+        limited("one per client an hour", 1, timedelta(hours=1), rule_set_pb2.ATTEMPT_SCOPE_CLIENT)
+    )
     compliance.record([_attempt("no-client", "+14155550155")])
     denied = compliance.check("+1 415 555 0155")
     assert [d.code for d in denied.denials] == [decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT]
@@ -985,10 +989,9 @@ def test_ocs_call_results_are_genesys_codes_or_names(
 def test_an_ocs_field_sent_as_null_is_a_field_not_sent(
     compliance: Compliance, edge: httpx.Client
 ) -> None:
-    per_client = all_day("one per client an hour")
-    limit = per_client.attempt_rules.add(max_attempts=1, scope=rule_set_pb2.ATTEMPT_SCOPE_CLIENT)
-    limit.window.FromTimedelta(timedelta(hours=1))
-    compliance.create(per_client)
+    compliance.create(
+        limited("one per client an hour", 1, timedelta(hours=1), rule_set_pb2.ATTEMPT_SCOPE_CLIENT)
+    )
     headers = {"authorization": f"Bearer {compliance.token}"}
     history = {"GSW_PHONE": "4155550158", "GSW_CALL_ATTEMPT_GUID": "n-1", "CLIENT_ID": None}
     assert edge.post("/ocs/v1/history", json=history, headers=headers).status_code == 200
@@ -1004,10 +1007,14 @@ def test_an_ocs_record_whose_history_could_not_be_recorded_is_not_dialled_either
     compliance: Compliance, edge: httpx.Client
 ) -> None:
     """Its attempts could never be counted, so no attempt rule could ever stop it."""
-    per_client = all_day("one per client an hour, by OCS")
-    limit = per_client.attempt_rules.add(max_attempts=1, scope=rule_set_pb2.ATTEMPT_SCOPE_CLIENT)
-    limit.window.FromTimedelta(timedelta(hours=1))
-    compliance.create(per_client)
+    compliance.create(
+        limited(
+            "one per client an hour, by OCS",
+            1,
+            timedelta(hours=1),
+            rule_set_pb2.ATTEMPT_SCOPE_CLIENT,
+        )
+    )
     headers = {"authorization": f"Bearer {compliance.token}"}
     for field, value in (("CLIENT_ID", "c" * 256), ("CLIENT_ID", "a\u0000b")):
         record = {"GSW_PHONE": "4155550161", "GSW_CALL_ATTEMPT_GUID": "odd", field: value}
