@@ -1218,6 +1218,7 @@ async def _record_without_postgres(redis_url: str, tenant: str, address: str) ->
         call_result=call_result_pb2.CALL_RESULT_NO_ANSWER,
         channel=channel_pb2.CHANNEL_VOICE,
         attempt_time=datetime.now(UTC),
+        reported_at=datetime.now(UTC),
     )
     await record_without_postgres(RulesMirror(client), tenant, [report])
     await client.aclose()

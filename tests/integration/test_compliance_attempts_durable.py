@@ -6,6 +6,7 @@ Redis)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from tests.integration.compliance_mirrors import (
 
 BUSY = call_result_pb2.CALL_RESULT_BUSY
 IN_PROGRESS = call_result_pb2.CALL_RESULT_UNSPECIFIED
+ANSWER = call_result_pb2.CALL_RESULT_ANSWER
 
 
 @pytest.fixture
@@ -123,7 +125,16 @@ def _report(
         call_result=call_result,
         channel=channel_pb2.CHANNEL_VOICE,
         attempt_time=when or datetime.now(UTC),
+        reported_at=when or datetime.now(UTC),
     )
+
+
+async def _device_history(compliance: Compliance, tenant: str, device: str) -> list[str]:
+    """The attempts Redis counts for the device, as `attempt id|result|channel`."""
+    history = await compliance.rules.mirror.redis.zrange(
+        attempts_key(tenant, "device", device), 0, -1
+    )
+    return [str(member) for member in history]
 
 
 def _deferred(tenant: str, store: str, event: str) -> float:
@@ -259,10 +270,9 @@ async def test_attempts_reported_while_postgres_is_unreachable_count_at_once(
     ]
     # Reported again once Postgres is back: stored, and still one attempt.
     assert await compliance.attempts.record(tenant, [_report("p1", "+14155550251")]) == 1
-    history = await compliance.rules.mirror.redis.zrange(
-        attempts_key(tenant, "device", "+14155550251"), 0, -1
-    )
-    assert history == [f"p1|{BUSY}|{channel_pb2.CHANNEL_VOICE}"]
+    assert await _device_history(compliance, tenant, "+14155550251") == [
+        f"p1|{BUSY}|{channel_pb2.CHANNEL_VOICE}"
+    ]
 
 
 async def test_attempts_reported_while_postgres_is_unreachable_are_stored_once_it_is_back(
@@ -288,6 +298,59 @@ async def test_attempts_reported_while_postgres_is_unreachable_are_stored_once_i
     assert _codes(await compliance.decide(tenant, "+14155550261")) == [
         decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT
     ]
+
+
+async def test_a_kept_report_stored_after_a_newer_report_of_its_attempt_leaves_its_result(
+    compliance: Compliance,
+) -> None:
+    """Reported while Postgres failed, then the attempt's result reported again once it
+    was back: the older report, stored last, must not undo the newer result."""
+    tenant = "durable-kept-older"
+    await _one_attempt_a_day(compliance, tenant)
+    reported = datetime.now(UTC) - timedelta(seconds=30)
+    older = _report("o1", "+14155550271", ANSWER, reported)
+    await record_without_postgres(compliance.rules.mirror, tenant, [older])
+    newer = _report("o1", "+14155550271", BUSY, reported + timedelta(seconds=10))
+    await compliance.attempts.record(tenant, [newer])
+
+    assert await compliance.attempts.store_unstored() == 1
+    async with tenant_transaction(compliance.pool, tenant) as db:
+        rows = await db.fetch("SELECT call_result FROM compliance.attempts")
+    assert [r["call_result"] for r in rows] == [BUSY]
+    assert await _device_history(compliance, tenant, "+14155550271") == [
+        f"o1|{BUSY}|{channel_pb2.CHANNEL_VOICE}"
+    ]
+
+
+async def test_a_result_replaces_in_progress_whatever_the_replicas_clocks_say(
+    compliance: Compliance,
+) -> None:
+    """The start report reached one replica, the result another whose clock is behind."""
+    tenant = "durable-skewed"
+    started = datetime.now(UTC)
+    await compliance.attempts.record(tenant, [_report("k1", "+14155550273", IN_PROGRESS, started)])
+    ended = _report("k1", "+14155550273", BUSY, started - timedelta(milliseconds=200))
+    await compliance.attempts.record(tenant, [ended])
+    async with tenant_transaction(compliance.pool, tenant) as db:
+        assert await db.fetchval("SELECT call_result FROM compliance.attempts") == BUSY
+
+
+async def test_a_report_kept_by_the_previous_version_is_stored_as_reported_at_its_time(
+    compliance: Compliance,
+) -> None:
+    """Kept before reports carried when they reached us (a rolling upgrade during a
+    Postgres outage): six fields, stored all the same."""
+    tenant = "durable-kept-before"
+    made = datetime.now(UTC) - timedelta(minutes=1)
+    kept = json.dumps(["v1", "+14155550272", "", BUSY, channel_pb2.CHANNEL_VOICE, made.isoformat()])
+    await compliance.rules.mirror.keep_unstored(tenant, [kept])
+
+    assert await compliance.attempts.store_unstored() == 1
+    async with tenant_transaction(compliance.pool, tenant) as db:
+        rows = await db.fetch(
+            "SELECT attempt_id, call_result, reported_at FROM compliance.attempts"
+        )
+    assert [tuple(r) for r in rows] == [("v1", BUSY, made)]
 
 
 async def test_replicas_storing_the_same_unstored_attempts_at_once_lose_none(

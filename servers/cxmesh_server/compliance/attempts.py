@@ -64,20 +64,30 @@ class AttemptReport:
     call_result: int
     channel: int
     attempt_time: datetime
+    # When the report reached cxmesh: of two reports of an attempt, the later one's result
+    # stands, whatever order they are stored in (one kept while Postgres failed).
+    reported_at: datetime
 
 
 # Later reports of an attempt keep its first time and take the last result and channel;
 # devices and client ids accumulate, so no device loses an attempt a report gave it. A
 # report in progress (result 0) after the attempt's result is a late start report (OCS
 # sequence 0 after 1): it changes nothing, or a result that does not count would count.
+# Nor does a result that reached us before the result the row holds (kept while Postgres
+# failed, stored after a newer one); a result always replaces "in progress", whatever the
+# replicas' clocks say of their order.
 _RECORD = """
 INSERT INTO compliance.attempts AS a
-    (tenant_id, attempt_id, devices, client_ids, call_result, channel, attempt_time, revision)
+    (tenant_id, attempt_id, devices, client_ids, call_result, channel, attempt_time, revision,
+     reported_at)
 SELECT current_setting('cxmesh.tenant'), r.attempt_id, ARRAY[r.device],
        CASE WHEN r.client_id = '' THEN '{}'::text[] ELSE ARRAY[r.client_id] END,
-       r.call_result, r.channel, r.attempt_time, nextval('compliance.attempt_revisions')
-FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[])
-    AS r(attempt_id, device, client_id, call_result, channel, attempt_time)
+       r.call_result, r.channel, r.attempt_time, nextval('compliance.attempt_revisions'),
+       r.reported_at
+FROM unnest(
+    $1::text[], $2::text[], $3::text[], $4::int[], $5::int[], $6::timestamptz[],
+    $7::timestamptz[]
+) AS r(attempt_id, device, client_id, call_result, channel, attempt_time, reported_at)
 ON CONFLICT (tenant_id, attempt_id) DO UPDATE SET
     devices = ARRAY(SELECT DISTINCT d FROM unnest(a.devices || excluded.devices) AS d ORDER BY d),
     client_ids = ARRAY(
@@ -85,8 +95,10 @@ ON CONFLICT (tenant_id, attempt_id) DO UPDATE SET
     ),
     call_result = excluded.call_result,
     channel = excluded.channel,
-    revision = excluded.revision
-WHERE excluded.call_result <> 0 OR a.call_result = 0
+    revision = excluded.revision,
+    reported_at = excluded.reported_at
+WHERE a.call_result = 0
+    OR (excluded.call_result <> 0 AND (a.reported_at IS NULL OR excluded.reported_at >= a.reported_at))
 RETURNING attempt_id, devices, client_ids, call_result, channel, attempt_time, revision,
     xmax = 0 AS inserted
 """
@@ -127,12 +139,13 @@ def _kept(report: AttemptReport) -> str:
             report.call_result,
             report.channel,
             report.attempt_time.isoformat(),
+            report.reported_at.isoformat(),
         ]
     )
 
 
 def _unkept(value: str) -> AttemptReport:
-    attempt_id, device, client_id, call_result, channel, attempt_time = json.loads(value)
+    attempt_id, device, client_id, call_result, channel, attempt_time, *reported = json.loads(value)
     return AttemptReport(
         attempt_id=attempt_id,
         device=device,
@@ -140,6 +153,8 @@ def _unkept(value: str) -> AttemptReport:
         call_result=call_result,
         channel=channel,
         attempt_time=datetime.fromisoformat(attempt_time),
+        # Kept before reports carried it: the attempt's time is when it was reported.
+        reported_at=datetime.fromisoformat(reported[0] if reported else attempt_time),
     )
 
 
@@ -236,6 +251,7 @@ class AttemptStore:
                     [r.call_result for r in batch],
                     [r.channel for r in batch],
                     [r.attempt_time for r in batch],
+                    [r.reported_at for r in batch],
                 )
                 for row in rows:
                     new += row["inserted"]

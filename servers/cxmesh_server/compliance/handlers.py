@@ -642,6 +642,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
                     call_result=attempt.call_result,
                     channel=attempt.channel or channel_pb2.CHANNEL_VOICE,
                     attempt_time=when,
+                    reported_at=received,
                 )
             )
         check.check()
