@@ -17,8 +17,8 @@ def _violations(request: decision_pb2.DecisionRequest, index: int | None = None)
     return [violation.field for violation in check.violations]
 
 
-def _request(**contact: str) -> decision_pb2.DecisionRequest:
-    return decision_pb2.DecisionRequest(contact=decision_pb2.Contact(**contact))
+def _request(**contact: str | list[str]) -> decision_pb2.DecisionRequest:
+    return decision_pb2.DecisionRequest(contact=decision_pb2.Contact(**contact))  # type: ignore[arg-type]
 
 
 def test_a_request_that_failed_fails_every_time() -> None:
@@ -61,3 +61,12 @@ def test_what_attempts_cannot_hold_a_decision_refuses() -> None:
     assert _violations(_request(address="a\x00@x.io")) == ["decision_requests.contact.address"]
     # Trimmed, as attempts and decisions read them.
     assert _violations(_request(address=" A@X.io ", client_id=" " + "c" * 255 + " ")) == []
+
+
+def test_a_contact_is_in_at_most_16_candidate_zones() -> None:
+    """Every time rule is checked in each of them, for every decision of the contact."""
+    zones = ["America/New_York", "America/Chicago"] * 8
+    assert _violations(_request(address="+12125550104", candidate_time_zones=zones)) == []
+    assert _violations(
+        _request(address="+12125550104", candidate_time_zones=[*zones, "America/Denver"])
+    ) == ["decision_requests.contact.candidate_time_zones"]

@@ -212,6 +212,10 @@ def _check_new_text(check: Validator, display_name: str) -> None:
     )
 
 
+# More zones than a contact may be in anywhere (a North American number with every zone
+# it could be in has four or five).
+MAX_CANDIDATE_ZONES = 16
+
 # What attempts may hold, stored in Postgres (whose text refuses NUL) and counted by.
 MAX_CLIENT_ID = 255
 CLIENT_ID_RULE = f"at most {MAX_CLIENT_ID} characters, no control characters"
@@ -269,6 +273,8 @@ def _check_fields(
     odd_client_id = bool(client_id) and not is_plain(client_id.strip(), MAX_CLIENT_ID)
     unknown_zone = bool(zone) and not is_local_zone(zone)
     candidates = contact.candidate_time_zones
+    # Each is a zone every time rule is checked in, for every decision of the contact.
+    many_candidates = len(candidates) > MAX_CANDIDATE_ZONES
     # Built only when there are candidates: a batch checks 1,000 requests.
     unknown_candidates = (
         [n for n, candidate in enumerate(candidates) if not is_local_zone(candidate)]
@@ -290,6 +296,7 @@ def _check_fields(
         or odd_client_id
         or unknown_zone
         or unknown_candidates
+        or many_candidates
         or timed
         or unknown_channel
         or unknown_country
@@ -306,6 +313,12 @@ def _check_fields(
         check.require(False, f"{field}.contact.client_id", CLIENT_ID_RULE)
     if unknown_zone:
         check.require(False, f"{field}.contact.time_zone", PLACE_ZONE)
+    if many_candidates:
+        check.require(
+            False,
+            f"{field}.contact.candidate_time_zones",
+            f"at most {MAX_CANDIDATE_ZONES} zones",
+        )
     for n in unknown_candidates:
         check.require(False, f"{field}.contact.candidate_time_zones[{n}]", PLACE_ZONE)
     if unknown_channel:
