@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -118,7 +119,12 @@ class Tenant:
 
 @pytest.fixture
 def tenant(mesh: Mesh, key: SigningKey, new_tenant: Callable[[], str]) -> Iterator[Tenant]:
-    tenant_id = new_tenant()
+    with _tenant_of(mesh, key, new_tenant()) as tenant:
+        yield tenant
+
+
+@contextmanager
+def _tenant_of(mesh: Mesh, key: SigningKey, tenant_id: str) -> Iterator[Tenant]:
     admin = grpc_bearer(key.mint(tenant=tenant_id, roles=["admin"]))
     with (
         grpc.insecure_channel(mesh.edge_target) as channel,
@@ -678,6 +684,22 @@ def test_rescheduling_moves_a_callback_and_its_place_in_capacity(tenant: Tenant)
             timeout=10,
         )
     assert full.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_national_number_is_read_in_the_tenants_region(
+    mesh: Mesh, key: SigningKey, new_tenant: Callable[..., str]
+) -> None:
+    """347 555 1234 is an Italian mobile number and a New York one: an Italian tenant's
+    customer is called in Italy."""
+    with _tenant_of(mesh, key, new_tenant(default_region="IT")) as italian:
+        service = italian.service("italia", in_queue_check=S.IN_QUEUE_CHECK_OFF)
+        created = italian.create(service, "347 555 1234", desiredTime=in_minutes(60))
+        assert created.status_code == 200, created.text
+        assert italian.retrieve(created.json()["data"]["id"])["phoneNumber"] == "+393475551234"
+        found = italian.callbacks.ListCallbacks(
+            M.ListCallbacksRequest(phone_number="347 555 1234"), metadata=italian.admin, timeout=10
+        ).callbacks
+        assert [c.phone_number for c in found] == ["+393475551234"]
 
 
 def test_callbacks_are_listed_by_number_and_desired_time_and_counted(tenant: Tenant) -> None:

@@ -22,6 +22,7 @@ from cxmesh_server.callbacks.push import PushNotifier
 from cxmesh_server.callbacks.settings import CallbackSettings
 from cxmesh_server.callbacks.store import CallbackStore, queue_lengths, run_due_transitions
 from cxmesh_server.callbacks.usecases import Callbacks
+from cxmesh_server.mirrors.tenant_regions import TenantRegions
 from cxmesh_server.runtime.accept_loops import Registration
 from cxmesh_server.runtime.server import Resources, ServiceProcess, start_background
 
@@ -41,6 +42,7 @@ async def build(resources: Resources) -> Sequence[Registration]:
         CallbackStore(resources.require_postgres()),
         captcha=CaptchaVerifier(settings, client),
         push=PushNotifier(settings, client),
+        regions=TenantRegions(resources.require_redis()),
     )
     start_background(_dispatch(resources, callbacks))
     if callbacks.push is not None and callbacks.push.enabled:

@@ -45,11 +45,13 @@ def _identifier(value: str, field: str) -> str:
     return value
 
 
-def _e164_filter(number: str) -> str:
+async def _e164_filter(callbacks: Callbacks, tenant: str, number: str) -> str:
+    """A number to list the callbacks of, as callbacks store it: national numbers in the
+    tenant's region (a service's own region is for creating callbacks in it)."""
     if not number.strip():
         return ""
     try:
-        return normalize_phone(number, "US").e164
+        return normalize_phone(number, await callbacks.national_region(tenant, number)).e164
     except PhoneError as error:
         raise InvalidArgument([FieldViolation("phone_number", str(error))]) from error
 
@@ -119,7 +121,9 @@ class CallbackHandlers(callback_service_pb2_grpc.CallbackServiceServicer):
                 else ""
             ),
             states=[int(s) for s in request.states],
-            phone_number=_e164_filter(request.phone_number),
+            phone_number=await _e164_filter(
+                self._callbacks, current_tenant(), request.phone_number
+            ),
             desired_after=(
                 request.desired_after.ToDatetime(tzinfo=UTC)
                 if request.HasField("desired_after")

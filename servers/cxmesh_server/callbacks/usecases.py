@@ -25,6 +25,7 @@ from cxmesh_server.callbacks.store import (
     StaleService,
 )
 from cxmesh_server.contacts.phones import PhoneError
+from cxmesh_server.mirrors.tenant_regions import TenantRegions
 from cxmesh_server.runtime.errors import (
     FieldViolation,
     InvalidArgument,
@@ -73,15 +74,23 @@ class Callbacks:
         *,
         captcha: CaptchaVerifier | None = None,
         push: PushNotifier | None = None,
-        default_region: str = "US",
+        regions: TenantRegions,
     ) -> None:
         self.store = store
         self.captcha = captcha
         self.push = push
-        self.default_region = default_region
+        self.regions = regions
         # (tenant, service) → its compiled settings. A create names their version and the
         # database refuses a stale one, so a change applies to the next request everywhere.
         self._rules: dict[tuple[str, str], ServiceRules] = {}
+
+    async def national_region(self, tenant: str, raw_phone: str) -> str:
+        """The region a national number (one without +) is read in: the tenant's, from
+        IAM's settings mirror (UNAVAILABLE until it is there: read as another region's, it
+        would be stored as another person's number); "" for an international one."""
+        if raw_phone.lstrip().startswith("+"):
+            return ""
+        return await self.regions.region(tenant)
 
     async def rules(
         self, tenant: str, service_id: str, field: str, *, cached: bool = False
@@ -115,7 +124,12 @@ class Callbacks:
         self, tenant: str, rules: ServiceRules, request: CallbackRequest, now: datetime
     ) -> callback_pb2.Callback:
         try:
-            phone = rules.phone(request.phone_number, self.default_region)
+            phone = rules.phone(
+                request.phone_number,
+                ""
+                if rules.config.phone_validation.default_region
+                else await self.national_region(tenant, request.phone_number),
+            )
         except PhoneError as error:
             raise InvalidArgument(
                 [FieldViolation(request.phone_field, str(error))], reason=error.reason

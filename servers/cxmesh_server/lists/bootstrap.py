@@ -26,8 +26,8 @@ from cxmesh_server.lists.list_handlers import ContactListHandlers
 from cxmesh_server.lists.store import ListsStore
 from cxmesh_server.lists.suppression_handlers import SuppressionHandlers
 from cxmesh_server.lists.suppression_store import SuppressionStore
-from cxmesh_server.lists.tenant_regions import TenantRegions
 from cxmesh_server.mirrors.suppression import SuppressionMirror
+from cxmesh_server.mirrors.tenant_regions import TenantRegions
 from cxmesh_server.runtime.accept_loops import Registration
 from cxmesh_server.runtime.mirror_keeper import keep_loaded
 from cxmesh_server.runtime.server import Resources, ServiceProcess, start_background

@@ -13,7 +13,7 @@ from cxmesh.lists.v1 import contact_list_service_pb2 as pb
 from cxmesh.lists.v1 import contact_list_service_pb2_grpc
 from cxmesh_server.lists.convert import CsvWriter, contact_list_message, filter_sql, record_message
 from cxmesh_server.lists.store import ListsStore, new_id
-from cxmesh_server.lists.tenant_regions import TenantRegions
+from cxmesh_server.mirrors.tenant_regions import TenantRegions
 from cxmesh_server.runtime import paging
 from cxmesh_server.runtime.context import GrpcContext, current_tenant
 from cxmesh_server.runtime.convert import resource_id

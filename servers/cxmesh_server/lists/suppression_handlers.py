@@ -20,7 +20,7 @@ from cxmesh_server.lists.domain.suppression import (
     normalize_target,
 )
 from cxmesh_server.lists.suppression_store import EntryRow, SuppressionStore
-from cxmesh_server.lists.tenant_regions import TenantRegions
+from cxmesh_server.mirrors.tenant_regions import TenantRegions
 from cxmesh_server.runtime import paging
 from cxmesh_server.runtime.context import GrpcContext, current_tenant
 from cxmesh_server.runtime.convert import defined_values, resource_id

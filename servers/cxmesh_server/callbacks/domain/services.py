@@ -160,7 +160,7 @@ class ServiceRules:
     def phone(self, raw: str, tenant_region: str) -> Phone:
         """The number in E.164, or PhoneError with the reason it is refused."""
         rules = self.config.phone_validation
-        region = (rules.default_region or tenant_region or "US").upper()
+        region = (rules.default_region or tenant_region).upper()
         phone = normalize_phone(raw, region)
         if rules.allowed_regions:
             number_region = phonenumbers.region_code_for_number(phonenumbers.parse(phone.e164))
