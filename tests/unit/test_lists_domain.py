@@ -60,6 +60,43 @@ def test_the_fast_number_type_agrees_with_phonenumbers() -> None:
         assert _number_type(number) == phonenumbers.number_type(number), raw
 
 
+def test_the_fast_number_type_agrees_with_phonenumbers_in_every_shared_country_code() -> None:
+    """Every country code of several regions: each region's example number of each type,
+    numbers of every length its regions allow, and every North American area code."""
+    rng = random.Random(5)
+    numbers: list[phonenumbers.PhoneNumber] = []
+    for code, regions in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.items():
+        if len(regions) < 2:
+            continue
+        lengths: set[int] = set()
+        for region in regions:
+            metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+            if metadata is not None and metadata.general_desc is not None:
+                lengths.update(metadata.general_desc.possible_length)
+            for kind in phonenumbers.PhoneNumberType.values():
+                example = phonenumbers.example_number_for_type(region, kind)
+                if example is not None:
+                    numbers.append(example)
+        for length in lengths:
+            numbers += [
+                phonenumbers.PhoneNumber(
+                    country_code=code, national_number=rng.randrange(10 ** (length - 1), 10**length)
+                )
+                for _ in range(200)
+            ]
+    for area in range(200, 1000):
+        for exchange in (200, 555, rng.randrange(200, 1000)):
+            numbers.append(
+                phonenumbers.PhoneNumber(
+                    country_code=1,
+                    national_number=int(f"{area}{exchange}{rng.randrange(10**4):04d}"),
+                )
+            )
+    assert len(numbers) > 10_000
+    for number in numbers:
+        assert _number_type(number) == phonenumbers.number_type(number), number
+
+
 def _zone(**facts: object) -> str | None:
     arguments: dict[str, object] = {
         "explicit": "",
