@@ -8,7 +8,8 @@ import phonenumbers
 import pytest
 
 from cxmesh.lists.v1 import record_pb2
-from cxmesh_server.contacts.phones import PhoneError, _number_type, normalize_phone
+from cxmesh_server.contacts.number_types import number_type
+from cxmesh_server.contacts.phones import PhoneError, normalize_phone
 from cxmesh_server.contacts.timezones import derive_time_zone
 from cxmesh_server.lists.domain.records import Record, RowSettings, build_record, plan_from_header
 from cxmesh_server.lists.importer import RECORD_COLUMNS
@@ -57,32 +58,35 @@ def test_the_fast_number_type_agrees_with_phonenumbers() -> None:
         samples += [f"+{code}{rng.randrange(10**7, 10**10)}" for _ in range(300)]
     for raw in samples:
         number = phonenumbers.parse(raw)
-        assert _number_type(number) == phonenumbers.number_type(number), raw
+        assert number_type(number) == phonenumbers.number_type(number), raw
 
 
-def test_the_fast_number_type_agrees_with_phonenumbers_in_every_shared_country_code() -> None:
-    """Every country code of several regions: each region's example number of each type,
-    numbers of every length its regions allow, and every North American area code."""
+def test_the_number_type_agrees_with_phonenumbers_in_every_country_code() -> None:
+    """Every region's and non-geographic code's example number of each type, numbers of
+    every length a country code's regions allow, and every North American area code."""
     rng = random.Random(5)
     numbers: list[phonenumbers.PhoneNumber] = []
+    for region in phonenumbers.SUPPORTED_REGIONS:
+        for kind in phonenumbers.PhoneNumberType.values():
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is not None:
+                numbers.append(example)
+    for code in phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS:
+        example = phonenumbers.example_number_for_non_geo_entity(code)
+        if example is not None:
+            numbers.append(example)
     for code, regions in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.items():
-        if len(regions) < 2:
-            continue
         lengths: set[int] = set()
         for region in regions:
-            metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+            metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, region)
             if metadata is not None and metadata.general_desc is not None:
                 lengths.update(metadata.general_desc.possible_length)
-            for kind in phonenumbers.PhoneNumberType.values():
-                example = phonenumbers.example_number_for_type(region, kind)
-                if example is not None:
-                    numbers.append(example)
         for length in lengths:
             numbers += [
                 phonenumbers.PhoneNumber(
                     country_code=code, national_number=rng.randrange(10 ** (length - 1), 10**length)
                 )
-                for _ in range(200)
+                for _ in range(200 if len(regions) > 1 else 20)
             ]
     for area in range(200, 1000):
         for exchange in (200, 555, rng.randrange(200, 1000)):
@@ -92,9 +96,10 @@ def test_the_fast_number_type_agrees_with_phonenumbers_in_every_shared_country_c
                     national_number=int(f"{area}{exchange}{rng.randrange(10**4):04d}"),
                 )
             )
-    assert len(numbers) > 10_000
+    numbers.append(phonenumbers.PhoneNumber(country_code=999, national_number=12345678))
+    assert len(numbers) > 20_000
     for number in numbers:
-        assert _number_type(number) == phonenumbers.number_type(number), number
+        assert number_type(number) == phonenumbers.number_type(number), number
 
 
 def _zone(**facts: object) -> str | None:

@@ -7,8 +7,10 @@ import re
 from dataclasses import dataclass
 
 import phonenumbers
-from phonenumbers import PhoneMetadata, PhoneNumberFormat, PhoneNumberType, phonenumberutil
+from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
+
+from cxmesh_server.contacts.number_types import number_type as typed
 
 # Types that are never dialled: premium rate by policy; unknown means "not valid".
 REFUSED_TYPES = {PhoneNumberType.PREMIUM_RATE: "PREMIUM_RATE_NUMBER"}
@@ -68,7 +70,7 @@ def normalize_phone(raw: str, default_region: str) -> Phone:
         number = _parse(raw, default_region)
     except phonenumbers.NumberParseException as exc:
         raise PhoneError("INVALID_PHONE_NUMBER", f"not a phone number: {exc}") from exc
-    number_type = _number_type(number)
+    number_type = typed(number)
     if number_type == PhoneNumberType.UNKNOWN:
         raise PhoneError("INVALID_PHONE_NUMBER", "not a valid number in any numbering plan")
     if number_type in REFUSED_TYPES:
@@ -78,74 +80,6 @@ def normalize_phone(raw: str, default_region: str) -> Phone:
     if number_type not in NON_GEOGRAPHIC_TYPES:
         zones = zones_for_e164(e164)
     return Phone(e164=e164, time_zones=zones)
-
-
-@dataclass(frozen=True, slots=True)
-class _Region:
-    metadata: PhoneMetadata
-    # Set where phonenumbers tells the region by the number's leading digits.
-    leading_digits: re.Pattern[str] | None
-    # The region's general description: a number it does not match is not valid there.
-    general: re.Pattern[str] | None
-    general_lengths: frozenset[int]
-
-
-@functools.cache
-def _regions(country_code: int) -> tuple[_Region, ...] | None:
-    """The regions sharing `country_code`, in the order phonenumbers tries them when it
-    looks for a number's region, with their patterns compiled once; None for a code of
-    one region or none."""
-    codes = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ())
-    if len(codes) < 2:
-        return None
-    regions = []
-    for code in codes:
-        metadata = PhoneMetadata.metadata_for_region(code.upper(), None)
-        if metadata is None:
-            continue
-        general = metadata.general_desc
-        pattern = general.national_number_pattern if general is not None else None
-        regions.append(
-            _Region(
-                metadata,
-                re.compile(metadata.leading_digits) if metadata.leading_digits else None,
-                re.compile(pattern) if pattern else None,
-                frozenset(general.possible_length if general is not None else ()),
-            )
-        )
-    return tuple(regions)
-
-
-def _number_type(number: phonenumbers.PhoneNumber) -> int:
-    """phonenumbers.number_type, faster for a country code of several regions (North
-    America has 25).
-
-    number_type finds the number's region by testing the regions in order: the first whose
-    leading digits the number starts with, or else that it is valid in. Testing validity
-    costs a dozen regular expressions through phonenumbers' helpers per region. Here a
-    region whose general description (the first test of validity) does not match is
-    passed over with one precompiled expression, and the number is typed for the region
-    found, as number_type types it. Measured in-process (least of 7 interleaved runs),
-    normalize_phone of North American numbers outside the US: 40.3 → 21.6 µs; of every
-    area code's: 17.4 → 15.2 µs."""
-    regions = _regions(number.country_code)
-    type_helper = getattr(phonenumberutil, "_number_type_helper", None)
-    if regions is None or type_helper is None:
-        return int(phonenumbers.number_type(number))
-    national = phonenumbers.national_significant_number(number)
-    for region in regions:
-        if region.leading_digits is not None:
-            if region.leading_digits.match(national):
-                return int(type_helper(national, region.metadata))
-        elif (
-            region.general is not None
-            and (not region.general_lengths or len(national) in region.general_lengths)
-            and region.general.fullmatch(national)
-        ):
-            number_type = int(type_helper(national, region.metadata))
-            if number_type != PhoneNumberType.UNKNOWN:
-                return number_type
-    return int(PhoneNumberType.UNKNOWN)
 
 
 def zones_for_e164(e164: str) -> tuple[str, ...]:
