@@ -222,6 +222,17 @@ CLIENT_ID_RULE = f"at most {MAX_CLIENT_ID} characters, no control characters"
 MAX_EMAIL = 254
 EMAIL_RULE = f"an email address is at most {MAX_EMAIL} characters, no control characters"
 
+
+def _recordable_client_id(client_id: str) -> bool:
+    """Whether attempts can hold the client id (trimmed, as decisions and attempts read it)."""
+    return is_plain(client_id.strip(), MAX_CLIENT_ID)
+
+
+def _recordable_email(address: str) -> bool:
+    """Whether attempts can hold the email address (trimmed and lower-cased, as read)."""
+    return is_plain(address.strip().lower(), MAX_EMAIL)
+
+
 # Serialized decision requests that passed `_check_fields` and hold no decision time (so
 # pass it at any time). A dialer validates the same records again and again, and reading
 # a request's fields costs more than serializing it and looking it up (in-process, 1,000
@@ -268,9 +279,9 @@ def _check_fields(
     no_address = not address
     # What RecordAttempts refuses to record is refused here too: attempts of that client
     # or email address could never be counted, so no attempt rule could ever deny them.
-    odd_email = "@" in address and not is_plain(address.lower(), MAX_EMAIL)
+    odd_email = "@" in address and not _recordable_email(address)
     client_id = contact.client_id
-    odd_client_id = bool(client_id) and not is_plain(client_id.strip(), MAX_CLIENT_ID)
+    odd_client_id = bool(client_id) and not _recordable_client_id(client_id)
     unknown_zone = bool(zone) and not is_local_zone(zone)
     candidates = contact.candidate_time_zones
     # Each is a zone every time rule is checked in, for every decision of the contact.
@@ -609,7 +620,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
             )
             client_id = attempt.contact.client_id.strip()  # as decisions read it
             check.require(
-                is_plain(client_id, MAX_CLIENT_ID),
+                _recordable_client_id(client_id),
                 f"attempts[{n}].contact.client_id",
                 CLIENT_ID_RULE,
             )
@@ -638,7 +649,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
             else:
                 address = address.lower()
                 check.require(
-                    is_plain(address, MAX_EMAIL), f"attempts[{n}].contact.address", EMAIL_RULE
+                    _recordable_email(address), f"attempts[{n}].contact.address", EMAIL_RULE
                 )
             # Reported, so already made: a later stamp (the dialer's clock is ahead) would
             # not count until that instant.
