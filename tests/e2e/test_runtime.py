@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -163,15 +162,6 @@ def _workers(pid: int) -> list[int]:
     ]
 
 
-def _serving_workers(instance: ServiceInstance) -> set[int]:
-    """The workers of this start that have logged "serving" (are listening)."""
-    return {
-        json.loads(line)["pid"]
-        for line in instance.own_log().splitlines()
-        if '"message": "serving"' in line
-    }
-
-
 def _until(condition: Callable[[], bool], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
@@ -261,9 +251,7 @@ def test_a_worker_that_dies_is_replaced_and_workers_that_keep_dying_stop_the_ser
         wait_serving(target, time.monotonic() + 60, instance)
         first = _workers(parent)
         assert len(first) == 2
-        # The port answers as soon as one worker listens: wait for the other too, or the
-        # one killed below may be the only one listening yet.
-        assert _until(lambda: _serving_workers(instance) == set(first), 60)
+        assert instance.serving_pids() == set(first)  # both listen: one survives the kill
         os.kill(first[0], signal.SIGKILL)  # as the OOM killer would
         assert _until(lambda: len(set(_workers(parent)) - {first[0]}) == 2, 30)
         token = key.mint(tenant="acme", roles=["viewer"])
@@ -271,7 +259,7 @@ def test_a_worker_that_dies_is_replaced_and_workers_that_keep_dying_stop_the_ser
             assert _echo(target, token, message=f"m{n}").message == f"m{n}"
         assert "worker exited; starting another" in instance.own_log()
         (replacement,) = set(_workers(parent)) - set(first)
-        assert _until(lambda: replacement in _serving_workers(instance), 60)
+        assert _until(lambda: replacement in instance.serving_pids(), 60)
         deadline = time.monotonic() + 30
         # Four more deaths within the minute: the service stops, for its supervisor to see.
         killed = {first[0]}

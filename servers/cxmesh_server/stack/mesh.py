@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -33,9 +34,18 @@ class ServiceInstance:
     # Shared by the starts of one replica: this start's own lines begin at `log_start`.
     log_path: Path
     log_start: int = 0
+    workers: int = 1  # CXMESH_WORKERS: processes sharing the port
 
     def own_log(self) -> str:
         return self.log_path.read_bytes()[self.log_start :].decode(errors="replace")
+
+    def serving_pids(self) -> set[int]:
+        """The processes of this start that listen and have started (logged "serving")."""
+        return {
+            json.loads(line)["pid"]
+            for line in self.own_log().splitlines()
+            if '"message": "serving"' in line
+        }
 
 
 @dataclass
@@ -95,16 +105,18 @@ class Mesh:
         metrics_port = free_port()
         replica = sum(1 for i in self.instances if i.name == name)
         log_path = self.logs / f"{name}-{replica}.log"
+        process_env = {**self.service_env(name, port, metrics_port), **(env or {})}
         with log_path.open("ab") as log:
             log_start = log.tell()
             process = subprocess.Popen(
                 [sys.executable, "-m", "cxmesh_server"],
-                env={**self.service_env(name, port, metrics_port), **(env or {})},
+                env=process_env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        instance = ServiceInstance(name, port, metrics_port, process, log_path, log_start)
+        workers = int(process_env.get("CXMESH_WORKERS") or 1)
+        instance = ServiceInstance(name, port, metrics_port, process, log_path, log_start, workers)
         self.instances.append(instance)
         return instance
 
@@ -205,10 +217,16 @@ def launch_envoy(config: EdgeConfig, config_path: Path, log_path: Path) -> subpr
 
 
 def wait_serving(target: str, deadline: float, instance: ServiceInstance | None = None) -> None:
-    """Waits until a gRPC server reports SERVING on grpc.health.v1."""
+    """Waits until a gRPC server reports SERVING on grpc.health.v1, and every worker of
+    `instance` has started: the port answers as soon as one of them listens."""
     while True:
         if instance is not None and instance.process.poll() is not None:
             raise RuntimeError(f"{instance.name} exited; see {instance.log_path}")
+        if instance is not None and len(instance.serving_pids()) < instance.workers:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{instance.name}'s workers not all serving")
+            time.sleep(0.1)
+            continue
         with grpc.insecure_channel(target) as channel:
             try:
                 response = health_pb2_grpc.HealthStub(channel).Check(
