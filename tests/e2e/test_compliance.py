@@ -1016,13 +1016,23 @@ def test_an_ocs_record_whose_history_could_not_be_recorded_is_not_dialled_either
         )
     )
     headers = {"authorization": f"Bearer {compliance.token}"}
-    for field, value in (("CLIENT_ID", "c" * 256), ("CLIENT_ID", "a\u0000b")):
+    for field, value in (
+        ("CLIENT_ID", "c" * 256),
+        ("CLIENT_ID", "a\u0000b"),
+        ("GSW_CLIENT_ID", "c" * 256),
+    ):
         record = {"GSW_PHONE": "4155550161", "GSW_CALL_ATTEMPT_GUID": "odd", field: value}
-        history = edge.post("/ocs/v1/history", json=record, headers=headers)
-        assert history.status_code == 400, history.text
-        validation = edge.post("/ocs/v1/validate", json=record, headers=headers)
-        assert validation.status_code == 400, validation.text
-        assert field in validation.text and "at most 255 characters" in validation.text
+        # Each answer names the record's field, as the dialer's administrator knows it.
+        for uri in ("/ocs/v1/history", "/ocs/v1/validate"):
+            answer = edge.post(uri, json=record, headers=headers)
+            assert answer.status_code == 400, answer.text
+            (violation,) = answer.json()["details"][1]["fieldViolations"]
+            assert violation["field"] == field, (uri, answer.text)
+            assert "at most 255 characters" in violation["description"]
+    unreadable = {"GSW_PHONE": "12", "GSW_CALL_ATTEMPT_GUID": "odd"}
+    history = edge.post("/ocs/v1/history", json=unreadable, headers=headers)
+    assert history.status_code == 400, history.text
+    assert history.json()["details"][1]["fieldViolations"][0]["field"] == "GSW_PHONE"
     long_campaign = {"GSW_PHONE": "4155550161", "GSW_CAMPAIGN_NAME": "x" * 256}
     validation = edge.post("/ocs/v1/validate", json=long_campaign, headers=headers)
     assert validation.status_code == 400 and "GSW_CAMPAIGN_NAME" in validation.text

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from google.protobuf import json_format, struct_pb2
 from phonenumbers import SUPPORTED_REGIONS
 
 from cxmesh.compliance.v1 import (
@@ -34,6 +32,7 @@ from cxmesh_server.compliance.engine import (
     DecisionEngine,
 )
 from cxmesh_server.compliance.metrics import count_attempts, count_decisions
+from cxmesh_server.compliance.ocs_records import OcsRecord
 from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.contacts.campaigns import MAX_CAMPAIGN_NAME, MAX_REFERENCE, campaign_key
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
@@ -356,142 +355,6 @@ def _check_fields(
             )
 
 
-# GSW_CALL_RESULT is the calling list's call_result: Genesys' own enumeration (Busy is 6,
-# Answer 33), or its name. Codes not here (SIT tones, errors, Unknown Call Result) stay
-# "in progress", which counts wherever a rule counts anything.
-_GENESYS_RESULTS: dict[int, int] = {
-    3: call_result_pb2.CALL_RESULT_GENERAL_ERROR,
-    6: call_result_pb2.CALL_RESULT_BUSY,
-    7: call_result_pb2.CALL_RESULT_NO_ANSWER,
-    9: call_result_pb2.CALL_RESULT_ANSWERING_MACHINE,  # Answering Machine Detected
-    17: call_result_pb2.CALL_RESULT_FAX_DETECTED,
-    20: call_result_pb2.CALL_RESULT_OVERFLOWED,
-    21: call_result_pb2.CALL_RESULT_ABANDONED,
-    26: call_result_pb2.CALL_RESULT_DROPPED,
-    27: call_result_pb2.CALL_RESULT_DROPPED_NO_ANSWER,  # Dropped on No Answer
-    32: call_result_pb2.CALL_RESULT_SILENCE,
-    33: call_result_pb2.CALL_RESULT_ANSWER,
-    40: call_result_pb2.CALL_RESULT_WRONG_PARTY,
-    52: call_result_pb2.CALL_RESULT_CANCELLED,  # Cancel Record
-    53: call_result_pb2.CALL_RESULT_WRONG_NUMBER,
-}
-
-
-def _result_key(name: str) -> str:
-    return name.upper().replace("_", "").replace(" ", "")
-
-
-_RESULT_NAMES = {
-    **{
-        _result_key(name.removeprefix("CALL_RESULT_")): value
-        for name, value in call_result_pb2.CallResult.items()
-    },
-    # Genesys' names where they are not ours
-    "ANSWERINGMACHINEDETECTED": call_result_pb2.CALL_RESULT_ANSWERING_MACHINE,
-    "DROPPEDONNOANSWER": call_result_pb2.CALL_RESULT_DROPPED_NO_ANSWER,
-    "CANCELRECORD": call_result_pb2.CALL_RESULT_CANCELLED,
-}
-
-
-def _call_result(value: Any) -> int:
-    """Our result for an OCS GSW_CALL_RESULT: a Genesys code (a JSON number or digits) or a
-    name, ours or Genesys'."""
-    text = str(value).strip()
-    if isinstance(value, int) or text.isdigit():
-        return _GENESYS_RESULTS.get(int(value), call_result_pb2.CALL_RESULT_UNSPECIFIED)
-    return _RESULT_NAMES.get(_result_key(text), call_result_pb2.CALL_RESULT_UNSPECIFIED)
-
-
-def _history_result(attributes: dict[str, Any]) -> int:
-    """Sequence 0 is sent when dialing starts: the attempt is in progress, whatever
-    GSW_CALL_RESULT the record still carries from its previous attempt."""
-    if str(_field(attributes, "GSW_OCS_SEQUENCE_NO")).strip() in ("0", "0.0"):
-        return call_result_pb2.CALL_RESULT_UNSPECIFIED
-    return _call_result(_field(attributes, "GSW_CALL_RESULT") or 0)
-
-
-def _ocs_attributes(attributes: struct_pb2.Struct) -> dict[str, Any]:
-    """The record's attached data by upper-case name. Whole numbers become ints: a dialer
-    that sends GSW_PHONE or a ZIP code as a JSON number means 2125550100, not 2125550100.0.
-    A field sent as null is kept as None; `_field` reads it as absent."""
-    values: dict[str, Any] = {}
-    for name, value in attributes.fields.items():
-        kind = value.WhichOneof("kind")
-        if kind == "string_value":
-            values[name.upper()] = value.string_value
-        elif kind == "number_value":
-            number = value.number_value
-            values[name.upper()] = int(number) if number.is_integer() else number
-        elif kind == "bool_value":
-            values[name.upper()] = value.bool_value
-        elif kind == "null_value":
-            values[name.upper()] = None
-        else:
-            values[name.upper()] = json_format.MessageToDict(value)
-    return values
-
-
-def _postal_code(value: Any) -> str:
-    """A US ZIP code sent as a JSON number has lost its leading zeros (02134 → 2134)."""
-    if isinstance(value, int) and 0 <= value < 100_000:
-        return f"{value:05d}"
-    return str(value)
-
-
-# GSW_TZ_NAME names the tenant's Genesys Time Zone object, usually a North American
-# abbreviation whose DST rules are the tenant's own configuring. tzdata's EST, MST and HST
-# are fixed offsets (in July EST's 20:30 is New York's 21:30), so such a name is not taken
-# as the zone: it adds the zones it may mean as candidates beside the number's or ZIP
-# code's, and a time must be allowed in all of them. Names not here add nothing.
-_OCS_ZONE_NAMES: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(("EST", "EDT", "ET", "EASTERN", "EST5EDT"), ("America/New_York",)),
-    **dict.fromkeys(("CST", "CDT", "CT", "CENTRAL", "CST6CDT"), ("America/Chicago",)),
-    # Mountain time with DST, or Arizona's without
-    "MST": ("America/Denver", "America/Phoenix"),
-    **dict.fromkeys(("MDT", "MT", "MOUNTAIN", "MST7MDT"), ("America/Denver",)),
-    **dict.fromkeys(("PST", "PDT", "PT", "PACIFIC", "PST8PDT"), ("America/Los_Angeles",)),
-    **dict.fromkeys(("AKST", "AKDT", "AKT", "ALASKA"), ("America/Anchorage",)),
-    **dict.fromkeys(("HST", "HAST", "HAWAII"), ("Pacific/Honolulu",)),
-    # Atlantic time with DST (Canada), or Puerto Rico's without
-    **dict.fromkeys(("AST", "ADT", "ATLANTIC"), ("America/Halifax", "America/Puerto_Rico")),
-    **dict.fromkeys(("NST", "NDT", "NEWFOUNDLAND"), ("America/St_Johns",)),
-}
-
-
-def _field(attributes: dict[str, Any], *names: str) -> Any:
-    """The first of the named fields with a value; "" when none has one. A null or empty
-    field is one not sent: a CLIENT_ID of null read as "None" would put every such record
-    under one client, and an empty CLIENT_ID must not hide GSW_CLIENT_ID."""
-    for name in names:
-        value = attributes.get(name)
-        if value is not None and value != "":
-            return value
-    return ""
-
-
-# A decision request's fields by the OCS record fields `_ocs_contact` reads them from.
-_OCS_NAMES = {
-    "record.contact.address": "GSW_PHONE",
-    "record.contact.client_id": "CLIENT_ID",
-    "record.contact.postal_code": "POSTAL_CODE",
-    "record.contact.state_province": "STATE",
-    "record.campaign": "GSW_CAMPAIGN_NAME",
-}
-
-
-def _ocs_contact(attributes: dict[str, Any]) -> decision_pb2.Contact:
-    zone = str(_field(attributes, "GSW_TZ_NAME")).strip()
-    named = is_local_zone(zone)  # an IANA Area/Location name wins
-    return decision_pb2.Contact(
-        address=str(_field(attributes, "GSW_PHONE")),
-        client_id=str(_field(attributes, "CLIENT_ID", "GSW_CLIENT_ID")),
-        time_zone=zone if named else "",
-        candidate_time_zones=() if named else _OCS_ZONE_NAMES.get(zone.upper(), ()),
-        postal_code=_postal_code(_field(attributes, "POSTAL_CODE", "ZIP")),
-        state_province=str(_field(attributes, "STATE", "STATE_PROVINCE")),
-    )
-
-
 class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
     def __init__(self, engine: DecisionEngine, attempts: AttemptStore) -> None:
         self._engine = engine
@@ -768,24 +631,16 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
     async def ValidateOcsRecord(
         self, request: decision_service_pb2.ValidateOcsRecordRequest, context: GrpcContext
     ) -> decision_service_pb2.ValidateOcsRecordResponse:
-        attributes = _ocs_attributes(request.attributes)
-        contact = _ocs_contact(attributes)
-        if not contact.address:
+        record = OcsRecord(request.attributes)
+        decision_request = record.decision_request()
+        if not decision_request.contact.address:
             raise InvalidArgument([FieldViolation("GSW_PHONE", "is required")])
-        decision_request = decision_pb2.DecisionRequest(
-            contact=contact, campaign=str(_field(attributes, "GSW_CAMPAIGN_NAME"))
-        )
         # The checks of PreValidate, named by the record's fields: a record its call
         # history could not be recorded for must not be dialled either.
         check = Validator()
         _check_request("record", decision_request, check)
         if check.violations:
-            raise InvalidArgument(
-                [
-                    FieldViolation(_OCS_NAMES.get(v.field, v.field), v.description)
-                    for v in check.violations
-                ]
-            )
+            raise InvalidArgument(record.violations("record", check.violations))
         tenant = current_tenant()
         (decision,) = await self._engine.decide(tenant, [decision_request])
         count_decisions(tenant, (decision,))
@@ -807,23 +662,16 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
     async def RecordOcsCallHistory(
         self, request: decision_service_pb2.RecordOcsCallHistoryRequest, context: GrpcContext
     ) -> decision_service_pb2.RecordOcsCallHistoryResponse:
-        attributes = _ocs_attributes(request.attributes)
+        record = OcsRecord(request.attributes)
+        attempt = record.attempt()
         check = Validator()
-        check.require(
-            bool(_field(attributes, "GSW_CALL_ATTEMPT_GUID")),
-            "GSW_CALL_ATTEMPT_GUID",
-            "is required",
-        )
-        check.require(bool(_field(attributes, "GSW_PHONE")), "GSW_PHONE", "is required")
+        check.require(bool(attempt.attempt_id), "GSW_CALL_ATTEMPT_GUID", "is required")
+        check.require(bool(attempt.contact.address), "GSW_PHONE", "is required")
         check.check()
-        attempt = decision_pb2.Attempt(
-            attempt_id=str(_field(attributes, "GSW_CALL_ATTEMPT_GUID")),
-            contact=_ocs_contact(attributes),
-            campaign=str(_field(attributes, "GSW_CAMPAIGN_NAME")),
-            channel=channel_pb2.CHANNEL_VOICE,
-            call_result=_history_result(attributes),  # type: ignore[arg-type]
-        )
-        await self.RecordAttempts(
-            decision_service_pb2.RecordAttemptsRequest(attempts=[attempt]), context
-        )
+        try:
+            await self.RecordAttempts(
+                decision_service_pb2.RecordAttemptsRequest(attempts=[attempt]), context
+            )
+        except InvalidArgument as error:
+            raise InvalidArgument(record.violations("attempts[0]", error.violations)) from None
         return decision_service_pb2.RecordOcsCallHistoryResponse()
