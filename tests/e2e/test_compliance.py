@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -1134,11 +1136,16 @@ class OwnRedisReplica:
 
 @contextlib.contextmanager
 def _replica_on_own_redis(
-    mesh: Mesh, folder: Path, before_start: Callable[[EmbeddedRedis], object] = lambda _: None
+    mesh: Mesh,
+    folder: Path,
+    before_start: Callable[[EmbeddedRedis], object] = lambda _: None,
+    workers: int = 1,
 ) -> Iterator[OwnRedisReplica]:
     own_redis = start_redis(folder, persist=False)
     before_start(own_redis)
-    replica = mesh.start_service("compliance", env={"CXMESH_REDIS_URL": own_redis.url})
+    replica = mesh.start_service(
+        "compliance", env={"CXMESH_REDIS_URL": own_redis.url, "CXMESH_WORKERS": str(workers)}
+    )
     own = OwnRedisReplica(replica, own_redis, folder)
     try:
         yield own
@@ -1147,6 +1154,30 @@ def _replica_on_own_redis(
         replica.process.wait(20)
         mesh.instances.remove(replica)
         own.redis.stop()
+
+
+def test_a_worker_joins_the_shared_port_only_once_it_can_decide(
+    compliance: Compliance, mesh: Mesh, state_dir: Path
+) -> None:
+    """The kernel hands a new connection to any worker listening on the port: one still
+    waiting for its data would deny its share of the calls ("data unavailable") while the
+    others allow them, and answer its share of the probes NOT_SERVING."""
+    compliance.create(all_day("always"))
+    with _replica_on_own_redis(mesh, state_dir / "workers-redis", workers=2) as own:
+        # Both workers have started, and wait: the suppression mirror is not loaded.
+        waiting = '"reason": "the suppression mirror is not loaded"'
+        deadline = time.monotonic() + 60
+        while own.replica.own_log().count(waiting) < 2:
+            assert time.monotonic() < deadline, own.replica.own_log()[-2000:]
+            time.sleep(0.1)
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", own.replica.port)) == errno.ECONNREFUSED
+        _mark_suppression_loaded(own.redis.port)  # as the lists service would
+        wait_serving(own.target, time.monotonic() + 30, own.replica)
+        assert len(own.replica.serving_pids()) == 2
+        for _ in range(8):  # new connections, to either worker
+            assert _decide_direct(own.target, compliance, "+14155550172").allowed
+            assert _health(own.target) == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_with_redis_unreachable_or_evicting_every_answer_is_deny_and_health_says_so(

@@ -158,7 +158,8 @@ class ServiceProcess:
     build: Builder | None = None
     # (schema, migrations folder) applied before the server starts.
     migrations: Sequence[tuple[str, Any]] = field(default_factory=tuple)
-    # Called once after the server starts (mirror rebuilds, background loops).
+    # Called once at the start, before the process is ready (mirror rebuilds, background
+    # loops): after a lone process starts listening, before worker processes do.
     on_start: Callable[[Resources], Awaitable[None]] | None = None
     # The service reports SERVING itself (Resources.report_health) once what it serves from
     # is loaded, instead of the runtime doing so when on_start returns.
@@ -252,17 +253,7 @@ async def _start(settings: ServiceSettings, process: ServiceProcess) -> _Serving
                 ),
             ),
         ]
-        servers, port = await start_servers(
-            host=settings.grpc_host,
-            port=settings.grpc_port,
-            count=settings.accept_loops,
-            # Worker processes share the port; a single process must fail on a taken one.
-            shared_with_other_processes=settings.workers > 1,
-            runtime=runtime,
-            registrations=registrations,
-            max_request_bytes=process.max_request_bytes,
-        )
-        opened.push_async_callback(_stop_at_once, servers)
+        ready = asyncio.Event()
 
         async def set_serving(serving: bool) -> None:
             status = (
@@ -272,12 +263,40 @@ async def _start(settings: ServiceSettings, process: ServiceProcess) -> _Serving
             )
             for name in served:
                 await health_servicer.set(name, status)
+            if serving:
+                ready.set()
 
         resources.set_serving = set_serving
+
+        async def listen() -> tuple[list[grpc.aio.Server], int]:
+            servers, port = await start_servers(
+                host=settings.grpc_host,
+                port=settings.grpc_port,
+                count=settings.accept_loops,
+                # Worker processes share the port; a single process must fail on a taken one.
+                shared_with_other_processes=settings.workers > 1,
+                runtime=runtime,
+                registrations=registrations,
+                max_request_bytes=process.max_request_bytes,
+            )
+            opened.push_async_callback(_stop_at_once, servers)
+            return servers, port
+
+        # A lone process listens before it is ready, so that probes are answered
+        # NOT_SERVING meanwhile. Workers share the port, and the kernel hands a new
+        # connection to any worker listening: one still loading would take a share of the
+        # callers (and compliance would deny their calls as "data unavailable") while the
+        # others are ready. So a worker joins the port once it is ready.
+        joins_when_ready = settings.workers > 1
+        if not joins_when_ready:
+            servers, port = await listen()
         if process.on_start is not None:
             await process.on_start(resources)
         if not process.reports_readiness:
             await set_serving(True)
+        if joins_when_ready:
+            await ready.wait()
+            servers, port = await listen()
         opened.pop_all()  # started: from here the shutdown closes them, in its order
     # Everything alive now (modules, descriptors, phone metadata, zone data) lives as long
     # as the process: out of the cyclic collector's sight, a full collection no longer
