@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -1178,6 +1179,23 @@ def test_a_worker_joins_the_shared_port_only_once_it_can_decide(
         for _ in range(8):  # new connections, to either worker
             assert _decide_direct(own.target, compliance, "+14155550172").allowed
             assert _health(own.target) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_workers_waiting_for_their_data_stop_at_once_and_cleanly(
+    mesh: Mesh, state_dir: Path
+) -> None:
+    """Their pools are open and their loops running, but they have not started serving."""
+    with _replica_on_own_redis(mesh, state_dir / "waiting-redis", workers=2) as own:
+        waiting = '"reason": "the suppression mirror is not loaded"'
+        deadline = time.monotonic() + 60
+        while own.replica.own_log().count(waiting) < 2:
+            assert time.monotonic() < deadline, own.replica.own_log()[-2000:]
+            time.sleep(0.1)
+        own.replica.process.send_signal(signal.SIGTERM)
+        assert own.replica.process.wait(10) == 0
+        log = own.replica.own_log()
+        assert log.count("stopped before serving") == 2
+        assert '"level": "ERROR"' not in log and "Traceback" not in log
 
 
 def test_with_redis_unreachable_or_evicting_every_answer_is_deny_and_health_says_so(
