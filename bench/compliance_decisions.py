@@ -285,7 +285,10 @@ def measure(run: Run, env: Environment) -> None:
     )
     # The same calls to one compliance process running two workers (CXMESH_WORKERS=2, one
     # per core): the figures an operator gets from one pod of two cores.
-    workers = env.mesh.start_service("compliance", env={"CXMESH_WORKERS": "2"})
+    # At INFO: wait_serving counts the workers' "serving" lines.
+    workers = env.mesh.start_service(
+        "compliance", env={"CXMESH_WORKERS": "2", "CXMESH_LOG_LEVEL": "INFO"}
+    )
     # The same process with one gRPC server, as grpc.aio serves by default: what the
     # servers' accept loops side by side change at the same load, in the same turns.
     one_loop = env.mesh.start_service("compliance", env={"CXMESH_ACCEPT_LOOPS": "1"})

@@ -222,7 +222,11 @@ def wait_serving(target: str, deadline: float, instance: ServiceInstance | None 
     while True:
         if instance is not None and instance.process.poll() is not None:
             raise RuntimeError(f"{instance.name} exited; see {instance.log_path}")
-        if instance is not None and len(instance.serving_pids()) < instance.workers:
+        if (
+            instance is not None
+            and instance.workers > 1
+            and len(instance.serving_pids()) < instance.workers
+        ):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{instance.name}'s workers not all serving")
             time.sleep(0.1)
