@@ -1157,6 +1157,15 @@ def _replica_on_own_redis(
         own.redis.stop()
 
 
+def _until_both_workers_wait_for_suppression(replica: ServiceInstance) -> None:
+    """Until both workers have started, and wait: the suppression mirror is not loaded."""
+    waiting = '"reason": "the suppression mirror is not loaded"'
+    deadline = time.monotonic() + 60
+    while replica.own_log().count(waiting) < 2:
+        assert time.monotonic() < deadline, replica.own_log()[-2000:]
+        time.sleep(0.1)
+
+
 def test_a_worker_joins_the_shared_port_only_once_it_can_decide(
     compliance: Compliance, mesh: Mesh, state_dir: Path
 ) -> None:
@@ -1165,12 +1174,7 @@ def test_a_worker_joins_the_shared_port_only_once_it_can_decide(
     others allow them, and answer its share of the probes NOT_SERVING."""
     compliance.create(all_day("always"))
     with _replica_on_own_redis(mesh, state_dir / "workers-redis", workers=2) as own:
-        # Both workers have started, and wait: the suppression mirror is not loaded.
-        waiting = '"reason": "the suppression mirror is not loaded"'
-        deadline = time.monotonic() + 60
-        while own.replica.own_log().count(waiting) < 2:
-            assert time.monotonic() < deadline, own.replica.own_log()[-2000:]
-            time.sleep(0.1)
+        _until_both_workers_wait_for_suppression(own.replica)
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", own.replica.port)) == errno.ECONNREFUSED
         _mark_suppression_loaded(own.redis.port)  # as the lists service would
@@ -1186,11 +1190,7 @@ def test_workers_waiting_for_their_data_stop_at_once_and_cleanly(
 ) -> None:
     """Their pools are open and their loops running, but they have not started serving."""
     with _replica_on_own_redis(mesh, state_dir / "waiting-redis", workers=2) as own:
-        waiting = '"reason": "the suppression mirror is not loaded"'
-        deadline = time.monotonic() + 60
-        while own.replica.own_log().count(waiting) < 2:
-            assert time.monotonic() < deadline, own.replica.own_log()[-2000:]
-            time.sleep(0.1)
+        _until_both_workers_wait_for_suppression(own.replica)
         own.replica.process.send_signal(signal.SIGTERM)
         assert own.replica.process.wait(10) == 0
         log = own.replica.own_log()
