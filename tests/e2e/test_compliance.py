@@ -1158,8 +1158,10 @@ def _replica_on_own_redis(
 
 
 def _until_both_workers_wait_for_suppression(replica: ServiceInstance) -> None:
-    """Until both workers have started, and wait: the suppression mirror is not loaded."""
-    waiting = '"reason": "the suppression mirror is not loaded"'
+    """Until both workers have started, and wait: the suppression mirror is not loaded.
+    Each says so once, when its health is first set: the second may first wait for the
+    first's replay of the attempts ("being rebuilt by another replica")."""
+    waiting = '"message": "compliance health changed", "service": "compliance", "serving": false'
     deadline = time.monotonic() + 60
     while replica.own_log().count(waiting) < 2:
         assert time.monotonic() < deadline, replica.own_log()[-2000:]
