@@ -721,6 +721,32 @@ def test_metrics_count_decisions_by_outcome_denials_by_code_and_attempt_reports(
     assert count("attempts", report="repeated") == 1
 
 
+def test_a_fresh_lists_records_leave_the_collectors_walks_once_validated(
+    compliance: Compliance, mesh: Mesh
+) -> None:
+    """Prepared records stay cached; were the collector to walk them all in each full
+    collection, every dialer's call would wait ~300 ms every few seconds."""
+    compliance.create(all_day())
+    freezes_before = metric(mesh, "compliance", "cxmesh_gc_freezes_total")
+    for batch in range(3):  # more records than FREEZE_AFTER_ENTRIES
+        requests = [
+            decision_pb2.DecisionRequest(
+                contact=decision_pb2.Contact(address=f"+1415555{batch}{n:03d}")
+            )
+            for n in range(1000)
+        ]
+        compliance.decisions.PreValidateBatch(
+            decision_service_pb2.PreValidateBatchRequest(decision_requests=requests),
+            metadata=compliance.md,
+            timeout=30,
+        )
+    # The freeze comes at the end of the next young collection: calls bring one.
+    deadline = time.monotonic() + 10
+    while metric(mesh, "compliance", "cxmesh_gc_freezes_total") == freezes_before:
+        assert time.monotonic() < deadline, "the cached records were never frozen"
+        compliance.check("+1 415 555 0100")
+
+
 def test_a_rule_change_applies_to_the_next_decision(compliance: Compliance) -> None:
     created = compliance.create(all_day("changing"))
     assert compliance.check("+1 415 555 0121").allowed

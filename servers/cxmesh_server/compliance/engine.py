@@ -61,6 +61,7 @@ from cxmesh_server.contacts.timezones import derive_time_zone, is_local_zone
 from cxmesh_server.mirrors import suppression as suppression_mirror
 from cxmesh_server.mirrors import tenants as tenants_mirror
 from cxmesh_server.mirrors.tenants import TenantSettings
+from cxmesh_server.runtime.collector import long_lived
 from cxmesh_server.runtime.redis import dataset_and_eviction_risk
 from cxmesh_server.runtime.redis_wire import Script, WireRedis
 
@@ -638,6 +639,7 @@ def _prepare(tenant: str, request: decision_pb2.DecisionRequest, view: _View) ->
         if len(view.subjects) >= SUBJECTS_PER_VIEW:
             view.subjects.clear()
         subject = view.subjects[key] = _prepared(tenant, request, view)
+        long_lived.added()
     return subject
 
 
