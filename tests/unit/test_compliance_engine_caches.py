@@ -14,14 +14,14 @@ from cxmesh_server.compliance.engine import (
     PROFILES_PER_VIEW,
     Located,
     _contact_facts,
-    _place_number,
+    _located,
     _prepare,
     _TimeVerdicts,
     _View,
 )
 
 NEW_YORK_PLACE = Place(zones=("America/New_York",))
-NEW_YORK = Located(NEW_YORK_PLACE, "America/New_York", _place_number(NEW_YORK_PLACE))
+NEW_YORK = _located(NEW_YORK_PLACE)
 # 20:59:59.900 in New York: one tenth of a second before the TCPA window closes.
 BEFORE_NINE = datetime(2026, 11, 24, 1, 59, 59, 900_000, tzinfo=UTC)
 
@@ -95,8 +95,19 @@ def test_a_campaigns_rule_set_for_another_channel_leaves_the_tenants_default_in_
 
 def test_a_place_keeps_its_number_and_numbers_are_never_shared() -> None:
     again = Place(zones=("America/New_York",))
-    assert _place_number(again) == NEW_YORK.place_number
-    assert _place_number(Place(zones=("America/Chicago",))) != NEW_YORK.place_number
+    assert _located(again).place_number == NEW_YORK.place_number
+    assert _located(Place(zones=("America/Chicago",))).place_number != NEW_YORK.place_number
+
+
+def test_the_numbers_of_one_place_share_its_placing() -> None:
+    def located(number: str) -> Located | None:
+        return _contact_facts(number, "US", "", "", "", "America/Chicago")[2]
+
+    manhattan = located("+12125550100")
+    assert manhattan is not None
+    assert manhattan.zone_label == "America/New_York"
+    assert located("+12125550199") is manhattan
+    assert located("+14155550100") is not manhattan
 
 
 def test_a_request_of_kilobytes_is_decided_but_not_remembered() -> None:

@@ -132,8 +132,11 @@ _place_numbers = itertools.count()
 
 
 @lru_cache(maxsize=100_000)
-def _place_number(place: Place) -> int:
-    return next(_place_numbers)
+def _located(place: Place) -> Located:
+    """One per place: the numbers of an area code (with the same ZIP code, or none) share
+    it, so a cache of 200,000 records holds a few thousand (and the collector tracks
+    them once, not once a record)."""
+    return Located(place, ",".join(place.zones), next(_place_numbers))
 
 
 @dataclass(slots=True)
@@ -733,7 +736,7 @@ def _contact_facts(
         area_code=address[2:5] if address.startswith("+1") else "",
         postal_code=postal_key(postal_code),
     )
-    return kind, address, Located(place, ",".join(zones), _place_number(place)), None
+    return kind, address, _located(place), None
 
 
 def _suppressed_by(
