@@ -3,8 +3,8 @@
 CPython's full collection walks every tracked object the process holds. The start's
 `gc.freeze()` takes what is loaded then out of its sight, but caches fill later: after a
 list of 300,000 numbers never seen before was validated, each full collection of the
-compliance process walked its prepared records for ~300 ms (an OCS caller saw answers
-take 320-340 ms, every other 8-s window, instead of at most 10-16 ms). So caches say how
+compliance process walked its prepared records for ~300 ms (an OCS caller's slowest
+answer took 320-344 ms in every other 8-s window; 10-19 ms with this). So caches say how
 many entries they added, and once enough have been, the next young collection's end
 freezes what survived it.
 
@@ -24,7 +24,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 # Entries added before the next freeze: what a full collection still walks meanwhile
-# (~3 tracked objects an entry, ~0.2 µs each: ~1 ms).
+# (a few tracked objects an entry, ~0.2 µs each: about a millisecond).
 FREEZE_AFTER_ENTRIES = 2_000
 
 GC_PAUSE_SECONDS = Histogram(
