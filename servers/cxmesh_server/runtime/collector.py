@@ -11,8 +11,9 @@ freezes what survived it.
 A young collection has just freed the young garbage, so what is frozen is alive: cache
 entries (freed as usual, by reference counting, when evicted) and the calls in flight.
 A cycle among frozen objects that becomes garbage later is never collected: each freeze
-can keep the cycles of the calls then in flight, a few kilobytes, rare beside the
-entries it keeps out of the walks.
+can keep the cycles of the calls then in flight. Measured: after 448 freezes (2.4 million
+never-seen records validated in batches), unfreezing and a full collection found 19
+unreachable objects in all.
 """
 
 from __future__ import annotations
