@@ -134,8 +134,8 @@ _place_numbers = itertools.count()
 @lru_cache(maxsize=100_000)
 def _located(place: Place) -> Located:
     """One per place: the numbers of an area code (with the same ZIP code, or none) share
-    it, so a cache of 200,000 records holds a few thousand (and the collector tracks
-    them once, not once a record)."""
+    it, so the collector tracks it once, not once a cached record (the bench's 200,000
+    never-seen numbers, of every area code and no ZIP code, share 450)."""
     return Located(place, ",".join(place.zones), next(_place_numbers))
 
 
