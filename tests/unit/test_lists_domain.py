@@ -5,11 +5,13 @@ from __future__ import annotations
 import random
 
 import phonenumbers
+import phonenumbers.timezone
 import pytest
+from phonenumbers.tzdata import TIMEZONE_DATA
 
 from cxmesh.lists.v1 import record_pb2
 from cxmesh_server.contacts.number_types import number_type
-from cxmesh_server.contacts.phones import PhoneError, normalize_phone
+from cxmesh_server.contacts.phones import PhoneError, normalize_phone, zones_for_e164
 from cxmesh_server.contacts.timezones import derive_time_zone
 from cxmesh_server.lists.domain.records import Record, RowSettings, build_record, plan_from_header
 from cxmesh_server.lists.importer import RECORD_COLUMNS
@@ -100,6 +102,26 @@ def test_the_number_type_agrees_with_phonenumbers_in_every_country_code() -> Non
     assert len(numbers) > 20_000
     for number in numbers:
         assert number_type(number) == phonenumbers.number_type(number), number
+
+
+def test_a_numbers_zones_are_those_phonenumbers_gives_it() -> None:
+    """Numbers under every prefix phonenumbers has zones for (each at every length it is
+    a prefix of, padded out), and numbers of every North American area code."""
+    rng = random.Random(7)
+    numbers = [
+        f"+{prefix}{rng.randrange(10**12):012d}"[: 1 + length]
+        for prefix in TIMEZONE_DATA
+        for length in range(max(len(prefix), 2), 16)
+    ]
+    numbers += [f"+1{area}{rng.randrange(10**7):07d}" for area in range(200, 1000)]
+    for e164 in numbers:
+        number = phonenumbers.PhoneNumber(
+            country_code=int(e164[1:2]), national_number=int(e164[2:])
+        )
+        expected = phonenumbers.timezone.time_zones_for_geographical_number(number)
+        if phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) != e164:
+            continue  # not the number's E.164 form (a leading zero)
+        assert zones_for_e164(e164) == tuple(z for z in expected if z != "Etc/Unknown"), e164
 
 
 def _zone(**facts: object) -> str | None:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 from redis.asyncio import Redis
@@ -54,7 +54,7 @@ from cxmesh_server.contacts.phones import PhoneError, normalize_phone
 from cxmesh_server.contacts.places import (
     postal_key,
     state_for_postal_code,
-    states_for_e164,
+    states_for_area_code,
     subdivision_code,
 )
 from cxmesh_server.contacts.timezones import derive_time_zone, is_local_zone
@@ -652,7 +652,7 @@ def _prepared(
     contact = request.contact
     channel = request.channel or channel_pb2.CHANNEL_VOICE
     profile = view.profile(campaign_key(request.campaign), channel)
-    facts = _contact_facts if cached else _contact_facts.__wrapped__
+    facts = _contact_facts if cached else partial(_facts, remember=False)
     kind, address, located, problem = facts(
         contact.address,
         contact.country.upper() or view.region,
@@ -679,20 +679,25 @@ def _prepared(
     return subject
 
 
-@lru_cache(maxsize=200_000)
-def _contact_facts(
+Facts = tuple[str, str, Located | None, Denial | None]
+
+
+def _facts(
     raw_address: str,
     country: str,
     explicit_zone: str,
     postal_code: str,
     state: str,
     default_zone: str,
-    candidate_zones: tuple[str, ...] = (),
-) -> tuple[str, str, Located | None, Denial | None]:
-    """(kind, normalised address, place, problem) of a contact. Dialers validate the same
-    records again and again: each contact is parsed and placed once."""
+    candidate_zones: tuple[str, ...],
+    *,
+    remember: bool,
+) -> Facts:
+    """(kind, normalised address, place, problem) of a contact; `remember`: whether its
+    placing may be kept (not for a request of kilobytes)."""
     raw = raw_address.strip()
     phone_zones: tuple[str, ...] | None = None
+    area_code = ""
     if "@" in raw:
         kind, address = "email", raw.lower()
     else:
@@ -708,10 +713,64 @@ def _contact_facts(
                 Denial(decision_pb2.DENIAL_CODE_INVALID_ADDRESS, str(error), ""),
             )
         kind, address, phone_zones = "phone", phone.e164, phone.time_zones
+        area_code = address[2:5] if address.startswith("+1") else ""
+    place = _placed if remember else _placed.__wrapped__
+    located, problem = place(
+        area_code,
+        phone_zones,
+        country.upper(),
+        explicit_zone,
+        postal_code,
+        state,
+        default_zone,
+        candidate_zones,
+    )
+    return kind, address, located, problem
+
+
+@lru_cache(maxsize=200_000)
+def _contact_facts(
+    raw_address: str,
+    country: str,
+    explicit_zone: str,
+    postal_code: str,
+    state: str,
+    default_zone: str,
+    candidate_zones: tuple[str, ...] = (),
+) -> Facts:
+    """`_facts`, kept: dialers validate the same records again and again, and each
+    contact is parsed and placed once."""
+    return _facts(
+        raw_address,
+        country,
+        explicit_zone,
+        postal_code,
+        state,
+        default_zone,
+        candidate_zones,
+        remember=True,
+    )
+
+
+@lru_cache(maxsize=100_000)
+def _placed(
+    area_code: str,
+    phone_zones: tuple[str, ...] | None,
+    country: str,
+    explicit_zone: str,
+    postal_code: str,
+    state: str,
+    default_zone: str,
+    candidate_zones: tuple[str, ...],
+) -> tuple[Located | None, Denial | None]:
+    """Where a contact is, from what its number says (its North American area code, the
+    zones of its prefix; None for an email address) and its own fields. A list's numbers
+    share a few hundred answers, so a number never seen before is placed by a lookup:
+    this took ~40 % of preparing one (in-process, 3.4 of 8.2 µs)."""
     decision = derive_time_zone(
         explicit=explicit_zone,
         postal_code=postal_code,
-        country=country.upper(),
+        country=country,
         phone_zones=phone_zones,
         default_zone=default_zone,
     )
@@ -721,22 +780,22 @@ def _contact_facts(
             "no time zone can be determined for the contact",
             "",
         )
-        return kind, address, None, problem
+        return None, problem
     # Zones other data gives add to those the contact's own data gives.
     derived = () if decision is None else decision.candidates or (decision.time_zone,)
     zones = tuple(dict.fromkeys((*derived, *candidate_zones)))
     # The rules of every state the record names, its ZIP code lies in or its area code
     # covers apply (`contacts.places`).
     named = subdivision_code(state) if state.strip() else ""
-    by_postal = state_for_postal_code(postal_code, country.upper()) or ""
-    by_number = states_for_e164(address) if kind == "phone" else ()
+    by_postal = state_for_postal_code(postal_code, country) or ""
+    by_number = states_for_area_code(area_code) if area_code else ()
     place = Place(
-        zones=tuple(zones),
+        zones=zones,
         states=tuple(dict.fromkeys(s for s in (named, by_postal, *by_number) if s)),
-        area_code=address[2:5] if address.startswith("+1") else "",
+        area_code=area_code,
         postal_code=postal_key(postal_code),
     )
-    return kind, address, _located(place), None
+    return _located(place), None
 
 
 def _suppressed_by(

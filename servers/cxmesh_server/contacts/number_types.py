@@ -52,29 +52,35 @@ class _Region:
     # Set where phonenumbers tells the region by the number's leading digits.
     leading_digits: re.Pattern[str] | None
     general: _Description
-    # Tested in phonenumbers' order (_number_type_helper); the first that matches wins.
-    special: tuple[tuple[int, _Description], ...]
-    fixed_line: _Description
-    mobile: _Description
-    same_mobile_and_fixed_line: bool
+    # phonenumbers' _number_type_helper as one expression (`_typing`): group n matched →
+    # types[n - 1]
+    typing: re.Pattern[str]
+    types: tuple[int, ...]
 
     def type_of(self, national: str) -> int:
         """phonenumbers' _number_type_helper."""
-        if not self.general.matches(national):
-            return _UNKNOWN
-        for number_type, desc in self.special:
-            if desc.matches(national):
-                return number_type
-        if self.fixed_line.matches(national):
-            if self.same_mobile_and_fixed_line or self.mobile.matches(national):
-                return int(PhoneNumberType.FIXED_LINE_OR_MOBILE)
-            return int(PhoneNumberType.FIXED_LINE)
-        if not self.same_mobile_and_fixed_line and self.mobile.matches(national):
-            return int(PhoneNumberType.MOBILE)
-        return _UNKNOWN
+        found = self.typing.fullmatch(national)
+        return self.types[found.lastindex - 1] if found and found.lastindex else _UNKNOWN
 
 
-def _compiled(metadata: PhoneMetadata) -> _Region:
+def _whole(desc: _Description) -> str | None:
+    """An expression that matches, as a whole string, what `desc.matches` accepts; None
+    when it accepts nothing."""
+    if desc.pattern is None:
+        return None
+    lengths = "|".join(f".{{{n}}}" for n in sorted(desc.lengths))
+    length = f"(?=(?:{lengths})\\Z)" if lengths else ""
+    return f"{length}(?:{desc.pattern.pattern})"
+
+
+def _typing(
+    metadata: PhoneMetadata, general: _Description
+) -> tuple[re.Pattern[str], tuple[int, ...]]:
+    """_number_type_helper's tests, in its order, as the alternatives of one expression:
+    fullmatch tries them in order and stops at the first that matches the whole number,
+    as the helper returns at the first test passed, but without a Python call per test
+    (a dozen a number). No description holds a capturing group, so the one group that
+    matched names the type."""
     special = (
         (PhoneNumberType.PREMIUM_RATE, metadata.premium_rate),
         (PhoneNumberType.TOLL_FREE, metadata.toll_free),
@@ -85,13 +91,35 @@ def _compiled(metadata: PhoneMetadata) -> _Region:
         (PhoneNumberType.UAN, metadata.uan),
         (PhoneNumberType.VOICEMAIL, metadata.voicemail),
     )
+    tests = [(int(kind), _whole(_described(desc))) for kind, desc in special]
+    fixed = _whole(_described(metadata.fixed_line))
+    mobile = _whole(_described(metadata.mobile))
+    if metadata.same_mobile_and_fixed_line_pattern:
+        tests.append((int(PhoneNumberType.FIXED_LINE_OR_MOBILE), fixed))
+    else:
+        both = None if fixed is None or mobile is None else f"(?={fixed}\\Z){mobile}"
+        tests += [
+            (int(PhoneNumberType.FIXED_LINE_OR_MOBILE), both),
+            (int(PhoneNumberType.FIXED_LINE), fixed),
+            (int(PhoneNumberType.MOBILE), mobile),
+        ]
+    kept = [(kind, expression) for kind, expression in tests if expression is not None]
+    gate = _whole(general)
+    # A number the general description refuses has no type: the expression matches nothing.
+    if gate is None or not kept:
+        return re.compile("(?!)"), ()
+    alternatives = "|".join(f"({expression})" for _, expression in kept)
+    return re.compile(f"(?={gate}\\Z)(?:{alternatives})"), tuple(kind for kind, _ in kept)
+
+
+def _compiled(metadata: PhoneMetadata) -> _Region:
+    general = _described(metadata.general_desc)
+    typing, types = _typing(metadata, general)
     return _Region(
         re.compile(metadata.leading_digits) if metadata.leading_digits else None,
-        _described(metadata.general_desc),
-        tuple((int(kind), _described(desc)) for kind, desc in special),
-        _described(metadata.fixed_line),
-        _described(metadata.mobile),
-        bool(metadata.same_mobile_and_fixed_line_pattern),
+        general,
+        typing,
+        types,
     )
 
 
@@ -110,8 +138,17 @@ def _country(country_code: int) -> tuple[tuple[_Region, ...], bool]:
 
 def number_type(number: phonenumbers.PhoneNumber) -> int:
     """What phonenumbers.number_type(number) answers."""
-    regions, searched = _country(number.country_code)
-    national = phonenumbers.national_significant_number(number)
+    # A number without a country code (None) is of no country: 0 has no regions.
+    return national_number_type(
+        number.country_code or 0, phonenumbers.national_significant_number(number)
+    )
+
+
+def national_number_type(country_code: int, national: str) -> int:
+    """The type of the number with `country_code` and `national` significant number (what
+    phonenumbers.national_significant_number gives): for a caller that has both without
+    building a PhoneNumber."""
+    regions, searched = _country(country_code)
     if not searched:
         return regions[0].type_of(national) if regions else _UNKNOWN
     for region in regions:

@@ -164,7 +164,12 @@ def subdivision_code(value: str) -> str:
 def states_for_e164(e164: str) -> tuple[str, ...]:
     """The states or provinces a North American number's area code covers; () for other
     numbers, toll-free ones and area codes the geocoding data places nowhere."""
-    return _area_codes().get(e164[2:5], ()) if e164.startswith("+1") else ()
+    return states_for_area_code(e164[2:5]) if e164.startswith("+1") else ()
+
+
+def states_for_area_code(area_code: str) -> tuple[str, ...]:
+    """The states or provinces a North American area code covers (see states_for_e164)."""
+    return _area_codes().get(area_code, ())
 
 
 if __name__ == "__main__":
