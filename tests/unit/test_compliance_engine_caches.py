@@ -13,8 +13,9 @@ from cxmesh_server.compliance.engine import (
     ALLOWED_PER_PROFILE,
     PROFILES_PER_VIEW,
     Located,
-    _contact_facts,
+    _facts,
     _located,
+    _placed,
     _prepare,
     _TimeVerdicts,
     _View,
@@ -101,13 +102,22 @@ def test_a_place_keeps_its_number_and_numbers_are_never_shared() -> None:
 
 def test_the_numbers_of_one_place_share_its_placing() -> None:
     def located(number: str) -> Located | None:
-        return _contact_facts(number, "US", "", "", "", "America/Chicago")[2]
+        return _facts(number, "US", "", "", "", "America/Chicago", (), remember=True)[2]
 
     manhattan = located("+12125550100")
     assert manhattan is not None
     assert manhattan.zone_label == "America/New_York"
     assert located("+12125550199") is manhattan
     assert located("+14155550100") is not manhattan
+
+
+def test_an_email_address_is_in_no_area_code_whatever_it_starts_with() -> None:
+    kind, _, located, _ = _facts(
+        "+1212ann@example.com", "US", "", "10001", "", "", (), remember=True
+    )
+    assert kind == "email"
+    assert located is not None
+    assert located.place.area_code == ""  # rules for area code 212 are not its rules
 
 
 def test_a_request_of_kilobytes_is_decided_but_not_remembered() -> None:
@@ -119,12 +129,12 @@ def test_a_request_of_kilobytes_is_decided_but_not_remembered() -> None:
         contact=decision_pb2.Contact(address="+12125550101", postal_code="1" * 2000)
     )
     assert _prepare("t", usual, rules) is _prepare("t", usual, rules)
-    contacts = _contact_facts.cache_info().currsize
+    places = _placed.cache_info().currsize
     first, again = _prepare("t", junk, rules), _prepare("t", junk, rules)
     assert first.address == again.address == "+12125550101"
     assert first is not again
     assert len(rules.subjects) == 1
-    assert _contact_facts.cache_info().currsize == contacts
+    assert _placed.cache_info().currsize == places
 
 
 def test_campaigns_and_zones_without_end_are_remembered_up_to_a_bound() -> None:
