@@ -174,6 +174,8 @@ def test_unknown_header_names_become_custom_fields() -> None:
         "4155550101",
         "+14155550101",
         "(212)5550102",
+        "+1 212 \u0665\u0665\u0665 \u0660\u0661\u0660\u0660",  # Arabic-Indic digits
+        "\uff14\uff11\uff15\uff15\uff15\uff15\uff10\uff11\uff10\uff11",  # full-width
     ],
 )
 @pytest.mark.parametrize("region", ["US", "CA", "GB"])

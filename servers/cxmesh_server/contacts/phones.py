@@ -46,7 +46,10 @@ class PhoneError(ValueError):
 # or dashes. phonenumbers.parse reads these as country code 1 and the ten digits; taking
 # the digits directly skips most of parse's work (its most expensive step on imports) and
 # building its PhoneNumber (~0.6 µs of the ~4 it takes to normalise a number).
-_NANP = re.compile(r"^\s*(\+1|1)?[\s.-]?\(?([2-9]\d{2})\)?[\s.-]?(\d{3})[\s.-]?(\d{4})\s*$")
+# ASCII digits only: others (Arabic-Indic, full-width) are phonenumbers.parse's to convert.
+_NANP = re.compile(
+    r"^\s*(\+1|1)?[\s.-]?\(?([2-9]\d{2})\)?[\s.-]?(\d{3})[\s.-]?(\d{4})\s*$", re.ASCII
+)
 
 
 def _north_american(raw: str, default_region: str) -> str | None:
