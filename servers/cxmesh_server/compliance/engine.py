@@ -105,6 +105,8 @@ class Profile:
     counts_clients: bool
     # Lists the rules name that the tenant does not have: they suppress nothing.
     missing_lists: tuple[str, ...] = ()
+    # target kind (phone, email, client) → the (list id, kind) lookups of a target of it
+    lookups: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict, compare=False)
     # zone label → the "allowed" decision, built once: shared, never to be modified
     allowed: dict[str, decision_pb2.Decision] = field(default_factory=dict, compare=False)
 
@@ -151,8 +153,6 @@ class Subject:
     client_id: str = ""
     located: Located | None = None
     problem: Denial | None = None
-    # ((list id, kind), target) of every suppression lookup it needs
-    lookups: tuple[tuple[tuple[str, str], str], ...] = ()
     # its attempt sets: the device's if the rules count devices, the client's if clients
     attempt_keys: tuple[str, ...] = ()
 
@@ -251,6 +251,13 @@ class _View:
             for limit in r.attempt_limits
             if channel in limit.channels
         }
+        suppression_lists = tuple(
+            sorted(
+                list_id
+                for list_id, campaigns in self.bindings.items()
+                if not campaigns or campaign in campaigns or list_id in named
+            )
+        )
         return Profile(
             number=next(_profile_numbers),
             rule_sets=rule_sets,
@@ -259,16 +266,14 @@ class _View:
                 (r.default_time_zone for r in rule_sets if r.default_time_zone),
                 self.default_zone,
             ),
-            suppression_lists=tuple(
-                sorted(
-                    list_id
-                    for list_id, campaigns in self.bindings.items()
-                    if not campaigns or campaign in campaigns or list_id in named
-                )
-            ),
+            suppression_lists=suppression_lists,
             counts_devices=bool(scopes & DEVICE_SCOPES),
             counts_clients=bool(scopes & CLIENT_SCOPES),
             missing_lists=tuple(sorted(named - self.bindings.keys())),
+            lookups={
+                kind: tuple((list_id, kind) for list_id in suppression_lists)
+                for kind in ("phone", "email", "client")
+            },
         )
 
 
@@ -409,19 +414,7 @@ class DecisionEngine:
     async def _read(
         self, tenant: str, subjects: list[Subject], now: datetime
     ) -> tuple[Plan, list[str], list[Any]]:
-        # (list id, kind) → targets to look up, in first-seen order without repeats
-        lookups: dict[tuple[str, str], dict[str, None]] = {}
-        attempt_keys: dict[str, None] = {}
-        for subject in subjects:
-            for lookup, target in subject.lookups:
-                wanted = lookups.get(lookup)
-                if wanted is None:
-                    wanted = lookups[lookup] = {}
-                wanted[target] = None
-            for key in subject.attempt_keys:
-                attempt_keys[key] = None
-        plan = [(list_id, kind, list(targets)) for (list_id, kind), targets in lookups.items()]
-        sets = list(attempt_keys)
+        plan, sets = _planned(subjects)
         oldest = int((now - ATTEMPT_LOOKBACK).timestamp() * 1000)
         # One command, one atomic snapshot: markers, versions, entries and attempts.
         if (
@@ -667,12 +660,6 @@ def _prepared(
     subject = Subject(profile, channel, address, kind, client_id, located, problem)
     if located is None:
         return subject  # denied without reading anything
-    lookups = []
-    for list_id in profile.suppression_lists:
-        lookups.append(((list_id, kind), address))
-        if subject.client_id:
-            lookups.append(((list_id, "client"), subject.client_id))
-    subject.lookups = tuple(lookups)
     subject.attempt_keys = tuple(
         _limit_keys(tenant, subject, profile.counts_devices, profile.counts_clients)
     )
@@ -775,6 +762,31 @@ def _placed(
         postal_code=postal_key(postal_code),
     )
     return _located(place), None
+
+
+def _planned(subjects: list[Subject]) -> tuple[Plan, list[str]]:
+    """What a batch reads: its suppression lookups, and its attempt sets."""
+    # (list id, kind) → targets to look up, in first-seen order without repeats
+    lookups: dict[tuple[str, str], dict[str, None]] = {}
+    attempt_keys: dict[str, None] = {}
+    for subject in subjects:
+        if subject.located is None:
+            continue  # denied without reading anything
+        # Its profile's lookups of its address, and of its client id if it has one.
+        of_kind = subject.profile.lookups
+        for target, kind in ((subject.address, subject.kind), (subject.client_id, "client")):
+            if not target:
+                continue
+            for lookup in of_kind[kind]:
+                wanted = lookups.get(lookup)
+                if wanted is None:
+                    wanted = lookups[lookup] = {}
+                wanted[target] = None
+        for key in subject.attempt_keys:
+            attempt_keys[key] = None
+    plan = [(list_id, kind, list(targets)) for (list_id, kind), targets in lookups.items()]
+    sets = list(attempt_keys)
+    return plan, sets
 
 
 def _suppressed_by(

@@ -55,6 +55,9 @@ _NANP = re.compile(
 def _north_american(raw: str, default_region: str) -> str | None:
     """The national number of a North American number in one of the usual ways, or None
     (phonenumbers.parse reads it)."""
+    # E.164 already, as lists store numbers and dialers send them: no expression needed.
+    if len(raw) == 12 and raw.startswith("+1") and raw.isascii() and raw[2:].isdigit():
+        return raw[2:] if raw[2] not in "01" else None
     match = _NANP.match(raw)
     if match and (match.group(1) == "+1" or _country_code(default_region) == 1):
         return match.group(2) + match.group(3) + match.group(4)
