@@ -105,10 +105,18 @@ class Profile:
     counts_clients: bool
     # Lists the rules name that the tenant does not have: they suppress nothing.
     missing_lists: tuple[str, ...] = ()
-    # target kind (phone, email, client) → the (list id, kind) lookups of a target of it
-    lookups: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict, compare=False)
+    # target kind (phone, email, client) → the (list id, kind) lookups of a target of it:
+    # derived from suppression_lists, once
+    lookups: dict[str, tuple[tuple[str, str], ...]] = field(init=False, compare=False)
     # zone label → the "allowed" decision, built once: shared, never to be modified
     allowed: dict[str, decision_pb2.Decision] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        lookups = {
+            kind: tuple((list_id, kind) for list_id in self.suppression_lists)
+            for kind in ("phone", "email", "client")
+        }
+        object.__setattr__(self, "lookups", lookups)  # frozen: set once, here
 
     def allowed_in(self, zone_label: str) -> decision_pb2.Decision:
         decision = self.allowed.get(zone_label)
@@ -251,13 +259,6 @@ class _View:
             for limit in r.attempt_limits
             if channel in limit.channels
         }
-        suppression_lists = tuple(
-            sorted(
-                list_id
-                for list_id, campaigns in self.bindings.items()
-                if not campaigns or campaign in campaigns or list_id in named
-            )
-        )
         return Profile(
             number=next(_profile_numbers),
             rule_sets=rule_sets,
@@ -266,14 +267,16 @@ class _View:
                 (r.default_time_zone for r in rule_sets if r.default_time_zone),
                 self.default_zone,
             ),
-            suppression_lists=suppression_lists,
+            suppression_lists=tuple(
+                sorted(
+                    list_id
+                    for list_id, campaigns in self.bindings.items()
+                    if not campaigns or campaign in campaigns or list_id in named
+                )
+            ),
             counts_devices=bool(scopes & DEVICE_SCOPES),
             counts_clients=bool(scopes & CLIENT_SCOPES),
             missing_lists=tuple(sorted(named - self.bindings.keys())),
-            lookups={
-                kind: tuple((list_id, kind) for list_id in suppression_lists)
-                for kind in ("phone", "email", "client")
-            },
         )
 
 
