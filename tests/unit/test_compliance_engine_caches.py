@@ -20,6 +20,7 @@ from cxmesh_server.compliance.engine import (
     _TimeVerdicts,
     _View,
 )
+from cxmesh_server.compliance.questions import question
 
 NEW_YORK_PLACE = Place(zones=("America/New_York",))
 NEW_YORK = _located(NEW_YORK_PLACE)
@@ -128,9 +129,9 @@ def test_a_request_of_kilobytes_is_decided_but_not_remembered() -> None:
     junk = decision_pb2.DecisionRequest(
         contact=decision_pb2.Contact(address="+12125550101", postal_code="1" * 2000)
     )
-    assert _prepare("t", usual, rules) is _prepare("t", usual, rules)
+    assert _prepare("t", question(usual), rules) is _prepare("t", question(usual), rules)
     places = _placed.cache_info().currsize
-    first, again = _prepare("t", junk, rules), _prepare("t", junk, rules)
+    first, again = _prepare("t", question(junk), rules), _prepare("t", question(junk), rules)
     assert first.address == again.address == "+12125550101"
     assert first is not again
     assert len(rules.subjects) == 1

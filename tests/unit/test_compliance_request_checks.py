@@ -7,13 +7,13 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from cxmesh.compliance.v1 import decision_pb2
-from cxmesh_server.compliance.handlers import _check_request
+from cxmesh_server.compliance.handlers import _asked
 from cxmesh_server.runtime.errors import Validator
 
 
 def _violations(request: decision_pb2.DecisionRequest, index: int | None = None) -> list[str]:
     check = Validator()
-    _check_request("decision_requests", request, check, index=index)
+    _asked("decision_requests", request, check, index=index)
     return [violation.field for violation in check.violations]
 
 
@@ -32,8 +32,8 @@ def test_a_good_request_passes_again_and_a_bad_one_beside_it_still_fails() -> No
     good = _request(address="+12125550101")
     assert _violations(good) == []
     check = Validator()
-    _check_request("decision_requests", good, check, index=0)
-    _check_request("decision_requests", _request(address=" "), check, index=1)
+    _asked("decision_requests", good, check, index=0)
+    _asked("decision_requests", _request(address=" "), check, index=1)
     assert [v.field for v in check.violations] == ["decision_requests[1].contact.address"]
 
 

@@ -49,6 +49,7 @@ from cxmesh_server.compliance.mirror import (
     rules_key,
     version_key,
 )
+from cxmesh_server.compliance.questions import Fields, Question, fields_of, question
 from cxmesh_server.contacts.campaigns import campaign_key
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
 from cxmesh_server.contacts.places import (
@@ -322,18 +323,24 @@ class DecisionEngine:
         requests: Sequence[decision_pb2.DecisionRequest],
         now: datetime | None = None,
     ) -> list[decision_pb2.Decision]:
+        """`answer` of requests that are not yet questions."""
+        return await self.answer(tenant, [question(r) for r in requests], now)
+
+    async def answer(
+        self, tenant: str, questions: Sequence[Question], now: datetime | None = None
+    ) -> list[decision_pb2.Decision]:
         """Decisions for now (coalesced with concurrent callers), or as of another instant
         (what the data in Redis now says about it: attempts made after it do not count)."""
         if now is None:
-            return await self._live.submit(tenant, requests)
-        return await self._decide_safely(tenant, requests, now, live=False)
+            return await self._live.submit(tenant, questions)
+        return await self._decide_safely(tenant, questions, now, live=False)
 
-    async def place(self, tenant: str, request: decision_pb2.DecisionRequest) -> Place | None:
-        """Where decisions take the request's contact to be; None when nowhere (denied)."""
+    async def place(self, tenant: str, asked: Question) -> Place | None:
+        """Where decisions take the question's contact to be; None when nowhere (denied)."""
         view = await self._view(tenant)
         if view.problem:
             return None
-        located = _prepare(tenant, request, view).located
+        located = _prepare(tenant, asked, view).located
         return located.place if located is not None else None
 
     async def suppression_lists(
@@ -361,14 +368,14 @@ class DecisionEngine:
         return view
 
     async def _decide_now(
-        self, tenant: str, requests: Sequence[decision_pb2.DecisionRequest]
+        self, tenant: str, questions: Sequence[Question]
     ) -> list[decision_pb2.Decision]:
-        return await self._decide_safely(tenant, requests, datetime.now(UTC), live=True)
+        return await self._decide_safely(tenant, questions, datetime.now(UTC), live=True)
 
     async def _decide_safely(
         self,
         tenant: str,
-        requests: Sequence[decision_pb2.DecisionRequest],
+        questions: Sequence[Question],
         now: datetime,
         *,
         live: bool,
@@ -379,25 +386,25 @@ class DecisionEngine:
                 self._redis_checked_at = time.monotonic()
             if self._eviction_risk:
                 raise Unavailable(self._eviction_risk)
-            return await self._decide(tenant, requests, now, live)
+            return await self._decide(tenant, questions, now, live)
         except (RedisError, Unavailable, OSError) as error:
             reason = (
                 f"compliance data unavailable: {error}"
                 if str(error)
                 else "compliance data unavailable"
             )
-            return [_unavailable(reason) for _ in requests]
+            return [_unavailable(reason) for _ in questions]
 
     async def _decide(
         self,
         tenant: str,
-        requests: Sequence[decision_pb2.DecisionRequest],
+        questions: Sequence[Question],
         now: datetime,
         live: bool,
     ) -> list[decision_pb2.Decision]:
         view = await self._view(tenant)
         for _ in range(3):
-            subjects = [_prepare(tenant, request, view) for request in requests]
+            subjects = [_prepare(tenant, asked, view) for asked in questions]
             plan, attempt_keys, replies = await self._read(tenant, subjects, now)
             loaded, rebuilding, rules_version, index_version = replies[:4]
             if list(loaded) != [self._dataset, self._dataset]:
@@ -628,38 +635,35 @@ def warm_up() -> None:
     _facts("+12125550100", DEFAULT_REGION, "", "10001", "NY", "", (), remember=True)
 
 
-def _prepare(tenant: str, request: decision_pb2.DecisionRequest, view: _View) -> Subject:
-    # Serialising is cheaper than reading the eight fields the preparation needs.
-    key = request.SerializeToString()
+def _prepare(tenant: str, asked: Question, view: _View) -> Subject:
+    key = asked[1]
     subject = view.subjects.get(key)
     if subject is None:
         if len(key) > CACHED_REQUEST_BYTES:
-            return _prepared(tenant, request, view, cached=False)
+            return _prepared(tenant, fields_of(asked), view, cached=False)
         if len(view.subjects) >= SUBJECTS_PER_VIEW:
             view.subjects.clear()
-        subject = view.subjects[key] = _prepared(tenant, request, view)
+        subject = view.subjects[key] = _prepared(tenant, fields_of(asked), view)
         long_lived.added()
     return subject
 
 
-def _prepared(
-    tenant: str, request: decision_pb2.DecisionRequest, view: _View, *, cached: bool = True
-) -> Subject:
-    contact = request.contact
-    channel = request.channel or channel_pb2.CHANNEL_VOICE
-    profile = view.profile(campaign_key(request.campaign), channel)
+def _prepared(tenant: str, fields: Fields, view: _View, *, cached: bool = True) -> Subject:
+    raw_address, country, zone, postal_code, state, candidates, raw_client_id = fields[:7]
+    channel = fields[7] or channel_pb2.CHANNEL_VOICE
+    profile = view.profile(campaign_key(fields[8]), channel)
     kind, address, located, problem = _facts(
-        contact.address,
-        contact.country.upper() or view.region,
-        contact.time_zone,
-        contact.postal_code,
-        contact.state_province,
+        raw_address,
+        country or view.region,
+        zone,
+        postal_code,
+        state,
         profile.default_zone,
-        tuple(contact.candidate_time_zones),
+        candidates,
         remember=cached,
     )
     # Trimmed, as the lists service stores client ids on its suppression lists.
-    client_id = contact.client_id.strip()
+    client_id = raw_client_id.strip()
     subject = Subject(profile, channel, address, kind, client_id, located, problem)
     if located is None:
         return subject  # denied without reading anything

@@ -33,6 +33,7 @@ from cxmesh_server.compliance.engine import (
 )
 from cxmesh_server.compliance.metrics import count_attempts, count_decisions
 from cxmesh_server.compliance.ocs_records import OcsRecord
+from cxmesh_server.compliance.questions import Fields, Question, question, read_fields
 from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.contacts.campaigns import MAX_CAMPAIGN_NAME, MAX_REFERENCE, campaign_key
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
@@ -239,50 +240,49 @@ def _recordable_email(address: str) -> bool:
 _checked_requests: set[bytes] = set()
 
 
-def _check_request(
+def _asked(
     field: str,
     request: decision_pb2.DecisionRequest,
     check: Validator,
     *,
     index: int | None = None,
-) -> None:
-    """`_check_fields` of a decision for now, skipped for a request that passed before."""
+) -> Question:
+    """The request as a question to decide for now, its checks (`_check_fields`) skipped
+    if it passed them before."""
     key = request.SerializeToString()
     if key in _checked_requests:
-        return
+        return request, key, None
+    fields = read_fields(request)
     found = len(check.violations)
-    _check_fields(field, request, check, index=index)
-    if (
-        len(check.violations) == found
-        and not request.HasField("decision_time")
-        and len(key) <= CACHED_REQUEST_BYTES
-    ):
+    _check_fields(field, request, fields, check, index=index)
+    # fields[9]: it has a decision time
+    if len(check.violations) == found and not fields[9] and len(key) <= CACHED_REQUEST_BYTES:
         if len(_checked_requests) >= SUBJECTS_PER_VIEW:
             _checked_requests.clear()
         _checked_requests.add(key)
+    return request, key, fields
 
 
 def _check_fields(
     field: str,
     request: decision_pb2.DecisionRequest,
+    fields: Fields,
     check: Validator,
     *,
     index: int | None = None,
     any_time: bool = False,
 ) -> None:
-    """`field` is the request's field, `index` its position in a batch. Field paths are
-    only formatted for a violation: a batch checks 1,000 requests."""
-    contact = request.contact
-    zone = contact.time_zone
-    address = contact.address.strip()
+    """`field` is the request's field, `index` its position in a batch, `fields` what
+    `read_fields` read of it. Field paths are only formatted for a violation: a batch
+    checks 1,000 requests."""
+    raw_address, country, zone, _, _, candidates, client_id, channel, campaign, timed = fields
+    address = raw_address.strip()
     no_address = not address
     # What RecordAttempts refuses to record is refused here too: attempts of that client
     # or email address could never be counted, so no attempt rule could ever deny them.
     odd_email = "@" in address and not _recordable_email(address)
-    client_id = contact.client_id
     odd_client_id = bool(client_id) and not _recordable_client_id(client_id)
     unknown_zone = bool(zone) and not is_local_zone(zone)
-    candidates = contact.candidate_time_zones
     # Each is a zone every time rule is checked in, for every decision of the contact.
     many_candidates = len(candidates) > MAX_CANDIDATE_ZONES
     # Built only when there are candidates: a batch checks 1,000 requests.
@@ -291,14 +291,12 @@ def _check_fields(
         if candidates
         else ()
     )
-    timed = request.HasField("decision_time")
     # An undefined channel matches no attempt rule and no channel's suppression entry.
-    unknown_channel = request.channel not in _CHANNELS
-    country = contact.country
-    unknown_country = bool(country) and country.upper() not in SUPPORTED_REGIONS
+    unknown_channel = channel not in _CHANNELS
+    unknown_country = bool(country) and country not in SUPPORTED_REGIONS
     # No binding names a longer one (and each would be a profile of its own in memory).
-    long_campaign = len(request.campaign) > MAX_CAMPAIGN_NAME and (
-        len(campaign_key(request.campaign)) > MAX_REFERENCE
+    long_campaign = len(campaign) > MAX_CAMPAIGN_NAME and (
+        len(campaign_key(campaign)) > MAX_REFERENCE
     )
     if not (
         no_address
@@ -365,10 +363,10 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         self, request: decision_service_pb2.PreValidateRequest, context: GrpcContext
     ) -> decision_service_pb2.PreValidateResponse:
         check = Validator()
-        _check_request("decision_request", request.decision_request, check)
+        question = _asked("decision_request", request.decision_request, check)
         check.check()
         tenant = current_tenant()
-        decisions = await self._engine.decide(tenant, [request.decision_request])
+        decisions = await self._engine.answer(tenant, [question])
         count_decisions(tenant, decisions)
         return decision_service_pb2.PreValidateResponse(decision=decisions[0])
 
@@ -381,11 +379,13 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
             "decision_requests",
             f"1-{MAX_BATCH} requests",
         )
-        for n, item in enumerate(request.decision_requests):
-            _check_request("decision_requests", item, check, index=n)
+        questions = [
+            _asked("decision_requests", item, check, index=n)
+            for n, item in enumerate(request.decision_requests)
+        ]
         check.check()
         tenant = current_tenant()
-        decisions = await self._engine.decide(tenant, list(request.decision_requests))
+        decisions = await self._engine.answer(tenant, questions)
         count_decisions(tenant, decisions)
         return decision_service_pb2.PreValidateBatchResponse(decisions=decisions)
 
@@ -448,7 +448,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         record must not end the stream of a dialer's others."""
         check = Validator()
         check.require(len(message.correlation_id) <= 64, "correlation_id", "at most 64 characters")
-        _check_request("decision_request", message.decision_request, check)
+        question = _asked("decision_request", message.decision_request, check)
         if check.violations:
             decision = decision_pb2.Decision(
                 allowed=False,
@@ -460,7 +460,7 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
                 ],
             )
         else:
-            (decision,) = await self._engine.decide(tenant, [message.decision_request])
+            (decision,) = await self._engine.answer(tenant, [question])
         count_decisions(tenant, (decision,))
         return decision
 
@@ -541,22 +541,24 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         self, request: decision_service_pb2.ExplainDecisionRequest, context: GrpcContext
     ) -> decision_service_pb2.ExplainDecisionResponse:
         check = Validator()
-        _check_fields("decision_request", request.decision_request, check, any_time=True)
+        asked = request.decision_request
+        _check_fields("decision_request", asked, read_fields(asked), check, any_time=True)
         check.check()
         when = (
-            request.decision_request.decision_time.ToDatetime(tzinfo=UTC)
-            if request.decision_request.HasField("decision_time")
+            asked.decision_time.ToDatetime(tzinfo=UTC)
+            if asked.HasField("decision_time")
             else datetime.now(UTC)
         )
+        explained = question(asked)
         tenant = current_tenant()
-        (decision,) = await self._engine.decide(tenant, [request.decision_request], now=when)
+        (decision,) = await self._engine.answer(tenant, [explained], now=when)
         response = decision_service_pb2.ExplainDecisionResponse(
             decision=decision,
             time_zone_candidates=decision.time_zone.split(",") if decision.time_zone else [],
         )
         denied = {(d.source, d.code) for d in decision.denials}
         _, messages = await self._mirror.load(tenant)
-        place = await self._engine.place(tenant, request.decision_request)
+        place = await self._engine.place(tenant, explained)
         # The rule sets the decision was made with (another campaign's or channel's would
         # only mislead), or every one when it could be made with none (one is invalid).
         used = {revision.rpartition("@")[0] for revision in decision.rule_set_revisions}
@@ -638,11 +640,11 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
         # The checks of PreValidate, named by the record's fields: a record its call
         # history could not be recorded for must not be dialled either.
         check = Validator()
-        _check_request("record", decision_request, check)
+        question = _asked("record", decision_request, check)
         if check.violations:
             raise InvalidArgument(record.violations("record", check.violations))
         tenant = current_tenant()
-        (decision,) = await self._engine.decide(tenant, [decision_request])
+        (decision,) = await self._engine.answer(tenant, [question])
         count_decisions(tenant, (decision,))
         if not decision.allowed:
             # HTTP 409 through the edge: the dialer applies its treatments.
