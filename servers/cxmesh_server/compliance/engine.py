@@ -649,9 +649,20 @@ def _prepare(tenant: str, asked: Question, view: _View) -> Subject:
 
 
 def _prepared(tenant: str, fields: Fields, view: _View, *, cached: bool = True) -> Subject:
-    raw_address, country, zone, postal_code, state, candidates, raw_client_id = fields[:7]
-    channel = fields[7] or channel_pb2.CHANNEL_VOICE
-    profile = view.profile(campaign_key(fields[8]), channel)
+    (
+        raw_address,
+        country,
+        zone,
+        postal_code,
+        state,
+        candidates,
+        raw_client_id,
+        sent_channel,
+        campaign,
+        _,
+    ) = fields
+    channel = sent_channel or channel_pb2.CHANNEL_VOICE
+    profile = view.profile(campaign_key(campaign), channel)
     kind, address, located, problem = _facts(
         raw_address,
         country or view.region,
