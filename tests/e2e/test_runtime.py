@@ -310,3 +310,47 @@ def test_echo_delay_is_bounded(mesh: Mesh, key: SigningKey) -> None:
                 request, metadata=grpc_bearer(token), timeout=5
             )
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_body_that_is_not_the_methods_message_is_an_invalid_argument_counted_not_logged(
+    mesh: Mesh, key: SigningKey
+) -> None:
+    """Left to grpc.aio, it was UNKNOWN, never counted, and a traceback in the log for
+    every such call."""
+    iam = next(i for i in mesh.instances if i.name == "iam")
+    compliance = next(i for i in mesh.instances if i.name == "compliance")
+    url = f"http://127.0.0.1:{iam.metrics_port}/metrics"
+    labels = {
+        "grpc_service": "cxmesh.diagnostics.v1.EchoService",
+        "grpc_method": "Echo",
+        "grpc_code": "INVALID_ARGUMENT",
+    }
+    logs_before = {i.name: i.log_path.stat().st_size for i in (iam, compliance)}
+    counted_before = _metric(httpx.get(url).text, "grpc_server_handled_total", **labels)
+    junk = b"\xff\xff\xff"
+    with grpc.insecure_channel(f"127.0.0.1:{iam.port}") as channel:
+        echo = channel.unary_unary("/cxmesh.diagnostics.v1.EchoService/Echo", None, None)
+        with pytest.raises(grpc.RpcError) as refused:
+            echo(junk, metadata=grpc_bearer(key.mint(tenant="acme", roles=["viewer"])))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "parsing message with type 'cxmesh.diagnostics.v1.EchoRequest'" in str(
+            refused.value.details()
+        )
+        with pytest.raises(grpc.RpcError) as anonymous:
+            echo(junk)
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED  # checked first
+    with grpc.insecure_channel(f"127.0.0.1:{compliance.port}") as channel:
+        stream = channel.stream_stream(
+            "/cxmesh.compliance.v1.DecisionService/PreValidateStream", None, None
+        )
+        token = key.mint(tenant="acme", roles=["admin"])
+        with pytest.raises(grpc.RpcError) as in_stream:
+            list(stream(iter([junk]), metadata=grpc_bearer(token), timeout=10))
+        assert in_stream.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _metric(httpx.get(url).text, "grpc_server_handled_total", **labels) == (
+        counted_before + 1
+    )
+    for instance in (iam, compliance):
+        written = instance.log_path.read_bytes()[logs_before[instance.name] :]
+        assert b"DecodeError" not in written
+        assert b"Traceback" not in written

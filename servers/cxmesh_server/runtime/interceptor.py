@@ -15,13 +15,14 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeAlias, cast
 
 import grpc
+from google.protobuf.message import DecodeError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from cxmesh_server.runtime import metrics, tracing
 from cxmesh_server.runtime.auth import Authenticator, MethodRule, method_rule
 from cxmesh_server.runtime.context import GrpcContext, reset_principal, set_principal
-from cxmesh_server.runtime.errors import DomainError
+from cxmesh_server.runtime.errors import DomainError, FieldViolation, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,43 @@ class _Call:
         child.inc()
 
 
+class _Undecodable:
+    """What a unary call's handler is given for a request body that is not the method's
+    message: the error to answer with. A deserializer that raised would leave the call to
+    grpc.aio before the runtime sees it: UNKNOWN, uncounted, and a traceback logged for
+    every such call (a caller sending junk could fill the logs at thousands a second)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: InvalidArgument) -> None:
+        self.error = error
+
+
+def _refusal(error: DecodeError) -> InvalidArgument:
+    return InvalidArgument(
+        [FieldViolation("", f"the request is not the method's message: {error}")],
+        message=f"invalid request: {error}",
+    )
+
+
+def _decoding(deserializer: Any, streaming: bool) -> Any:
+    """`deserializer` answering a body that is not its message with INVALID_ARGUMENT: for
+    a unary request, an `_Undecodable` the wrapper answers; for a stream's, raised where
+    the handler reads the stream, inside the runtime's scope."""
+    if deserializer is None:
+        return None
+
+    def decode(body: bytes) -> Any:
+        try:
+            return deserializer(body)
+        except DecodeError as error:
+            if streaming:
+                raise _refusal(error) from None
+            return _Undecodable(_refusal(error))
+
+    return decode
+
+
 class Runtime:
     """Wraps service handlers with the runtime; one per server."""
 
@@ -88,7 +126,9 @@ class Runtime:
         factory = _HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
         return factory(  # type: ignore[operator]
             wrap(behavior, call),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_decoding(
+                handler.request_deserializer, handler.request_streaming
+            ),
             response_serializer=handler.response_serializer,
         )
 
@@ -96,6 +136,8 @@ class Runtime:
         async def run(request: Any, context: GrpcContext) -> Any:
             async with _Scope(self._authenticator, call, context) as scope:
                 await scope.authenticate()
+                if isinstance(request, _Undecodable):
+                    await scope.abort(request.error)
                 return await scope.guard(behavior(request, context))
 
         return run
@@ -104,6 +146,8 @@ class Runtime:
         async def run(request: Any, context: GrpcContext) -> AsyncIterator[Any]:
             async with _Scope(self._authenticator, call, context) as scope:
                 await scope.authenticate()
+                if isinstance(request, _Undecodable):
+                    await scope.abort(request.error)
                 result = behavior(request, context)
                 if inspect.isasyncgen(result):
                     iterator = result.__aiter__()
@@ -159,14 +203,14 @@ class _Scope:
         try:
             principal = await self._authenticator.authenticate(self._call.rule, self._metadata)
         except DomainError as error:
-            await self._abort(error)
+            await self.abort(error)
         set_principal(principal)
 
     async def guard(self, awaitable: Awaitable[Any]) -> Any:
         try:
             return await awaitable
         except DomainError as error:
-            await self._abort(error)
+            await self.abort(error)
         except (StopAsyncIteration, asyncio.CancelledError):
             raise
         except Exception as error:
@@ -177,7 +221,7 @@ class _Scope:
             self._code = grpc.StatusCode.INTERNAL
             await self._context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
-    async def _abort(self, error: DomainError) -> None:
+    async def abort(self, error: DomainError) -> None:
         self._code = error.code
         status = error.to_status()
         await self._context.abort(status.code, status.details, status.trailing_metadata)
