@@ -126,9 +126,7 @@ class Runtime:
         factory = _HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
         return factory(  # type: ignore[operator]
             wrap(behavior, call),
-            request_deserializer=_decoding(
-                handler.request_deserializer, handler.request_streaming
-            ),
+            request_deserializer=_decoding(handler.request_deserializer, handler.request_streaming),
             response_serializer=handler.response_serializer,
         )
 
