@@ -636,7 +636,7 @@ def warm_up() -> None:
 
 
 def _prepare(tenant: str, asked: Question, view: _View) -> Subject:
-    key = asked[1]
+    _, key, _ = asked  # its serialized form keys the view's prepared requests
     subject = view.subjects.get(key)
     if subject is None:
         if len(key) > CACHED_REQUEST_BYTES:
