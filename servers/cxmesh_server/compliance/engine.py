@@ -201,7 +201,7 @@ SUBJECTS_PER_VIEW = 100_000
 # Larger requests (the bench's record is 44 bytes; one with every contact field filled,
 # a zone candidate and a campaign, 119) are prepared afresh
 # each time: kept, a dialer sending kilobytes of junk per record would fill the caches'
-# memory (100,000 subjects and 200,000 contacts).
+# memory (100,000 subjects).
 CACHED_REQUEST_BYTES = 1024
 
 
