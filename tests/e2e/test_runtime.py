@@ -48,14 +48,20 @@ def _echo(
         )
 
 
+ECHO_LABELS = {"grpc_service": "cxmesh.diagnostics.v1.EchoService", "grpc_method": "Echo"}
+
+
+def _instance(mesh: Mesh, name: str) -> ServiceInstance:
+    return next(i for i in mesh.instances if i.name == name)
+
+
+def _metrics_url(instance: ServiceInstance) -> str:
+    return f"http://127.0.0.1:{instance.metrics_port}/metrics"
+
+
 def test_metrics_count_started_and_handled_rpcs_by_code(mesh: Mesh, key: SigningKey) -> None:
-    iam = next(i for i in mesh.instances if i.name == "iam")
-    url = f"http://127.0.0.1:{iam.metrics_port}/metrics"
-    labels = {
-        "grpc_service": "cxmesh.diagnostics.v1.EchoService",
-        "grpc_method": "Echo",
-        "grpc_type": "unary",
-    }
+    url = _metrics_url(_instance(mesh, "iam"))
+    labels = {**ECHO_LABELS, "grpc_type": "unary"}
     before = httpx.get(url).text
     token = key.mint(tenant="acme", roles=["viewer"])
     _echo(mesh.edge_target, token)
@@ -317,14 +323,9 @@ def test_a_body_that_is_not_the_methods_message_is_an_invalid_argument_counted_n
 ) -> None:
     """Left to grpc.aio, it was UNKNOWN, never counted, and a traceback in the log for
     every such call."""
-    iam = next(i for i in mesh.instances if i.name == "iam")
-    compliance = next(i for i in mesh.instances if i.name == "compliance")
-    url = f"http://127.0.0.1:{iam.metrics_port}/metrics"
-    labels = {
-        "grpc_service": "cxmesh.diagnostics.v1.EchoService",
-        "grpc_method": "Echo",
-        "grpc_code": "INVALID_ARGUMENT",
-    }
+    iam, compliance = _instance(mesh, "iam"), _instance(mesh, "compliance")
+    url = _metrics_url(iam)
+    labels = {**ECHO_LABELS, "grpc_code": "INVALID_ARGUMENT"}
     logs_before = {i.name: i.log_path.stat().st_size for i in (iam, compliance)}
     counted_before = _metric(httpx.get(url).text, "grpc_server_handled_total", **labels)
     junk = b"\xff\xff\xff"
