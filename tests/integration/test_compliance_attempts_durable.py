@@ -6,7 +6,9 @@ Redis)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from cxmesh_server.compliance.mirror import (
 from cxmesh_server.compliance.store import RESTORE_LOCK, RuleSetStore
 from cxmesh_server.mirrors import suppression
 from cxmesh_server.runtime.errors import Unavailable
+from cxmesh_server.runtime.logging import configure_logging
 from cxmesh_server.runtime.postgres import APP_ROLE, tenant_transaction
 from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.runtime.redis_wire import WireRedis
@@ -51,6 +54,19 @@ from tests.integration.compliance_mirrors import (
 BUSY = call_result_pb2.CALL_RESULT_BUSY
 IN_PROGRESS = call_result_pb2.CALL_RESULT_UNSPECIFIED
 ANSWER = call_result_pb2.CALL_RESULT_ANSWER
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """The process's logs as a service writes them (JSON, repeats limited)."""
+    root = logging.getLogger()
+    kept, level = root.handlers[:], root.level
+    configure_logging("compliance")
+    stream = io.StringIO()
+    root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    yield stream
+    root.handlers[:] = kept
+    root.setLevel(level)
 
 
 @pytest.fixture
@@ -273,6 +289,22 @@ async def test_attempts_reported_while_postgres_is_unreachable_count_at_once(
     assert await _device_history(compliance, tenant, "+14155550251") == [
         f"p1|{BUSY}|{channel_pb2.CHANNEL_VOICE}"
     ]
+
+
+async def test_a_postgres_outage_under_a_busy_dialer_is_one_warning_a_period_not_one_a_report(
+    compliance: Compliance, json_logs: io.StringIO
+) -> None:
+    tenant = "durable-outage-logs"
+    for n in range(50):
+        await record_without_postgres(
+            compliance.rules.mirror, tenant, [_report(f"o{n}", "+14155550261")]
+        )
+    warnings = [json.loads(line) for line in json_logs.getvalue().splitlines()]
+    assert [w["message"] for w in warnings] == [
+        "attempts not stored: Postgres failed; counting them in Redis until it is back"
+    ]
+    assert "4155550261" not in json_logs.getvalue()
+    assert _deferred(tenant, "postgres", "deferred") == 50  # every one counted all the same
 
 
 async def test_attempts_reported_while_postgres_is_unreachable_are_stored_once_it_is_back(

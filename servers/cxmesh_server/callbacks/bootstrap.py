@@ -24,6 +24,7 @@ from cxmesh_server.callbacks.store import CallbackStore, queue_lengths, run_due_
 from cxmesh_server.callbacks.usecases import Callbacks
 from cxmesh_server.mirrors.tenant_regions import TenantRegions
 from cxmesh_server.runtime.accept_loops import Registration
+from cxmesh_server.runtime.logging import repeating
 from cxmesh_server.runtime.server import Resources, ServiceProcess, start_background
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ async def _dispatch(resources: Resources, callbacks: Callbacks) -> None:
                 for row in await queue_lengths(pool):
                     QUEUED.labels(row["tenant_id"], row["queue_id"]).set(row["queued"])
         except Exception:
-            log.warning("callback dispatch failed; retrying", exc_info=True)
+            log.warning("callback dispatch failed; retrying", exc_info=True, extra=repeating())
         turns += 1
         await asyncio.sleep(DISPATCH_SECONDS)
 

@@ -20,6 +20,7 @@ import jwt
 
 from cxmesh.callbacks.v1 import callback_pb2
 from cxmesh_server.callbacks.settings import CallbackSettings
+from cxmesh_server.runtime.logging import repeating
 
 log = logging.getLogger(__name__)
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -71,7 +72,7 @@ class PushNotifier:
             try:
                 self._queue.put_nowait(Notification(tenant, target.target, data))
             except asyncio.QueueFull:
-                log.warning("push queue full; notification dropped", extra={"tenant": tenant})
+                log.warning("push queue full; notification dropped", extra=repeating(tenant=tenant))
 
     async def run(self) -> None:
         """Sends queued notifications for the life of the process."""
@@ -80,7 +81,7 @@ class PushNotifier:
             try:
                 await self._deliver(notification)
             except Exception:
-                log.warning("push notification failed", exc_info=True)
+                log.warning("push notification failed", exc_info=True, extra=repeating())
 
     async def _deliver(self, notification: Notification) -> None:
         settings = self._settings
@@ -100,7 +101,7 @@ class PushNotifier:
                 break
         log.warning(
             "push notification given up",
-            extra={"tenant": notification.tenant, "callback": notification.data["id"]},
+            extra=repeating(tenant=notification.tenant, callback=notification.data["id"]),
         )
 
     async def _send(self, notification: Notification) -> int:

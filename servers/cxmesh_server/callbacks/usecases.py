@@ -32,6 +32,7 @@ from cxmesh_server.runtime.errors import (
     NotFound,
     ResourceExhausted,
 )
+from cxmesh_server.runtime.logging import repeating
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +337,7 @@ class Callbacks:
             rules = await self.rules(tenant, service_id, "callback_service")
             self.push.notify(tenant, callback, {int(s) for s in rules.config.push_states})
         except Exception:
-            log.warning("push notification not queued", exc_info=True)
+            log.warning("push notification not queued", exc_info=True, extra=repeating())
 
     async def announce_moved(self, rows: list[tuple[str, str]]) -> None:
         """Announces callbacks moved by the time-driven transitions (tenant, callback id)."""
@@ -346,4 +347,4 @@ class Callbacks:
             try:
                 await self.announce(tenant, await self.store.get(tenant, callback_id))
             except Exception:
-                log.warning("push notification not queued", exc_info=True)
+                log.warning("push notification not queued", exc_info=True, extra=repeating())

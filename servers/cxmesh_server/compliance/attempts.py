@@ -27,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from cxmesh_server.compliance.metrics import count_deferred
 from cxmesh_server.compliance.mirror import ATTEMPT_RETENTION, RecordedAttempt, RulesMirror
 from cxmesh_server.runtime.errors import Unavailable
+from cxmesh_server.runtime.logging import repeating
 from cxmesh_server.runtime.postgres import tenant_transaction
 from cxmesh_server.runtime.server import run_to_completion
 
@@ -212,7 +213,7 @@ class AttemptStore:
             # and kept until Postgres takes them, as a dialer may never report them again.
             log.warning(
                 "attempts not stored: Postgres failed; counting them in Redis until it is back",
-                extra={"tenant": tenant, "count": len(reports), "error": type(error).__name__},
+                extra=repeating(tenant=tenant, count=len(reports), error=type(error).__name__),
             )
             with suppress(*_REDIS_ERRORS):
                 await self.mirror.keep_unstored(tenant, [_kept(r) for r in reports])
@@ -226,7 +227,7 @@ class AttemptStore:
         except _REDIS_ERRORS as error:
             log.warning(
                 "attempts stored but not counted yet: Redis unreachable; noting a gap",
-                extra={"tenant": tenant, "count": len(latest), "error": type(error).__name__},
+                extra=repeating(tenant=tenant, count=len(latest), error=type(error).__name__),
             )
             # If Postgres is gone too, only the dialer's next report can count them.
             with suppress(*_POSTGRES_ERRORS):

@@ -15,6 +15,7 @@ from cxmesh_server.compliance.mirror import RulesMirror
 from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.mirrors.suppression import SuppressionMirror
 from cxmesh_server.runtime.accept_loops import Registration
+from cxmesh_server.runtime.logging import repeating
 from cxmesh_server.runtime.redis import eviction_risk
 from cxmesh_server.runtime.server import (
     Resources,
@@ -79,7 +80,7 @@ async def _watch_data(store: RuleSetStore, resources: Resources) -> None:
             else:
                 reason = await eviction_risk(redis)
         except Exception as error:
-            log.warning("compliance data unavailable", exc_info=True)
+            log.warning("compliance data unavailable", exc_info=True, extra=repeating())
             reason = str(error) or type(error).__name__
         if (not reason) != serving:
             serving = not reason

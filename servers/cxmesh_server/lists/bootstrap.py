@@ -29,6 +29,7 @@ from cxmesh_server.lists.suppression_store import SuppressionStore
 from cxmesh_server.mirrors.suppression import SuppressionMirror
 from cxmesh_server.mirrors.tenant_regions import TenantRegions
 from cxmesh_server.runtime.accept_loops import Registration
+from cxmesh_server.runtime.logging import repeating
 from cxmesh_server.runtime.mirror_keeper import keep_loaded
 from cxmesh_server.runtime.server import Resources, ServiceProcess, start_background
 
@@ -89,7 +90,7 @@ async def _sweep_interrupted_imports(imports: ImportsStore, every: float) -> Non
             if failed:
                 log.warning("failed interrupted imports", extra={"count": failed})
         except Exception:
-            log.exception("import sweep failed; retrying")
+            log.exception("import sweep failed; retrying", extra=repeating())
         await asyncio.sleep(every)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from cxmesh.lists.v1 import import_pb2
 from cxmesh_server.lists.import_handlers import ImportHandlers, Spool
 from cxmesh_server.runtime.errors import DomainError
+from cxmesh_server.runtime.logging import repeating
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class DropFolder:
             try:
                 await self.scan()
             except Exception:
-                log.exception("drop folder scan failed")
+                log.exception("drop folder scan failed", extra=repeating())
             await asyncio.sleep(SCAN_SECONDS)
 
     async def scan(self) -> list[import_pb2.Import]:

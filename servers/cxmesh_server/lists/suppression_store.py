@@ -13,6 +13,7 @@ from cxmesh_server.lists.domain.suppression import KIND_OF_TYPE, TYPE_OF_KIND, e
 from cxmesh_server.lists.store import new_id
 from cxmesh_server.mirrors.suppression import Entry, SuppressionMirror, channel_mask
 from cxmesh_server.runtime.errors import NotFound
+from cxmesh_server.runtime.logging import repeating
 from cxmesh_server.runtime.postgres import Db, copy_into, tenant_transaction
 
 log = logging.getLogger(__name__)
@@ -327,7 +328,7 @@ class SuppressionStore:
         try:
             await self.repair_abandoned()
         except Exception:
-            log.exception("suppression mirror repair failed; the keeper retries")
+            log.exception("suppression mirror repair failed; the keeper retries", extra=repeating())
 
     async def repair_abandoned(self) -> int:
         """Rebuilds each tenant whose mirror change failed or whose writer died (a full

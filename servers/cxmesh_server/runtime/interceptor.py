@@ -23,6 +23,7 @@ from cxmesh_server.runtime import metrics, tracing
 from cxmesh_server.runtime.auth import Authenticator, MethodRule, method_rule
 from cxmesh_server.runtime.context import GrpcContext, reset_principal, set_principal
 from cxmesh_server.runtime.errors import DomainError, FieldViolation, InvalidArgument
+from cxmesh_server.runtime.logging import repeating
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ class _Scope:
             if _is_abort(error):
                 self._code = _context_code(self._context)
                 raise
-            log.exception("unhandled error in %s", self._call.full_method)
+            log.exception("unhandled error in %s", self._call.full_method, extra=repeating())
             self._code = grpc.StatusCode.INTERNAL
             await self._context.abort(grpc.StatusCode.INTERNAL, "internal error")
 

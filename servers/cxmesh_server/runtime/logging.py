@@ -1,12 +1,15 @@
-"""JSON logs that carry the trace id and never a full phone number."""
+"""JSON logs that carry the trace id, never a full phone number, and do not flood."""
 
 from __future__ import annotations
 
 import logging
 import re
 import sys
+import time
+from collections.abc import Callable
 
 from opentelemetry import trace
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 # Runs of 7+ digits, optionally with a leading + and separators: phone numbers, mostly.
@@ -36,7 +39,53 @@ class TraceContextFilter(logging.Filter):
         return True
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
+_REPEATING = "repeating"  # the LogRecord attribute `repeating()` sets
+_MOST_LOGS = 1_000
+
+
+def repeating(**fields: object) -> dict[str, object]:
+    """`extra` for a log a request, or every turn of a retry loop, can cause: while it
+    repeats, one a period is written, carrying in `not_logged` how many like it were not.
+    Postgres down under a busy dialer is thousands of identical warnings a second."""
+    return {**fields, _REPEATING: True}
+
+
+class RepeatLimitFilter(logging.Filter):
+    """Lets through one record a period for each repeating log (its logger and message),
+    and for each of grpc's own (its logger and message template), which we cannot mark. Hand-written: the
+    log-rate-limit package appends its counts to the message text, and to unrelated
+    records when it forgets a stream, where a JSON field is what a log pipeline needs."""
+
+    def __init__(self, period_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._period_seconds = period_seconds
+        self._clock = clock
+        # (logger, message) -> (when the next one may be written, how many were not since)
+        self._logs: dict[tuple[str, object], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, _REPEATING, False):
+            key = (record.name, record.getMessage())
+        elif record.name.startswith("grpc"):
+            key = (record.name, record.msg)  # the template: its arguments are the call's
+        else:
+            return True
+        now = self._clock()
+        if len(self._logs) > _MOST_LOGS and key not in self._logs:
+            self._logs.clear()  # templates are few; an f-string logged by a library is not
+        next_at, not_logged = self._logs.get(key, (0.0, 0))
+        if now < next_at:
+            self._logs[key] = (next_at, not_logged + 1)
+            return False
+        self._logs[key] = (now + self._period_seconds, 0)
+        if not_logged:
+            record.not_logged = not_logged
+        return True
+
+
+def configure_logging(
+    service: str, level: str = "INFO", repeat_period_seconds: float = 10.0
+) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter(
@@ -44,8 +93,11 @@ def configure_logging(service: str, level: str = "INFO") -> None:
             style="{",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
             static_fields={"service": service},
+            reserved_attrs=[*RESERVED_ATTRS, _REPEATING],
         )
     )
+    # First: it keys on the message template, which RedactingFilter replaces.
+    handler.addFilter(RepeatLimitFilter(repeat_period_seconds))
     handler.addFilter(RedactingFilter())
     handler.addFilter(TraceContextFilter())
     root = logging.getLogger()

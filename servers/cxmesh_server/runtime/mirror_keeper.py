@@ -8,6 +8,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from cxmesh_server.runtime.logging import repeating
+
 log = logging.getLogger(__name__)
 
 
@@ -29,4 +31,4 @@ async def keep_loaded(
             elif repair is not None:
                 await repair()
         except Exception:
-            log.exception("mirror check failed; retrying", extra={"mirror": mirror})
+            log.exception("mirror check failed; retrying", extra=repeating(mirror=mirror))

@@ -43,6 +43,9 @@ class ServiceSettings(BaseSettings):
     # Seconds in-flight calls get to finish after SIGTERM.
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
+    # A log that repeats per request or per retry is written once in this many seconds,
+    # with how many were not (runtime/logging.py); 0 writes every one.
+    log_repeat_seconds: float = Field(default=10.0, ge=0)
     # OTLP/gRPC collector endpoint; tracing exports nothing unless it is set.
     otlp_endpoint: str | None = None
     # Postgres pool size per worker.

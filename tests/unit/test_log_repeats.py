@@ -1,0 +1,64 @@
+"""A log a request or a retry can cause is written once a period while it repeats, with
+how many like it were not; every other log is written as it comes."""
+
+from __future__ import annotations
+
+import logging
+
+from cxmesh_server.runtime.logging import RepeatLimitFilter, repeating
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _record(
+    message: str, *args: object, logger: str = "cxmesh_server.x", **extra: object
+) -> logging.LogRecord:
+    record = logging.LogRecord(logger, logging.WARNING, __file__, 1, message, args, None)
+    record.__dict__.update(extra)
+    return record
+
+
+def test_a_repeating_log_is_written_once_a_period_and_then_says_how_many_were_not() -> None:
+    clock = Clock()
+    limit = RepeatLimitFilter(10.0, clock)
+    down = "attempts not stored: Postgres failed"
+
+    assert limit.filter(_record(down, **repeating(tenant="t1")))
+    assert not any(limit.filter(_record(down, **repeating(tenant="t2"))) for _ in range(4_999))
+    clock.now += 9.9
+    assert not limit.filter(_record(down, **repeating()))
+    clock.now += 0.1
+    written = _record(down, **repeating())
+    assert limit.filter(written)
+    assert written.not_logged == 5_000  # type: ignore[attr-defined]
+
+
+def test_logs_not_marked_repeating_are_all_written() -> None:
+    limit = RepeatLimitFilter(10.0, Clock())
+    changes = [_record("compliance health changed", serving=s) for s in (False, True, False)]
+    assert all(limit.filter(record) for record in changes)
+
+
+def test_each_message_of_a_repeating_log_has_its_own_period() -> None:
+    limit = RepeatLimitFilter(10.0, Clock())
+    assert limit.filter(_record("unhandled error in %s", "/a/A", **repeating()))
+    assert limit.filter(_record("unhandled error in %s", "/b/B", **repeating()))
+    assert not limit.filter(_record("unhandled error in %s", "/a/A", **repeating()))
+
+
+def test_grpcs_own_logs_repeat_by_template_whatever_their_arguments() -> None:
+    limit = RepeatLimitFilter(10.0, Clock())
+    sent = "Failed sending error status from server: %s"
+    assert limit.filter(_record(sent, "peer 1", logger="grpc._cython.cygrpc"))
+    assert not limit.filter(_record(sent, "peer 2", logger="grpc._cython.cygrpc"))
+
+
+def test_a_period_of_zero_writes_every_one() -> None:
+    limit = RepeatLimitFilter(0.0, Clock())
+    assert all(limit.filter(_record("push notification failed", **repeating())) for _ in range(3))
