@@ -17,10 +17,13 @@ class Clock:
 
 
 def _record(
-    message: str, *args: object, logger: str = "cxmesh_server.x", **extra: object
+    message: str,
+    *args: object,
+    extra: dict[str, object] | None = None,
+    logger: str = "cxmesh_server.x",
 ) -> logging.LogRecord:
     record = logging.LogRecord(logger, logging.WARNING, __file__, 1, message, args, None)
-    record.__dict__.update(extra)
+    record.__dict__.update(extra or {})
     return record
 
 
@@ -29,27 +32,29 @@ def test_a_repeating_log_is_written_once_a_period_and_then_says_how_many_were_no
     limit = RepeatLimitFilter(10.0, clock)
     down = "attempts not stored: Postgres failed"
 
-    assert limit.filter(_record(down, **repeating(tenant="t1")))
-    assert not any(limit.filter(_record(down, **repeating(tenant="t2"))) for _ in range(4_999))
+    assert limit.filter(_record(down, extra=repeating(tenant="t1")))
+    assert not any(limit.filter(_record(down, extra=repeating(tenant="t2"))) for _ in range(4_999))
     clock.now += 9.9
-    assert not limit.filter(_record(down, **repeating()))
+    assert not limit.filter(_record(down, extra=repeating()))
     clock.now += 0.1
-    written = _record(down, **repeating())
+    written = _record(down, extra=repeating())
     assert limit.filter(written)
     assert written.not_logged == 5_000  # type: ignore[attr-defined]
 
 
 def test_logs_not_marked_repeating_are_all_written() -> None:
     limit = RepeatLimitFilter(10.0, Clock())
-    changes = [_record("compliance health changed", serving=s) for s in (False, True, False)]
+    changes = [
+        _record("compliance health changed", extra={"serving": s}) for s in (False, True, False)
+    ]
     assert all(limit.filter(record) for record in changes)
 
 
 def test_each_message_of_a_repeating_log_has_its_own_period() -> None:
     limit = RepeatLimitFilter(10.0, Clock())
-    assert limit.filter(_record("unhandled error in %s", "/a/A", **repeating()))
-    assert limit.filter(_record("unhandled error in %s", "/b/B", **repeating()))
-    assert not limit.filter(_record("unhandled error in %s", "/a/A", **repeating()))
+    assert limit.filter(_record("unhandled error in %s", "/a/A", extra=repeating()))
+    assert limit.filter(_record("unhandled error in %s", "/b/B", extra=repeating()))
+    assert not limit.filter(_record("unhandled error in %s", "/a/A", extra=repeating()))
 
 
 def test_grpcs_own_logs_repeat_by_template_whatever_their_arguments() -> None:
@@ -61,4 +66,6 @@ def test_grpcs_own_logs_repeat_by_template_whatever_their_arguments() -> None:
 
 def test_a_period_of_zero_writes_every_one() -> None:
     limit = RepeatLimitFilter(0.0, Clock())
-    assert all(limit.filter(_record("push notification failed", **repeating())) for _ in range(3))
+    assert all(
+        limit.filter(_record("push notification failed", extra=repeating())) for _ in range(3)
+    )
