@@ -16,6 +16,7 @@ from cxmesh.types.v1 import device_pb2
 from cxmesh_server.runtime.errors import InvalidArgument
 from cxmesh_server.stack.mesh import Mesh, wait_serving
 from tests.e2e.lists_helpers import Lists
+from tests.e2e.processes import ended, until, worker_processes
 
 CSV = (
     b"client_id,first_name,last_name,phone,mobile,zip,state,email,balance\n"
@@ -429,8 +430,11 @@ def test_an_import_whose_server_is_killed_fails_cleanly_with_nothing_applied(
             ):
                 assert time.monotonic() < deadline, "the import never started"
                 time.sleep(0.05)
+        import_workers = worker_processes(victim.process.pid)
+        assert import_workers
         victim.process.kill()  # kill -9: no graceful shutdown, no rollback by the server
         victim.process.wait(10)
+        assert until(lambda: all(ended(worker) for worker in import_workers), 10)
     finally:
         if victim.process.poll() is None:
             victim.process.kill()

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from cxmesh.diagnostics.v1 import echo_service_pb2, echo_service_pb2_grpc
 from cxmesh_server.runtime.devkeys import SigningKey
 from cxmesh_server.stack.mesh import Mesh, ServiceInstance, wait_serving
 from tests.conftest import grpc_bearer
+from tests.e2e.processes import ended, read_or_empty, until, worker_processes
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -155,36 +156,9 @@ def _dsn(listener: socket.socket) -> str:
     return f"postgresql://cxmesh@127.0.0.1:{listener.getsockname()[1]}/cxmesh"
 
 
-def _workers(pid: int) -> list[int]:
-    """The worker processes of a service process (not multiprocessing's resource
-    tracker)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if not children.exists():
-        return []
-    return [
-        int(child)
-        for child in children.read_text().split()
-        if b"spawn_main" in _read(Path(f"/proc/{child}/cmdline"))
-    ]
-
-
-def _until(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:  # ended meanwhile
-        return b""
-
-
 def _catches(pid: int, signum: int) -> bool:
     """Whether the process has a handler for `signum` (SigCgt in /proc/PID/status)."""
-    for line in _read(Path(f"/proc/{pid}/status")).decode().splitlines():
+    for line in read_or_empty(Path(f"/proc/{pid}/status")).decode().splitlines():
         if line.startswith("SigCgt:"):
             return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
     return False
@@ -255,28 +229,46 @@ def test_a_worker_that_dies_is_replaced_and_workers_that_keep_dying_stop_the_ser
     parent = instance.process.pid
     try:
         wait_serving(target, time.monotonic() + 60, instance)
-        first = _workers(parent)
+        first = worker_processes(parent)
         assert len(first) == 2
         assert instance.serving_pids() == set(first)  # both listen: one survives the kill
         os.kill(first[0], signal.SIGKILL)  # as the OOM killer would
-        assert _until(lambda: len(set(_workers(parent)) - {first[0]}) == 2, 30)
+        assert until(lambda: len(set(worker_processes(parent)) - {first[0]}) == 2, 30)
         token = key.mint(tenant="acme", roles=["viewer"])
         for n in range(10):  # the survivor serves while the replacement starts
             assert _echo(target, token, message=f"m{n}").message == f"m{n}"
         assert "worker exited; starting another" in instance.own_log()
-        (replacement,) = set(_workers(parent)) - set(first)
-        assert _until(lambda: replacement in instance.serving_pids(), 60)
+        (replacement,) = set(worker_processes(parent)) - set(first)
+        assert until(lambda: replacement in instance.serving_pids(), 60)
         deadline = time.monotonic() + 30
         # Four more deaths within the minute: the service stops, for its supervisor to see.
         killed = {first[0]}
         while instance.process.poll() is None and time.monotonic() < deadline:
-            for child in set(_workers(parent)) - killed:
+            for child in set(worker_processes(parent)) - killed:
                 os.kill(child, signal.SIGKILL)
                 killed.add(child)
             time.sleep(0.05)
         assert instance.process.wait(20) == 1
         assert "workers keep exiting; stopping" in instance.own_log()
-        assert not _workers(parent)
+        assert not worker_processes(parent)
+    finally:
+        if instance.process.poll() is None:
+            instance.process.kill()
+        mesh.instances.remove(instance)
+
+
+def test_the_workers_of_a_service_killed_9_drain_and_stop_with_it(mesh: Mesh) -> None:
+    """Killed -9 (the OOM killer), a supervisor cannot stop its workers; the kernel does,
+    or they would hold the port, running the old code, for good."""
+    instance = mesh.start_service("iam", env={"CXMESH_WORKERS": "2"})
+    try:
+        wait_serving(f"127.0.0.1:{instance.port}", time.monotonic() + 60, instance)
+        workers = worker_processes(instance.process.pid)
+        assert len(workers) == 2
+        instance.process.kill()
+        instance.process.wait(10)
+        assert until(lambda: all(ended(worker) for worker in workers), 30)
+        assert instance.own_log().count('"message": "stopped"') == 2  # drained, not killed
     finally:
         if instance.process.poll() is None:
             instance.process.kill()
@@ -291,7 +283,7 @@ def test_a_worker_still_running_long_after_the_stop_is_killed_and_named(mesh: Me
     parent = instance.process.pid
     try:
         wait_serving(f"127.0.0.1:{instance.port}", time.monotonic() + 60, instance)
-        stuck, _ = _workers(parent)
+        stuck, _ = worker_processes(parent)
         os.kill(stuck, signal.SIGSTOP)  # hangs: takes no signal but SIGKILL
         stopped_at = time.monotonic()
         instance.process.send_signal(signal.SIGTERM)
@@ -299,7 +291,7 @@ def test_a_worker_still_running_long_after_the_stop_is_killed_and_named(mesh: Me
         assert 2 * grace + 10 <= time.monotonic() - stopped_at < 2 * grace + 15
         killed = [line for line in instance.own_log().splitlines() if "killing it" in line]
         assert len(killed) == 1 and f"{stuck}" in killed[0]
-        assert not _workers(parent)
+        assert not worker_processes(parent)
     finally:
         if instance.process.poll() is None:
             instance.process.kill()

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
@@ -28,6 +29,7 @@ from cxmesh_server.lists.suppression_handlers import SuppressionHandlers
 from cxmesh_server.lists.suppression_store import SuppressionStore
 from cxmesh_server.mirrors.suppression import SuppressionMirror
 from cxmesh_server.mirrors.tenant_regions import TenantRegions
+from cxmesh_server.runtime import stop_signals
 from cxmesh_server.runtime.accept_loops import Registration
 from cxmesh_server.runtime.logging import repeating
 from cxmesh_server.runtime.mirror_keeper import keep_loaded
@@ -44,6 +46,12 @@ def _suppression(resources: Resources) -> SuppressionStore:
     )
 
 
+def _start_import_worker() -> None:
+    # Its rows go to its parent's transaction, which ends with the parent.
+    stop_signals.with_parent(signal.SIGKILL)
+    warm_up_worker()
+
+
 async def build(resources: Resources) -> Sequence[Registration]:
     pool = resources.require_postgres()
     settings = resources.settings
@@ -51,7 +59,7 @@ async def build(resources: Resources) -> Sequence[Registration]:
     executor = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=warm_up_worker,
+        initializer=_start_import_worker,
     )
     lists = ListsStore(pool)
     regions = TenantRegions(resources.require_redis())

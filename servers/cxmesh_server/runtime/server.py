@@ -316,6 +316,7 @@ async def _stop_at_once(servers: Sequence[grpc.aio.Server]) -> None:
 
 def _worker_main(process: ServiceProcess) -> None:
     stop_signals.remember()
+    stop_signals.with_parent(signal.SIGTERM)  # a supervisor killed -9: drain and stop
     settings = ServiceSettings(metrics_port=0)
     configure_logging(settings.service, settings.log_level, settings.log_repeat_seconds)
     configure_tracing(settings.service, settings.otlp_endpoint)

@@ -12,7 +12,9 @@ Deliberately free of heavy imports: `python -m cxmesh_server` imports this first
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -45,3 +47,20 @@ def stop_requested() -> asyncio.Event:
     if _received:
         stop.set()
     return stop
+
+
+def with_parent(signum: int) -> None:
+    """In a child process (a service worker, an import worker): the kernel sends it
+    `signum` when its parent ends, however it ends. A parent killed -9 (the OOM killer, a
+    test) otherwise leaves its children running for good: service workers holding the
+    port with old code, import workers stuck on a queue nobody reads. Linux only."""
+    if sys.platform != "linux":
+        return
+    import multiprocessing
+
+    import pyprctl
+
+    pyprctl.set_pdeathsig(signum)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os.kill(os.getpid(), signum)  # the parent ended before the kernel was asked
