@@ -60,6 +60,30 @@ def test_a_rule_change_within_the_same_second_is_not_answered_from_the_cache() -
     assert verdicts.get(changed, NEW_YORK, BEFORE_NINE, second).denials
 
 
+def test_a_decision_the_time_rules_alone_deny_is_shared_within_its_second_only() -> None:
+    verdicts = _TimeVerdicts()
+    profile = view(tcpa()).profile("", 1)
+    at_nine = BEFORE_NINE + timedelta(milliseconds=100)
+    second = int(at_nine.timestamp())
+    denied = verdicts.denied(profile, NEW_YORK, verdicts.get(profile, NEW_YORK, at_nine, second))
+    assert not denied.allowed
+    assert [d.code for d in denied.denials] == [decision_pb2.DENIAL_CODE_OUTSIDE_CONTACT_WINDOW]
+    assert denied.time_zone == "America/New_York"
+    assert list(denied.rule_set_revisions) == list(profile.revisions)
+    # 08:00 the next morning in New York
+    assert denied.next_allowed_time.ToDatetime(UTC) == datetime(2026, 11, 24, 13, 0, tzinfo=UTC)
+    later = at_nine + timedelta(milliseconds=800)
+    verdict = verdicts.get(profile, NEW_YORK, later, second)
+    assert verdicts.denied(profile, NEW_YORK, verdict) is denied
+    next_second = verdicts.get(profile, NEW_YORK, later + timedelta(seconds=1), second + 1)
+    assert verdicts.denied(profile, NEW_YORK, next_second) is not denied
+    other_rules = view(morning_only()).profile("", 1)
+    verdict = verdicts.get(other_rules, NEW_YORK, later, second + 1)
+    assert list(verdicts.denied(other_rules, NEW_YORK, verdict).rule_set_revisions) == [
+        "ruleSets/r@2"
+    ]
+
+
 def test_profiles_pick_campaign_rules_and_their_suppression_lists() -> None:
     bound = rule_set_pb2.RuleSet(name="ruleSets/b", display_name="b", campaigns=["campaigns/x"])
     bound.suppression_lists.append("suppressionLists/named")

