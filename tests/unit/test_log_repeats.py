@@ -69,3 +69,48 @@ def test_a_period_of_zero_writes_every_one() -> None:
     assert all(
         limit.filter(_record("push notification failed", extra=repeating())) for _ in range(3)
     )
+
+
+class Kept(logging.Handler):
+    def __init__(self, limit: RepeatLimitFilter) -> None:
+        super().__init__()
+        self.addFilter(limit)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_the_last_of_a_run_is_written_once_its_period_is_over_though_none_came_after() -> None:
+    clock = Clock()
+    limit = RepeatLimitFilter(10.0, clock)
+    log = Kept(limit)
+    for n in range(100):
+        log.handle(_record("attempts not stored", extra=repeating(n=n)))
+        clock.now += 0.01
+    assert [r.n for r in log.records] == [0]  # type: ignore[attr-defined]
+    limit.write_last(log)
+    assert len(log.records) == 1  # its period is not over yet
+    clock.now += 10.0
+    limit.write_last(log)
+    last = log.records[-1]
+    assert (last.n, last.not_logged) == (99, 98)  # type: ignore[attr-defined]
+    limit.write_last(log)
+    assert len(log.records) == 2  # written once
+
+
+def test_as_the_process_stops_the_last_of_every_run_is_written_at_once() -> None:
+    clock = Clock()
+    limit = RepeatLimitFilter(10.0, clock)
+    log = Kept(limit)
+    for message in ("push notification failed", "push notification failed", "mirror failed"):
+        log.handle(_record(message, extra=repeating()))
+    log.handle(_record("mirror failed", extra=repeating()))
+    limit.write_last(log, at_once=True)
+    assert [r.getMessage() for r in log.records] == [
+        "push notification failed",
+        "mirror failed",
+        "push notification failed",
+        "mirror failed",
+    ]
+    assert not any(hasattr(r, "not_logged") for r in log.records)  # none between

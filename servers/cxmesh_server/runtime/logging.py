@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
@@ -52,7 +53,8 @@ def repeating(**fields: object) -> dict[str, object]:
 
 class RepeatLimitFilter(logging.Filter):
     """Lets through one record a period for each repeating log (its logger and message),
-    and for each of grpc's own (its logger and message template), which we cannot mark. Hand-written: the
+    and for each of grpc's own (its logger and message template), which we cannot mark;
+    the last of a run is written once its period is over (`write_last`). Hand-written: the
     log-rate-limit package appends its counts to the message text, and to unrelated
     records when it forgets a stream, where a JSON field is what a log pipeline needs."""
 
@@ -62,6 +64,20 @@ class RepeatLimitFilter(logging.Filter):
         self._clock = clock
         # (logger, message) -> (when the next one may be written, how many were not since)
         self._logs: dict[tuple[str, object], tuple[float, int]] = {}
+        # (logger, message) -> the last one not written
+        self._last: dict[tuple[str, object], logging.LogRecord] = {}
+
+    def write_last(self, handler: logging.Handler, *, at_once: bool = False) -> None:
+        """Writes the last record of each run of repeats whose period is over (`at_once`:
+        every one, as the process stops), so that the log shows when a run ended and how
+        big it was, though nothing like it came after."""
+        now = self._clock()
+        for key, record in list(self._last.items()):
+            next_at, not_logged = self._logs.get(key, (0.0, 0))
+            if at_once or now >= next_at:
+                del self._last[key]
+                self._logs[key] = (0.0, not_logged - 1)  # itself, written now
+                handler.handle(record)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, _REPEATING, False):
@@ -73,14 +89,32 @@ class RepeatLimitFilter(logging.Filter):
         now = self._clock()
         if len(self._logs) > _MOST_LOGS and key not in self._logs:
             self._logs.clear()  # templates are few; an f-string logged by a library is not
+            self._last.clear()
         next_at, not_logged = self._logs.get(key, (0.0, 0))
         if now < next_at:
             self._logs[key] = (next_at, not_logged + 1)
+            self._last[key] = record
             return False
+        self._last.pop(key, None)
         self._logs[key] = (now + self._period_seconds, 0)
         if not_logged:
             record.not_logged = not_logged
         return True
+
+
+def write_last_repeats(*, at_once: bool = False) -> None:
+    """`RepeatLimitFilter.write_last` for the process's log."""
+    for handler in logging.getLogger().handlers:
+        for limit in handler.filters:
+            if isinstance(limit, RepeatLimitFilter):
+                limit.write_last(handler, at_once=at_once)
+
+
+async def write_last_repeats_every(seconds: float) -> None:
+    """For the process's life (`start_background`)."""
+    while True:
+        await asyncio.sleep(seconds)
+        write_last_repeats()
 
 
 def configure_logging(

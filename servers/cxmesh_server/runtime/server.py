@@ -40,7 +40,12 @@ from cxmesh_server.runtime.accept_loops import Registration, start_servers
 from cxmesh_server.runtime.auth import Authenticator, JwtVerifier
 from cxmesh_server.runtime.collector import long_lived
 from cxmesh_server.runtime.interceptor import Runtime
-from cxmesh_server.runtime.logging import configure_logging, repeating
+from cxmesh_server.runtime.logging import (
+    configure_logging,
+    repeating,
+    write_last_repeats,
+    write_last_repeats_every,
+)
 from cxmesh_server.runtime.metrics import serve_metrics
 from cxmesh_server.runtime.postgres import create_pool
 from cxmesh_server.runtime.redis import create_redis
@@ -193,6 +198,7 @@ async def run_server(settings: ServiceSettings, process: ServiceProcess) -> None
     """Serves until SIGTERM/SIGINT, then shuts down gracefully. A stop signal while the
     process is still starting (migrating, loading) ends the start there."""
     stop = stop_signals.stop_requested()
+    start_background(write_last_repeats_every(1.0))
     starting = asyncio.create_task(_start(settings, process))
     signalled = asyncio.create_task(stop.wait())
     await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
@@ -200,6 +206,7 @@ async def run_server(settings: ServiceSettings, process: ServiceProcess) -> None
         starting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await starting
+        write_last_repeats(at_once=True)
         log.info("stopped before serving")
         return
     serving = starting.result()
@@ -212,6 +219,7 @@ async def run_server(settings: ServiceSettings, process: ServiceProcess) -> None
     if unfinished:
         log.warning("work unfinished at shutdown", extra={"count": unfinished})
     await serving.resources.close()
+    write_last_repeats(at_once=True)
     log.info("stopped")
 
 
