@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -23,6 +25,7 @@ from google.protobuf.duration_pb2 import Duration
 from cxmesh.diagnostics.v1 import echo_service_pb2, echo_service_pb2_grpc
 from cxmesh_server.runtime.devkeys import SigningKey
 from cxmesh_server.stack.mesh import Mesh, ServiceInstance, wait_serving
+from cxmesh_server.stack.ports import free_port
 from tests.conftest import grpc_bearer
 from tests.e2e.processes import ended, read_or_empty, until, worker_processes
 
@@ -273,6 +276,40 @@ def test_the_workers_of_a_service_killed_9_drain_and_stop_with_it(mesh: Mesh) ->
         if instance.process.poll() is None:
             instance.process.kill()
         mesh.instances.remove(instance)
+
+
+def test_a_failure_repeating_every_turn_is_logged_once_a_period_and_its_last_at_stop(
+    mesh: Mesh,
+) -> None:
+    nothing_there = f"redis://127.0.0.1:{free_port()}/0"  # its check fails every second
+    instance = mesh.start_service(
+        "compliance", env={"CXMESH_REDIS_URL": nothing_there, "CXMESH_LOG_REPEAT_SECONDS": "3"}
+    )
+    try:
+        # The first, then the last of its first period.
+        assert until(lambda: len(_unavailable(instance)) >= 2, 30)
+        time.sleep(1.5)  # a check or two into the next period: not written yet
+        instance.process.send_signal(signal.SIGTERM)
+        assert instance.process.wait(30) == 0
+    finally:
+        if instance.process.poll() is None:
+            instance.process.kill()
+        mesh.instances.remove(instance)
+    written = _unavailable(instance)
+    assert "not_logged" not in written[0] and written[1]["not_logged"] >= 1
+    checks = sum(1 + w.get("not_logged", 0) for w in written)
+    assert len(written) < checks  # not one a check
+    lines = instance.own_log().splitlines()
+    last = max(n for n, line in enumerate(lines) if UNAVAILABLE in line)
+    stopping = next(n for n, line in enumerate(lines) if '"message": "shutting down"' in line)
+    assert last > stopping  # the run's last, written at stop
+
+
+UNAVAILABLE = '"message": "compliance data unavailable"'
+
+
+def _unavailable(instance: ServiceInstance) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in instance.own_log().splitlines() if UNAVAILABLE in line]
 
 
 def test_a_worker_still_running_long_after_the_stop_is_killed_and_named(mesh: Mesh) -> None:
