@@ -157,6 +157,15 @@ def measure(run: Run, env: Environment) -> None:
             )
             .rule_set
         )
+        # The same rules with the TCPA window (08:00-21:00, the default), for one campaign.
+        tcpa = rule_set_pb2.RuleSet(
+            display_name="bench, TCPA window",
+            campaigns=[compliance_new_records.TCPA_CAMPAIGN],
+            attempt_rules=rules.attempt_rules,
+        )
+        rule_set_service_pb2_grpc.RuleSetServiceStub(channel).CreateRuleSet(
+            rule_set_service_pb2.CreateRuleSetRequest(rule_set=tcpa), metadata=admin
+        )
         suppression = suppression_service_pb2_grpc.SuppressionServiceStub(channel)
         dnc = suppression.CreateSuppressionList(
             suppression_service_pb2.CreateSuppressionListRequest(

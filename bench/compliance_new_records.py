@@ -4,6 +4,10 @@ costs, where every number is parsed, typed and placed for the first time.
 The batch figure h2load gives sends the same 1,000 records every call (h2load cannot vary
 a body), so its numbers come from the process's caches, as when a dialer re-validates its
 records. A list validated once before it is dialled is all new numbers.
+
+A second figure sends half its records where it is night, to a campaign with the TCPA
+window: records outside their window are denied, and a denial, unlike "allowed", tells
+when the record may be called.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import grpc
 
@@ -30,11 +37,23 @@ WINDOWS = 3
 BATCHES_PER_WINDOW = 1200
 # Area codes no other compliance figure dials (212 and 415 are the cached records').
 _SKIPPED_AREA_CODES = frozenset({"212", "415"})
+CAMPAIGN = "campaigns/bench"  # the bench's rules: open all day
+TCPA_CAMPAIGN = "campaigns/bench-tcpa"  # the same rules with the TCPA window
+# Zones around the world: at any hour, one is well inside 08:00-21:00 and one well outside.
+_ZONES = (
+    "Pacific/Honolulu",
+    "America/Los_Angeles",
+    "America/New_York",
+    "Europe/London",
+    "Asia/Kolkata",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+)
 
 
-def _numbers() -> Iterator[str]:
-    """Distinct North American numbers: every area code the place tables know, exchange
-    555 (valid in all but a few), each line number."""
+def _numbers(exchange: str) -> Iterator[str]:
+    """Distinct North American numbers: every area code the place tables know, the
+    exchange (555, 556: valid in all but a few), each line number."""
     area_codes = [
         area
         for area in (f"{n:03d}" for n in range(200, 1000))
@@ -42,20 +61,32 @@ def _numbers() -> Iterator[str]:
     ]
     for line in range(10_000):
         for area in area_codes:
-            yield f"+1{area}555{line:04d}"
+            yield f"+1{area}{exchange}{line:04d}"
 
 
-def _batches(count: int) -> list[bytes]:
-    numbers = _numbers()
+def day_and_night_zones(now: datetime) -> tuple[str, str]:
+    """A zone where it is between 10:00 and 19:00 at `now`, and one between 23:00 and 06:00
+    (an hour or more from either end of the window, for the figure's minute)."""
+    hours = {zone: now.astimezone(ZoneInfo(zone)).hour for zone in _ZONES}
+    day = next(zone for zone, hour in hours.items() if 10 <= hour < 19)
+    night = next(zone for zone, hour in hours.items() if hour >= 23 or hour < 6)
+    return day, night
+
+
+def _batches(count: int, campaign: str, exchange: str, zones: tuple[str, ...]) -> list[bytes]:
+    """`zones`: the records' time zones, in turn; none: each placed by its number."""
+    numbers = _numbers(exchange)
     batches = []
     for b in range(count):
         request = decision_service_pb2.PreValidateBatchRequest(
             decision_requests=[
                 decision_pb2.DecisionRequest(
                     contact=decision_pb2.Contact(
-                        address=next(numbers), client_id=f"new-{b * BATCH + n}"
+                        address=next(numbers),
+                        client_id=f"new-{b * BATCH + n}",
+                        time_zone=zones[n % len(zones)] if zones else "",
                     ),
-                    campaign="campaigns/bench",
+                    campaign=campaign,
                 )
                 for n in range(BATCH)
             ]
@@ -95,10 +126,46 @@ async def _send(
 
 
 def measure(run: Run, group: str, port: int, metrics_port: int, auth: dict[str, str]) -> None:
+    figure = _measure(
+        port, metrics_port, auth, _batches(WINDOWS * BATCHES_PER_WINDOW, CAMPAIGN, "555", ())
+    )
+    run.record(
+        Figure(
+            group,
+            "prevalidate_batch_new_records_per_s",
+            figure.rate,
+            "records/s",
+            f"{group}.prevalidate_batch_records_per_s",
+            note=f"PreValidateBatch of 1,000 records never seen before (distinct numbers of "
+            f"every area code, each its own client id), {figure.note}",
+        )
+    )
+    day, night = day_and_night_zones(datetime.now(UTC))
+    batches = _batches(WINDOWS * BATCHES_PER_WINDOW, TCPA_CAMPAIGN, "556", (day, night))
+    figure = _measure(port, metrics_port, auth, batches)
+    run.record(
+        Figure(
+            group,
+            "prevalidate_batch_new_records_half_at_night_per_s",
+            figure.rate,
+            "records/s",
+            f"{group}.prevalidate_batch_new_records_per_s",
+            note=f"the same with the TCPA window, every other record's time zone {day} "
+            f"(day) or {night} (night), {figure.note}",
+        )
+    )
+
+
+@dataclass(frozen=True)
+class _Windows:
+    rate: float  # records/s: the windows' median
+    note: str
+
+
+def _measure(port: int, metrics_port: int, auth: dict[str, str], batches: list[bytes]) -> _Windows:
     # Enough for 10 s at 120,000 records/s a window (if the process is faster, a window's
     # figure is taken over the time its batches lasted); built before the clock starts,
     # every window's numbers new. 600 batches (10 s at 60,000) had come to last 6 s.
-    batches = _batches(WINDOWS * BATCHES_PER_WINDOW)
     windows: list[tuple[float, int, float]] = []  # (records/s, batches, seconds)
     with only_ok([metrics_port], "PreValidateBatch") as ok:
         for window in range(WINDOWS):
@@ -115,21 +182,14 @@ def measure(run: Run, group: str, port: int, metrics_port: int, auth: dict[str, 
         else "+".join(decision_pb2.DenialCode.Name(x.code) for x in d.denials)
         for d in sample.decisions
     )
-    run.record(
-        Figure(
-            group,
-            "prevalidate_batch_new_records_per_s",
-            statistics.median(rate for rate, _, _ in windows),
-            "records/s",
-            f"{group}.prevalidate_batch_records_per_s",
-            note=f"PreValidateBatch of 1,000 records never seen before (distinct numbers of "
-            f"every area code, each its own client id), {IN_FLIGHT} calls in flight from a "
-            f"grpc.aio client; the median of {WINDOWS} windows, in turn: "
-            + ", ".join(
-                f"{rate:,.0f} ({answered} batches in {seconds:.1f} s)"
-                for rate, answered, seconds in windows
-            )
-            + "; the last batch's answers: "
-            + ", ".join(f"{n} {what}" for what, n in outcomes.most_common()),
+    return _Windows(
+        statistics.median(rate for rate, _, _ in windows),
+        f"{IN_FLIGHT} calls in flight from a grpc.aio client; the median of {WINDOWS} "
+        "windows, in turn: "
+        + ", ".join(
+            f"{rate:,.0f} ({answered} batches in {seconds:.1f} s)"
+            for rate, answered, seconds in windows
         )
+        + "; the last batch's answers: "
+        + ", ".join(f"{n} {what}" for what, n in outcomes.most_common()),
     )

@@ -9,11 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from bench.baselines import ECHO_PATH
+from bench.compliance_new_records import day_and_night_zones
 from bench.cpu import CpuMeter, process_seconds, with_descendants
 from bench.load import LoadResult, _paced_run, grpc_frame, merged
 from cxmesh.diagnostics.v1 import echo_service_pb2
@@ -109,3 +112,13 @@ def test_a_paced_run_holds_only_its_own_requests_after_another_in_the_same_folde
     assert len(probe) == 20
     assert len(measured) == 20
     assert min(start for start, _, _ in measured) >= started
+
+
+def test_the_night_figure_finds_a_zone_in_its_day_and_one_in_its_night_at_every_hour() -> None:
+    for first in (datetime(2026, 1, 15, tzinfo=UTC), datetime(2026, 7, 15, tzinfo=UTC)):
+        for quarter in range(96):
+            now = first + timedelta(minutes=15 * quarter)
+            day, night = day_and_night_zones(now)
+            assert 10 <= now.astimezone(ZoneInfo(day)).hour < 19
+            night_hour = now.astimezone(ZoneInfo(night)).hour
+            assert night_hour >= 23 or night_hour < 6
