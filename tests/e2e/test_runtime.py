@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -283,7 +283,7 @@ def test_a_failure_repeating_every_turn_is_logged_once_a_period_and_its_last_at_
 ) -> None:
     nothing_there = f"redis://127.0.0.1:{free_port()}/0"  # its check fails every second
     instance = mesh.start_service(
-        "compliance", env={"CXMESH_REDIS_URL": nothing_there, "CXMESH_LOG_REPEAT_SECONDS": "3"}
+        "compliance", env={"CXMESH_REDIS_URL": nothing_there, "CXMESH_LOG_REPEAT_SECONDS": "3.5"}
     )
     try:
         # The first, then the last of its first period.
@@ -297,6 +297,9 @@ def test_a_failure_repeating_every_turn_is_logged_once_a_period_and_its_last_at_
         mesh.instances.remove(instance)
     written = _unavailable(instance)
     assert "not_logged" not in written[0] and written[1]["not_logged"] >= 1
+    # The second is the last check of the first period (~3 s in), written once the period
+    # was over: not the first check after it (3.5 s or more in).
+    assert _logged_at(written[1]) - _logged_at(written[0]) < timedelta(seconds=3.5)
     checks = sum(1 + w.get("not_logged", 0) for w in written)
     assert len(written) < checks  # not one a check
     lines = instance.own_log().splitlines()
@@ -306,6 +309,10 @@ def test_a_failure_repeating_every_turn_is_logged_once_a_period_and_its_last_at_
 
 
 UNAVAILABLE = '"message": "compliance data unavailable"'
+
+
+def _logged_at(line: dict[str, Any]) -> datetime:
+    return datetime.strptime(line["time"], "%Y-%m-%d %H:%M:%S,%f")
 
 
 def _unavailable(instance: ServiceInstance) -> list[dict[str, Any]]:

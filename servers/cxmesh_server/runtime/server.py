@@ -98,6 +98,9 @@ class Resources:
             await self.redis_wire.close()
 
 
+# How soon after its period the last of a run of repeated logs is written: a look at a
+# small dict.
+REPEATS_WRITTEN_EVERY_SECONDS = 0.25
 _background: set[asyncio.Task[None]] = set()
 # Work that goes on to its end though its caller stopped waiting (`run_to_completion`).
 _unabandoned: set[asyncio.Task[Any]] = set()
@@ -198,7 +201,7 @@ async def run_server(settings: ServiceSettings, process: ServiceProcess) -> None
     """Serves until SIGTERM/SIGINT, then shuts down gracefully. A stop signal while the
     process is still starting (migrating, loading) ends the start there."""
     stop = stop_signals.stop_requested()
-    start_background(write_last_repeats_every(1.0))
+    start_background(write_last_repeats_every(REPEATS_WRITTEN_EVERY_SECONDS))
     starting = asyncio.create_task(_start(settings, process))
     signalled = asyncio.create_task(stop.wait())
     await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
