@@ -1267,6 +1267,73 @@ def test_with_redis_unreachable_or_evicting_every_answer_is_deny_and_health_says
         wait_serving(target, time.monotonic() + 10, replica)
 
 
+def test_a_full_redis_denies_every_answer_and_refuses_writes_as_unavailable_until_it_has_room(
+    compliance: Compliance, mesh: Mesh, state_dir: Path
+) -> None:
+    """A full Redis (maxmemory reached, noeviction) refuses every write: attempts and
+    emergency suppression entries would go missing, so nothing it holds is trusted."""
+    compliance.create(limited("two a day", 2, timedelta(days=1)))
+    with _replica_on_own_redis(mesh, state_dir / "full-redis") as own:
+        target = own.target
+        _mark_suppression_loaded(own.redis.port)  # as the lists service would
+        wait_serving(target, time.monotonic() + 60, own.replica)
+        _until_allowed(target, compliance, "+14155550179", 10)
+        admin = redis.Redis(port=own.redis.port)
+        admin.config_set("maxmemory", 1)
+        # Denied at once here (Redis 6.2 refuses the read's transaction too), and for
+        # its reason from the next check of Redis's memory (every 5 s).
+        deadline = time.monotonic() + 10
+        while (
+            "Redis is full"
+            not in (decision := _decide_direct(target, compliance, "+14155550179"))
+            .denials[0]
+            .reason
+        ):
+            assert not decision.allowed, "decisions trusted a full Redis"
+            assert time.monotonic() < deadline, decision
+            time.sleep(0.2)
+        assert [d.code for d in decision.denials] == [decision_pb2.DENIAL_CODE_DATA_UNAVAILABLE]
+        while _health(target) == health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline, "health still says SERVING"
+            time.sleep(0.2)
+        report = decision_service_pb2.RecordAttemptsRequest(
+            attempts=[_attempt("while-full", "+14155550179")]
+        )
+        with grpc.insecure_channel(target) as channel:
+            # "Report it again", which a dialer's retry policy does, not an internal error.
+            with pytest.raises(grpc.RpcError) as refused:
+                decision_service_pb2_grpc.DecisionServiceStub(channel).RecordAttempts(
+                    report, metadata=compliance.md, timeout=10
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            with pytest.raises(grpc.RpcError) as refused:
+                rule_set_service_pb2_grpc.RuleSetServiceStub(channel).CreateRuleSet(
+                    rule_set_service_pb2.CreateRuleSetRequest(rule_set=all_day("while full")),
+                    metadata=compliance.md,
+                    timeout=10,
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
+        # Nor half written: the rule set Redis refused is not in Postgres either.
+        listed = compliance.rules.ListRuleSets(
+            rule_set_service_pb2.ListRuleSetsRequest(), metadata=compliance.md, timeout=10
+        )
+        assert [r.display_name for r in listed.rule_sets] == ["two a day"]
+        admin.config_set("maxmemory", 0)
+        _until_allowed(target, compliance, "+14155550180", 10)
+        with grpc.insecure_channel(target) as channel:
+            stub = decision_service_pb2_grpc.DecisionServiceStub(channel)
+            stub.RecordAttempts(report, metadata=compliance.md, timeout=10)
+            # Counted once, whether or not Postgres took the refused report: one of two.
+            assert _decide_direct(target, compliance, "+14155550179").allowed
+            second = decision_service_pb2.RecordAttemptsRequest(
+                attempts=[_attempt("after-full", "+14155550179")]
+            )
+            stub.RecordAttempts(second, metadata=compliance.md, timeout=10)
+        denied = _decide_direct(target, compliance, "+14155550179")
+        assert [d.code for d in denied.denials] == [decision_pb2.DENIAL_CODE_ATTEMPT_LIMIT]
+        wait_serving(target, time.monotonic() + 10, own.replica)
+
+
 def test_attempts_count_again_after_compliance_redis_restarts_empty(
     compliance: Compliance, mesh: Mesh, state_dir: Path
 ) -> None:

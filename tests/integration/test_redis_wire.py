@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+from redis.exceptions import ConnectionError, OutOfMemoryError, ResponseError, TimeoutError
 
 from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.runtime.redis_wire import Script, WireRedis
@@ -99,6 +99,23 @@ async def test_a_refused_transaction_runs_nothing_and_the_connection_stays_in_st
     with pytest.raises(ResponseError, match="WRONGTYPE"):
         await wire.transaction([("INCR", "wire:kept"), ("HGET", "wire:text", "f")])
     assert await wire.execute("GET", "wire:kept") == "1"
+    await wire.close()
+
+
+async def test_a_full_redis_refuses_writes_with_redis_pys_out_of_memory_error(
+    own_redis: EmbeddedRedis, admin: Redis
+) -> None:
+    """Callers tell a full Redis (an outage: try again later) from a wrong command."""
+    await admin.set("wire:full", "0")
+    wire = WireRedis(own_redis.url)
+    await admin.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(OutOfMemoryError):
+            await wire.execute("INCR", "wire:full")
+        assert await wire.execute("GET", "wire:full") == "0"  # reads go on
+    finally:
+        await admin.config_set("maxmemory", 0)
+    assert await wire.execute("INCR", "wire:full") == 1
     await wire.close()
 
 

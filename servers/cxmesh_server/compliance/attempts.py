@@ -21,14 +21,13 @@ from datetime import UTC, datetime
 from operator import attrgetter
 
 import asyncpg
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cxmesh_server.compliance.metrics import count_deferred
 from cxmesh_server.compliance.mirror import ATTEMPT_RETENTION, RecordedAttempt, RulesMirror
 from cxmesh_server.runtime.errors import Unavailable
 from cxmesh_server.runtime.logging import repeating
-from cxmesh_server.runtime.postgres import tenant_transaction
+from cxmesh_server.runtime.postgres import POSTGRES_OUTAGES, tenant_transaction
+from cxmesh_server.runtime.redis import REDIS_OUTAGES
 from cxmesh_server.runtime.server import run_to_completion
 
 log = logging.getLogger(__name__)
@@ -41,18 +40,6 @@ PRUNE_CHUNK = 10_000
 REPAIR_CHUNK = 100
 # Unstored reports of a tenant stored per pass.
 UNSTORED_CHUNK = 100
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-# Failures that reporting again, later, gets past.
-_POSTGRES_ERRORS = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError,  # shutting down, starting up, statement timeout
-    asyncpg.InterfaceError,
-    asyncpg.InsufficientResourcesError,  # too many connections, disk full
-    asyncpg.TransactionRollbackError,  # serialization failure, deadlock
-    asyncpg.ReadOnlySQLTransactionError,  # a demoted primary, until the pool reconnects
-    asyncpg.LockNotAvailableError,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +184,7 @@ class AttemptStore:
 
     async def record(self, tenant: str, reports: Sequence[AttemptReport]) -> int:
         """Records the reports, in order; returns how many attempts were new. Raises
-        Unavailable when Postgres or Redis cannot be reached: reporting again is safe.
+        Unavailable when Postgres or Redis fails to take them: reporting again is safe.
 
         A caller that stops waiting (its deadline passed) does not stop the recording: a
         dialer may never report the attempts again, and half a recording (stored, not
@@ -215,22 +202,22 @@ class AttemptStore:
                 "attempts not stored: Postgres failed; counting them in Redis until it is back",
                 extra=repeating(tenant=tenant, count=len(reports), error=type(error).__name__),
             )
-            with suppress(*_REDIS_ERRORS):
+            with suppress(*REDIS_OUTAGES):
                 await self.mirror.keep_unstored(tenant, [_kept(r) for r in reports])
                 count_deferred(tenant, "postgres", "deferred", len(reports))
                 await self.mirror.record_attempts(tenant, [_as_reported(r) for r in reports])
-            if isinstance(error, _POSTGRES_ERRORS):
+            if isinstance(error, POSTGRES_OUTAGES):
                 raise _unavailable(error) from error
             raise
         try:
             await self.mirror.record_attempts(tenant, latest)
-        except _REDIS_ERRORS as error:
+        except REDIS_OUTAGES as error:
             log.warning(
-                "attempts stored but not counted yet: Redis unreachable; noting a gap",
+                "attempts stored but not counted yet: Redis failed; noting a gap",
                 extra=repeating(tenant=tenant, count=len(latest), error=type(error).__name__),
             )
             # If Postgres is gone too, only the dialer's next report can count them.
-            with suppress(*_POSTGRES_ERRORS):
+            with suppress(*POSTGRES_OUTAGES):
                 await self._note_gap(tenant, [a.attempt_id for a in latest])
                 count_deferred(tenant, "redis", "deferred", len(latest))
             raise _unavailable(error) from error
@@ -299,7 +286,7 @@ class AttemptStore:
             try:
                 await self._store(tenant, reports)
                 stored = len(reports)
-            except _POSTGRES_ERRORS:
+            except POSTGRES_OUTAGES:
                 raise  # Postgres still failing: the next turn tries again
             except Exception:
                 # One report Postgres refuses for good must not hold up the others.
@@ -323,7 +310,7 @@ class AttemptStore:
         """Whether the report was stored; one Postgres refuses is logged and dropped."""
         try:
             await self._store(tenant, [report])
-        except _POSTGRES_ERRORS:
+        except POSTGRES_OUTAGES:
             raise
         except Exception:
             log.error(

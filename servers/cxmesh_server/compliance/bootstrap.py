@@ -16,7 +16,7 @@ from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.mirrors.suppression import SuppressionMirror
 from cxmesh_server.runtime.accept_loops import Registration
 from cxmesh_server.runtime.logging import repeating
-from cxmesh_server.runtime.redis import eviction_risk
+from cxmesh_server.runtime.redis import data_risk
 from cxmesh_server.runtime.server import (
     Resources,
     ServiceProcess,
@@ -78,7 +78,7 @@ async def _watch_data(store: RuleSetStore, resources: Resources) -> None:
             elif not await SuppressionMirror(redis).is_loaded():
                 reason = "the suppression mirror is not loaded"
             else:
-                reason = await eviction_risk(redis)
+                reason = await data_risk(redis)
         except Exception as error:
             log.warning("compliance data unavailable", exc_info=True, extra=repeating())
             reason = str(error) or type(error).__name__

@@ -63,7 +63,7 @@ from cxmesh_server.mirrors import suppression as suppression_mirror
 from cxmesh_server.mirrors import tenants as tenants_mirror
 from cxmesh_server.mirrors.tenants import TenantSettings
 from cxmesh_server.runtime.collector import long_lived
-from cxmesh_server.runtime.redis import dataset_and_eviction_risk
+from cxmesh_server.runtime.redis import dataset_and_data_risk
 from cxmesh_server.runtime.redis_wire import Script, WireRedis
 
 # What decides where a tenant has no rule set for the channel: 08:00–21:00 every day.
@@ -330,7 +330,7 @@ class DecisionEngine:
         self._live = Coalescer(self._decide_now)
         # What Redis says of its data, read every REDIS_CHECK_SECONDS: why it cannot be
         # trusted ("": it can), and the dataset's id, which loaded markers must hold.
-        self._eviction_risk = ""
+        self._data_risk = ""
         self._dataset = ""
         self._redis_checked_at = -REDIS_CHECK_SECONDS
 
@@ -399,10 +399,10 @@ class DecisionEngine:
     ) -> list[decision_pb2.Decision]:
         try:
             if time.monotonic() - self._redis_checked_at >= REDIS_CHECK_SECONDS:
-                self._dataset, self._eviction_risk = await dataset_and_eviction_risk(self._redis)
+                self._dataset, self._data_risk = await dataset_and_data_risk(self._redis)
                 self._redis_checked_at = time.monotonic()
-            if self._eviction_risk:
-                raise Unavailable(self._eviction_risk)
+            if self._data_risk:
+                raise Unavailable(self._data_risk)
             return await self._decide(tenant, questions, now, live)
         except (RedisError, Unavailable, OSError) as error:
             reason = (

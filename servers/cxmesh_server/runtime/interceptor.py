@@ -22,10 +22,21 @@ from opentelemetry import trace
 from cxmesh_server.runtime import metrics, tracing
 from cxmesh_server.runtime.auth import Authenticator, MethodRule, method_rule
 from cxmesh_server.runtime.context import GrpcContext, reset_principal, set_principal
-from cxmesh_server.runtime.errors import DomainError, FieldViolation, InvalidArgument
+from cxmesh_server.runtime.errors import DomainError, FieldViolation, InvalidArgument, Unavailable
 from cxmesh_server.runtime.logging import repeating
+from cxmesh_server.runtime.postgres import POSTGRES_OUTAGES
+from cxmesh_server.runtime.redis import REDIS_OUTAGES
 
 log = logging.getLogger(__name__)
+
+# A store failing for a while: the caller may try again later (UNAVAILABLE, which clients'
+# retry policies retry), not a fault of ours (INTERNAL). Of OSErrors only the network's:
+# a missing file is no outage.
+_OUTAGES = (
+    *(e for e in (*POSTGRES_OUTAGES, *REDIS_OUTAGES) if e is not OSError),
+    ConnectionError,
+    TimeoutError,
+)
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 GenericHandler: TypeAlias = "grpc.GenericRpcHandler[Any, Any]"
@@ -212,6 +223,16 @@ class _Scope:
             await self.abort(error)
         except (StopAsyncIteration, asyncio.CancelledError):
             raise
+        except _OUTAGES as error:
+            log.warning(
+                "a data store failed in %s",
+                self._call.full_method,
+                exc_info=True,
+                extra=repeating(error=type(error).__name__),
+            )
+            await self.abort(
+                Unavailable(f"a data store is unavailable ({type(error).__name__}); try again")
+            )
         except Exception as error:
             if _is_abort(error):
                 self._code = _context_code(self._context)

@@ -20,6 +20,18 @@ Db: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
 APP_ROLE = "cxmesh_app"
 
+# Postgres failures that trying again, later, gets past: the call's answer is UNAVAILABLE.
+POSTGRES_OUTAGES = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,  # shutting down, starting up, statement timeout
+    asyncpg.InterfaceError,
+    asyncpg.InsufficientResourcesError,  # too many connections, disk full
+    asyncpg.TransactionRollbackError,  # serialization failure, deadlock
+    asyncpg.ReadOnlySQLTransactionError,  # a demoted primary, until the pool reconnects
+    asyncpg.LockNotAvailableError,
+)
+
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
     """Released connections are not reset with a query (asyncpg's default costs a round trip

@@ -11,6 +11,14 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.connection import HiredisRespSerializer
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# Redis failures that trying again, later, gets past: the call's answer is UNAVAILABLE.
+# A full Redis refuses writes (OutOfMemoryError) until memory is freed or added; a replica
+# promoted by mistake, or not yet, refuses them too (ReadOnlyError).
+REDIS_OUTAGES = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError, OSError)
 
 
 class _HiredisPackingConnection(Connection):
@@ -31,28 +39,36 @@ def create_redis(url: str) -> Redis:
     return Redis.from_url(url, **options)
 
 
-async def eviction_risk(redis: Redis) -> str:
-    """Why Redis may drop keys on its own ("" when it may not). Under any policy but
-    `noeviction` a full Redis evicts keys silently (volatile-* ones those with a TTL, such
-    as attempt sets): a suppression entry or an attempt gone is a "dial" that should have
-    been "do not"."""
-    return _eviction_reason(await redis.info("memory"))
+async def data_risk(redis: Redis) -> str:
+    """Why what Redis holds may not be complete ("" when it is safe to trust). Under any
+    policy but `noeviction` a full Redis evicts keys silently (volatile-* ones those with a
+    TTL, such as attempt sets); under `noeviction` it refuses every write instead. Either
+    way an attempt or a suppression entry goes missing: a "dial" that should be "do not"."""
+    return _risk_of(await redis.info("memory"))
 
 
-async def dataset_and_eviction_risk(redis: Redis) -> tuple[str, str]:
-    """`dataset_id` and `eviction_risk` in one round trip."""
+async def dataset_and_data_risk(redis: Redis) -> tuple[str, str]:
+    """`dataset_id` and `data_risk` in one round trip."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.info("server")
         pipe.info("memory")
         server, memory = await pipe.execute()
-    return _dataset_of(server), _eviction_reason(memory)
+    return _dataset_of(server), _risk_of(memory)
 
 
-def _eviction_reason(memory: dict[str, Any]) -> str:
+def _risk_of(memory: dict[str, Any]) -> str:
     policy = str(memory.get("maxmemory_policy", "noeviction"))
-    if policy == "noeviction":
-        return ""
-    return f"Redis may evict keys (maxmemory-policy {policy}; it must be noeviction)"
+    if policy != "noeviction":
+        return f"Redis may evict keys (maxmemory-policy {policy}; it must be noeviction)"
+    used, limit = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
+    # Redis refuses writes once it holds more than maxmemory (less a few buffers it does
+    # not count): taken as full a little early, never late.
+    if 0 < limit <= used:
+        return (
+            f"Redis is full ({used:,} bytes used, maxmemory {limit:,}): it refuses writes, "
+            "so attempts and suppression entries cannot be recorded"
+        )
+    return ""
 
 
 def _dataset_of(server: dict[str, Any]) -> str:

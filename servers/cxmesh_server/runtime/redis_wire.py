@@ -23,7 +23,14 @@ from urllib.parse import urlparse
 
 import hiredis
 from redis.connection import parse_url
-from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
+from redis.exceptions import (
+    ConnectionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TimeoutError,
+)
 
 
 class _Protocol(asyncio.Protocol):
@@ -99,10 +106,18 @@ _MULTI = hiredis.pack_command(("MULTI",))
 _EXEC = hiredis.pack_command(("EXEC",))
 
 
+# The errors redis-py raises as classes of their own that callers here tell apart: a
+# script to load again, and a Redis that refuses writes (full, or a replica).
+_SPECIFIC_ERRORS: dict[str, type[ResponseError]] = {
+    "NOSCRIPT": NoScriptError,
+    "OOM": OutOfMemoryError,
+    "READONLY": ReadOnlyError,
+}
+
+
 def _specific(error: ResponseError) -> ResponseError:
-    if str(error).startswith("NOSCRIPT"):
-        return NoScriptError(str(error))
-    return error
+    specific = _SPECIFIC_ERRORS.get(str(error).split(" ", 1)[0])
+    return error if specific is None else specific(str(error))
 
 
 class WireRedis:
@@ -131,7 +146,7 @@ class WireRedis:
         )
         for reply in replies:
             if isinstance(reply, ResponseError):
-                raise reply
+                raise _specific(reply)
         return replies
 
     async def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
