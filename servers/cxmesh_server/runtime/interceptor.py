@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeAlias, cast
@@ -29,14 +30,17 @@ from cxmesh_server.runtime.redis import REDIS_OUTAGES
 
 log = logging.getLogger(__name__)
 
-# A store failing for a while: the caller may try again later (UNAVAILABLE, which clients'
-# retry policies retry), not a fault of ours (INTERNAL). Of OSErrors only the network's:
-# a missing file is no outage.
-_OUTAGES = (
-    *(e for e in (*POSTGRES_OUTAGES, *REDIS_OUTAGES) if e is not OSError),
-    ConnectionError,
-    TimeoutError,
-)
+# Of OSErrors only the network's are a store's outage: a missing file is not.
+_NETWORK_ERRORS = (ConnectionError, TimeoutError, socket.gaierror)
+
+
+def _outage(error: Exception) -> bool:
+    """Whether `error` is a store failing for a while: the caller may try again later
+    (UNAVAILABLE, which clients' retry policies retry), not a fault of ours (INTERNAL)."""
+    if isinstance(error, OSError):
+        return isinstance(error, _NETWORK_ERRORS)
+    return isinstance(error, (*POSTGRES_OUTAGES, *REDIS_OUTAGES))
+
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 GenericHandler: TypeAlias = "grpc.GenericRpcHandler[Any, Any]"
@@ -223,23 +227,24 @@ class _Scope:
             await self.abort(error)
         except (StopAsyncIteration, asyncio.CancelledError):
             raise
-        except _OUTAGES as error:
-            log.warning(
-                "a data store failed in %s",
-                self._call.full_method,
-                exc_info=True,
-                extra=repeating(error=type(error).__name__),
-            )
-            await self.abort(
-                Unavailable(f"a data store is unavailable ({type(error).__name__}); try again")
-            )
         except Exception as error:
             if _is_abort(error):
                 self._code = _context_code(self._context)
                 raise
-            log.exception("unhandled error in %s", self._call.full_method, extra=repeating())
-            self._code = grpc.StatusCode.INTERNAL
-            await self._context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            if _outage(error):
+                log.warning(
+                    "a data store failed in %s",
+                    self._call.full_method,
+                    exc_info=True,
+                    extra=repeating(error=type(error).__name__),
+                )
+                await self.abort(
+                    Unavailable(f"a data store is unavailable ({type(error).__name__}); try again")
+                )
+            else:
+                log.exception("unhandled error in %s", self._call.full_method, extra=repeating())
+                self._code = grpc.StatusCode.INTERNAL
+                await self._context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     async def abort(self, error: DomainError) -> None:
         self._code = error.code
