@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import os
@@ -31,9 +30,13 @@ from cxmesh_server.mirrors.suppression import SuppressionMirror
 from cxmesh_server.mirrors.tenant_regions import TenantRegions
 from cxmesh_server.runtime import stop_signals
 from cxmesh_server.runtime.accept_loops import Registration
-from cxmesh_server.runtime.logging import repeating
 from cxmesh_server.runtime.mirror_keeper import keep_loaded
-from cxmesh_server.runtime.server import Resources, ServiceProcess, start_background
+from cxmesh_server.runtime.server import (
+    Resources,
+    ServiceProcess,
+    start_background,
+    start_periodic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +94,6 @@ async def rebuild_all_mirrors(store: SuppressionStore) -> None:
     log.info("suppression mirror loaded", extra={"tenants": len(tenants)})
 
 
-async def _sweep_interrupted_imports(imports: ImportsStore, every: float) -> None:
-    while True:
-        try:
-            failed = await imports.fail_interrupted(timedelta(seconds=every))
-            if failed:
-                log.warning("failed interrupted imports", extra={"count": failed})
-        except Exception:
-            log.exception("import sweep failed; retrying", extra=repeating())
-        await asyncio.sleep(every)
-
-
 async def on_start(resources: Resources) -> None:
     store = _suppression(resources)
     await rebuild_all_mirrors(store)
@@ -114,10 +106,14 @@ async def on_start(resources: Resources) -> None:
             repair=store.repair_abandoned,
         )
     )
-    start_background(
-        _sweep_interrupted_imports(
-            ImportsStore(resources.require_postgres()), resources.settings.import_sweep_seconds
-        )
+    imports = ImportsStore(resources.require_postgres())
+    every = resources.settings.import_sweep_seconds
+    # Imports whose process died (no one holds their advisory lock) are marked failed.
+    start_periodic(
+        "interrupted imports failed",
+        every,
+        lambda: imports.fail_interrupted(timedelta(seconds=every)),
+        level=logging.WARNING,
     )
 
 

@@ -139,16 +139,19 @@ async def finish_unabandoned(seconds: float) -> int:
     return len(unfinished)
 
 
-def start_periodic(what: str, seconds: float, job: Callable[[], Awaitable[int]]) -> None:
+def start_periodic(
+    what: str, seconds: float, job: Callable[[], Awaitable[int]], *, level: int = logging.INFO
+) -> None:
     """Runs `job` every `seconds` for the process's life, logging how many things it did
-    (`what`, when any); a failure is logged and the job runs again at its next turn."""
+    (`what` at `level`, when any); a failure is logged and the job runs again at its next
+    turn."""
 
     async def turns() -> None:
         while True:
             try:
                 done = await job()
                 if done:
-                    log.info(what, extra={"count": done})
+                    log.log(level, what, extra={"count": done})
             except Exception:
                 log.warning("%s: failed; retrying", what, exc_info=True, extra=repeating())
             await asyncio.sleep(seconds)
