@@ -6,6 +6,8 @@ so one tenant's keys live on one shard and multi-key commands work.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -39,21 +41,45 @@ def create_redis(url: str) -> Redis:
     return Redis.from_url(url, **options)
 
 
-async def data_risk(redis: Redis) -> str:
-    """Why what Redis holds may not be complete ("" when it is safe to trust). Under any
-    policy but `noeviction` a full Redis evicts keys silently (volatile-* ones those with a
-    TTL, such as attempt sets); under `noeviction` it refuses every write instead. Either
-    way an attempt or a suppression entry goes missing: a "dial" that should be "do not"."""
-    return _risk_of(await redis.info("memory"))
+# How far a replica's clock may be from Redis's before decisions stop trusting either: the
+# calling window is decided in minutes, and NTP keeps hosts within milliseconds; beyond
+# this a clock has gone wrong, and a contact would be called an hour early or late.
+MAX_CLOCK_OFFSET_SECONDS = 5.0
 
 
-async def dataset_and_data_risk(redis: Redis) -> tuple[str, str]:
+async def data_risk(redis: Redis, clock: Callable[[], float] = time.time) -> str:
+    """Why what Redis holds, or the time decisions are made for, may not be right ("" when
+    both are safe to trust). Under any policy but `noeviction` a full Redis evicts keys
+    silently (volatile-* ones those with a TTL, such as attempt sets); under `noeviction`
+    it refuses every write instead. Either way an attempt or a suppression entry goes
+    missing: a "dial" that should be "do not". `clock`: this process's wall clock."""
+    return (await dataset_and_data_risk(redis, clock))[1]
+
+
+async def dataset_and_data_risk(
+    redis: Redis, clock: Callable[[], float] = time.time
+) -> tuple[str, str]:
     """`dataset_id` and `data_risk` in one round trip."""
+    sent = clock()
     async with redis.pipeline(transaction=False) as pipe:
         pipe.info("server")
         pipe.info("memory")
-        server, memory = await pipe.execute()
-    return _dataset_of(server), _risk_of(memory)
+        pipe.time()
+        server, memory, (seconds, microseconds) = await pipe.execute()
+    clock_risk = _clock_risk(sent, clock(), seconds + microseconds / 1e6)
+    return _dataset_of(server), _risk_of(memory) or clock_risk
+
+
+def _clock_risk(sent: float, answered: float, redis_time: float) -> str:
+    # Redis read its clock between `sent` and `answered`: the offset is known within half
+    # the round trip, which a stalled event loop can make long; only beyond that is it one.
+    offset = (sent + answered) / 2 - redis_time
+    if abs(offset) - (answered - sent) / 2 <= MAX_CLOCK_OFFSET_SECONDS:
+        return ""
+    return (
+        f"this process's clock is {offset:+.1f} s from Redis's (at most "
+        f"{MAX_CLOCK_OFFSET_SECONDS:g} s): the local time of a contact cannot be trusted"
+    )
 
 
 def _risk_of(memory: dict[str, Any]) -> str:
