@@ -42,6 +42,15 @@ def redis_server(state_dir: Path) -> Iterator[EmbeddedRedis]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """A Redis of the test module's own, not the mesh's: for tests that reconfigure, pause
+    or kill it, or whose writes a service's mirror keeper would repair before they look."""
+    server = start_redis(tmp_path_factory.mktemp("own-redis") / "redis", persist=False)
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def signing_key(state_dir: Path) -> tuple[SigningKey, Path]:
     return ensure_dev_key(state_dir / "keys")

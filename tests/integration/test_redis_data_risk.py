@@ -4,21 +4,13 @@ deny and health says NOT_SERVING for as long as `data_risk` names a reason."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from redis.asyncio import Redis
 
 from cxmesh_server.runtime.redis import MAX_CLOCK_OFFSET_SECONDS, create_redis, data_risk
-from cxmesh_server.stack.datastores import EmbeddedRedis, start_redis
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = start_redis(Path(tmp_path_factory.mktemp("risk")) / "redis", persist=False)
-    yield server
-    server.stop()
+from cxmesh_server.stack.datastores import EmbeddedRedis
 
 
 @pytest.fixture

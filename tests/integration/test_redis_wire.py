@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -15,15 +14,8 @@ from redis.exceptions import ConnectionError, OutOfMemoryError, ResponseError, T
 
 from cxmesh_server.runtime.redis import create_redis
 from cxmesh_server.runtime.redis_wire import Script, WireRedis
-from cxmesh_server.stack.datastores import EmbeddedRedis, start_redis
+from cxmesh_server.stack.datastores import EmbeddedRedis
 from cxmesh_server.stack.ports import free_port
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = start_redis(Path(tmp_path_factory.mktemp("wire")) / "redis", persist=False)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ a deferred constraint trigger)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -25,7 +25,7 @@ from cxmesh_server.mirrors.suppression import (
 from cxmesh_server.runtime.migrations import migrate
 from cxmesh_server.runtime.postgres import create_pool
 from cxmesh_server.runtime.redis import create_redis
-from cxmesh_server.stack.datastores import EmbeddedPostgres, EmbeddedRedis, start_redis
+from cxmesh_server.stack.datastores import EmbeddedPostgres, EmbeddedRedis
 
 TENANT = "mirror-order"
 # Reasons whose entries fail their transaction's commit: when deleted, when inserted; and
@@ -53,15 +53,6 @@ _REMOVE_TRIGGER = """
 DROP TRIGGER IF EXISTS refuse_commit ON lists.suppression_entries;
 DROP FUNCTION IF EXISTS lists.refuse_commit();
 """
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    """Not the mesh's Redis: its lists service's keeper would repair these tests' writers
-    before the tests do."""
-    server = start_redis(tmp_path_factory.mktemp("mirror-order-redis"), persist=False)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
