@@ -33,7 +33,7 @@ from cxmesh_server.compliance.engine import (
 )
 from cxmesh_server.compliance.metrics import count_attempts, count_decisions
 from cxmesh_server.compliance.ocs_records import OcsRecord
-from cxmesh_server.compliance.questions import Fields, Question, question, read_fields
+from cxmesh_server.compliance.questions import Fields, Question, read_fields
 from cxmesh_server.compliance.store import RuleSetStore
 from cxmesh_server.contacts.campaigns import MAX_CAMPAIGN_NAME, MAX_REFERENCE, campaign_key
 from cxmesh_server.contacts.phones import PhoneError, normalize_phone
@@ -542,14 +542,15 @@ class DecisionHandlers(decision_service_pb2_grpc.DecisionServiceServicer):
     ) -> decision_service_pb2.ExplainDecisionResponse:
         check = Validator()
         asked = request.decision_request
-        _check_fields("decision_request", asked, read_fields(asked), check, any_time=True)
+        fields = read_fields(asked)
+        _check_fields("decision_request", asked, fields, check, any_time=True)
         check.check()
         when = (
             asked.decision_time.ToDatetime(tzinfo=UTC)
             if asked.HasField("decision_time")
             else datetime.now(UTC)
         )
-        explained = question(asked)
+        explained: Question = (asked, asked.SerializeToString(), fields)
         tenant = current_tenant()
         (decision,) = await self._engine.answer(tenant, [explained], now=when)
         response = decision_service_pb2.ExplainDecisionResponse(
